@@ -1,0 +1,1 @@
+"""Per-customer features: the pure state and math, and the Redis store that applies them."""

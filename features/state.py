@@ -1,0 +1,181 @@
+"""Per-customer raw state and the pure rule that folds one event into it.
+
+This is the reference semantics of the Redis function in ``segflow.lua``:
+the Lua code does the same thing atomically next to the data, and the tests
+check both agree. Everything derived (windows, ratios, scores) is computed
+from this state by :mod:`features.catalogue`, at a chosen time.
+
+State is bounded: daily buckets cover the last ``BUCKET_DAYS`` days of the
+customer's own event time, categories are capped, and the duplicate filter
+only remembers events within the allowed lateness (and at most
+``DEDUPE_CAP`` of them).
+
+>>> state = CustomerState()
+>>> delta = EventDelta(ts_ms=DAY_MS * 20000 + 5, token="a1", family="purchase",
+...                    increments={PURCHASES: 1, REVENUE_CENTS: 1250}, purchase=True)
+>>> apply_delta(state, delta, lateness_ms=3_600_000)
+'applied'
+>>> apply_delta(state, delta, lateness_ms=3_600_000)
+'duplicate'
+>>> state.purchases_total, state.revenue_total_cents
+(1, 1250)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DAY_MS = 86_400_000
+
+# Daily bucket layout: the position of each counter in a bucket. One list,
+# read by the Lua encoder, the catalogue and the tests.
+METRICS = (
+    "sessions",
+    "page_views",
+    "searches",
+    "add_to_carts",
+    "remove_from_carts",
+    "checkouts",
+    "purchases",
+    "revenue_cents",
+    "discount_cents",
+    "logins",
+    "failed_logins",
+)
+(
+    SESSIONS,
+    PAGE_VIEWS,
+    SEARCHES,
+    ADD_TO_CARTS,
+    REMOVE_FROM_CARTS,
+    CHECKOUTS,
+    PURCHASES,
+    REVENUE_CENTS,
+    DISCOUNT_CENTS,
+    LOGINS,
+    FAILED_LOGINS,
+) = range(len(METRICS))
+
+BUCKET_DAYS = 90  # the longest window; older buckets are dropped
+CATEGORY_CAP = 8  # distinct categories kept per customer; the rest pool in OTHER
+OTHER_CATEGORY = "~other"
+DEDUPE_CAP = 64  # event ids remembered per customer, at most
+
+
+@dataclass(frozen=True)
+class EventDelta:
+    """What one event contributes, independent of any state.
+
+    ``offset`` is (partition, offset) of the source message, or None for
+    events not read from Kafka; ``token`` identifies the event for duplicate
+    detection (see :func:`streams.events.dedupe_token`).
+    """
+
+    ts_ms: int
+    token: str
+    family: str
+    increments: dict[int, int]
+    categories: dict[str, int] = field(default_factory=dict)
+    purchase: bool = False
+    visit: bool = False
+    login: bool = False
+    offset: tuple[int, int] | None = None
+
+
+@dataclass
+class CustomerState:
+    """Raw, bounded state of one customer, exactly what Redis holds."""
+
+    first_seen_ms: int | None = None
+    last_seen_ms: int | None = None
+    first_purchase_ms: int | None = None
+    last_purchase_ms: int | None = None
+    prev_purchase_ms: int | None = None
+    last_visit_ms: int | None = None
+    last_login_ms: int | None = None
+    events_total: int = 0
+    purchases_total: int = 0
+    revenue_total_cents: int = 0
+    discount_total_cents: int = 0
+    buckets: dict[int, list[int]] = field(default_factory=dict)
+    categories: dict[str, int] = field(default_factory=dict)
+    recent: dict[str, int] = field(default_factory=dict)  # dedupe token -> ts_ms
+    offsets: dict[str, tuple[int, int]] = field(default_factory=dict)  # family -> (partition, offset)
+
+    @property
+    def exists(self) -> bool:
+        return self.first_seen_ms is not None
+
+
+def _max(a: int | None, b: int) -> int:
+    return b if a is None or b > a else a
+
+
+def _min(a: int | None, b: int) -> int:
+    return b if a is None or b < a else a
+
+
+def apply_delta(state: CustomerState, delta: EventDelta, lateness_ms: int) -> str:
+    """Fold ``delta`` into ``state`` in place; return what happened.
+
+    ``'duplicate'``: the message offset or the event id was already applied.
+    ``'too_late'``: older than the customer's newest event minus the lateness.
+    ``'applied'``: otherwise.
+    """
+    if delta.offset is not None:
+        seen = state.offsets.get(delta.family)
+        if seen is not None and seen[0] == delta.offset[0] and delta.offset[1] <= seen[1]:
+            return "duplicate"
+    if delta.token in state.recent:
+        return "duplicate"
+    if state.last_seen_ms is not None and delta.ts_ms < state.last_seen_ms - lateness_ms:
+        return "too_late"
+
+    ts = delta.ts_ms
+    state.first_seen_ms = _min(state.first_seen_ms, ts)
+    state.last_seen_ms = _max(state.last_seen_ms, ts)
+    state.events_total += 1
+    if delta.offset is not None:
+        state.offsets[delta.family] = delta.offset
+    if delta.visit:
+        state.last_visit_ms = _max(state.last_visit_ms, ts)
+    if delta.login:
+        state.last_login_ms = _max(state.last_login_ms, ts)
+    if delta.purchase:
+        state.first_purchase_ms = _min(state.first_purchase_ms, ts)
+        # Keep the two latest purchase times: order-independent, gives the last gap.
+        if state.last_purchase_ms is None or ts >= state.last_purchase_ms:
+            state.prev_purchase_ms, state.last_purchase_ms = state.last_purchase_ms, ts
+        elif state.prev_purchase_ms is None or ts > state.prev_purchase_ms:
+            state.prev_purchase_ms = ts
+        state.purchases_total += delta.increments.get(PURCHASES, 0)
+        state.revenue_total_cents += delta.increments.get(REVENUE_CENTS, 0)
+        state.discount_total_cents += delta.increments.get(DISCOUNT_CENTS, 0)
+
+    day = ts // DAY_MS
+    newest_day = state.last_seen_ms // DAY_MS
+    if day > newest_day - BUCKET_DAYS:
+        bucket = state.buckets.setdefault(day, [0] * len(METRICS))
+        for metric, amount in delta.increments.items():
+            bucket[metric] += amount
+    for old in [d for d in state.buckets if d <= newest_day - BUCKET_DAYS]:
+        del state.buckets[old]
+
+    for category, qty in delta.categories.items():
+        if category not in state.categories and len(state.categories) >= CATEGORY_CAP:
+            category = OTHER_CATEGORY
+        state.categories[category] = state.categories.get(category, 0) + qty
+
+    state.recent[delta.token] = ts
+    horizon = state.last_seen_ms - lateness_ms
+    for token in [t for t, t_ms in state.recent.items() if t_ms < horizon]:
+        del state.recent[token]
+    while len(state.recent) > DEDUPE_CAP:
+        oldest = min(state.recent, key=lambda t: (state.recent[t], t))
+        del state.recent[oldest]
+    return "applied"
+
+
+def weekday(day: int) -> int:
+    """Monday=0 .. Sunday=6 for a day number counted from 1970-01-01 (a Thursday)."""
+    return (day + 3) % 7

@@ -1,0 +1,1 @@
+"""segflow's streaming shell: event contracts, topics, the Faust app, the CLI."""

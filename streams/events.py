@@ -1,0 +1,184 @@
+"""Event contracts: one pydantic model per family, sharing an envelope.
+
+JSON on the wire, Kafka key = ``customer_id``. The family of a message is
+decided by the topic it arrives on (see :mod:`streams.topics`), so a producer
+cannot smuggle a purchase onto the clickstream topic.
+
+>>> raw = b'{"event_id":"e1","customer_id":"c1","occurred_at":"2026-01-05T10:00:00Z",'
+>>> raw += b'"type":"login","success":true,"channel":"web"}'
+>>> event = decode("login", raw)
+>>> event.customer_id, event.success
+('c1', True)
+>>> decode("login", b'{"customer_id": 1}')
+Traceback (most recent call last):
+...
+streams.events.InvalidEvent: invalid: ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Annotated, Literal, Union
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+SCHEMA_VERSION = 1
+
+# Events dated before this are not customer behaviour but broken clocks
+# (epoch zero, 1900 defaults). CDNOW, the oldest real data we replay, is 1997.
+EARLIEST_PLAUSIBLE = datetime(1990, 1, 1, tzinfo=timezone.utc)
+
+NonEmptyId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Money = Annotated[Decimal, Field(ge=0, le=Decimal("10000000"), max_digits=14, decimal_places=4)]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class InvalidEvent(ValueError):
+    """A message that cannot become an event; ``reason`` is a short machine code."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class Envelope(BaseModel):
+    """Fields every event carries, whatever its family."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: NonEmptyId = Field(description="Unique per event; producers reuse it on retry.")
+    customer_id: NonEmptyId = Field(description="Also the Kafka message key.")
+    occurred_at: AwareDatetime = Field(description="Event time, timezone-aware ISO 8601.")
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+    @property
+    def ts(self) -> float:
+        """Event time as POSIX seconds."""
+        return self.occurred_at.timestamp()
+
+
+CLICK_TYPES = ("session_start", "page_view", "search", "add_to_cart", "remove_from_cart", "checkout_started")
+
+
+class ClickstreamEvent(Envelope):
+    """A web or app interaction. ``session_start`` opens a session (as in GA4)."""
+
+    type: Literal["session_start", "page_view", "search", "add_to_cart", "remove_from_cart", "checkout_started"]
+    session_id: NonEmptyId
+    page: str | None = Field(default=None, max_length=2048)
+    query: str | None = Field(default=None, max_length=512)
+    product_id: str | None = Field(default=None, max_length=128)
+    category: Label | None = None
+    price: Money | None = None
+
+
+class PurchaseItem(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    product_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    category: Label
+    quantity: int = Field(ge=1, le=10_000)
+    unit_price: Money
+
+
+class PurchaseEvent(Envelope):
+    """A completed order. ``amount`` is what the customer paid, after ``discount``."""
+
+    type: Literal["purchase"] = "purchase"
+    order_id: NonEmptyId
+    amount: Money
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+    discount: Money = Decimal(0)
+    items: list[PurchaseItem] = Field(default_factory=list, max_length=500)
+
+    @model_validator(mode="after")
+    def _discount_within_gross(self) -> "PurchaseEvent":
+        # The discount is given on the gross price (amount + discount), so any
+        # non-negative discount is coherent; an absurd one is not.
+        if self.discount > self.amount * 100 + 1000:
+            raise ValueError("discount is implausibly larger than the amount paid")
+        return self
+
+
+class LoginEvent(Envelope):
+    """An authentication attempt, successful or not."""
+
+    type: Literal["login"] = "login"
+    success: bool
+    channel: Literal["web", "ios", "android", "api"]
+
+
+Event = Union[ClickstreamEvent, PurchaseEvent, LoginEvent]
+
+# family name -> model; the single list every other module reads.
+FAMILIES: dict[str, type[Envelope]] = {
+    "clickstream": ClickstreamEvent,
+    "purchase": PurchaseEvent,
+    "login": LoginEvent,
+}
+
+_ADAPTERS = {family: TypeAdapter(model) for family, model in FAMILIES.items()}
+
+
+def decode(family: str, raw: bytes | str | None) -> Event:
+    """Parse and validate one message of ``family``; raise :class:`InvalidEvent`.
+
+    Reasons: ``empty``, ``unknown_family``, ``bad_json``, ``invalid`` (schema),
+    ``unknown_event_type``, ``absurd_timestamp``.
+    """
+    if raw is None or len(raw) == 0:
+        raise InvalidEvent("empty", "message has no value")
+    adapter = _ADAPTERS.get(family)
+    if adapter is None:
+        raise InvalidEvent("unknown_family", repr(family))
+    try:
+        event = adapter.validate_json(raw)
+    except ValidationError as exc:
+        raise _classify(exc) from None
+    if event.occurred_at < EARLIEST_PLAUSIBLE:
+        raise InvalidEvent("absurd_timestamp", f"occurred_at {event.occurred_at.isoformat()} is before 1990")
+    return event
+
+
+def _classify(exc: ValidationError) -> InvalidEvent:
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    kind = first["type"]
+    loc = ".".join(str(p) for p in first["loc"])
+    if kind in ("json_invalid", "json_type"):
+        return InvalidEvent("bad_json", first["msg"])
+    if loc == "type" and kind == "literal_error":
+        return InvalidEvent("unknown_event_type", first["msg"])
+    detail = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors[:5])
+    return InvalidEvent("invalid", detail)
+
+
+def check_not_future(event: Envelope, now: float, max_skew_seconds: float) -> None:
+    """Reject events stamped further in the future than producers' clocks can drift."""
+    if event.ts > now + max_skew_seconds:
+        raise InvalidEvent(
+            "absurd_timestamp",
+            f"occurred_at {event.occurred_at.isoformat()} is more than {max_skew_seconds:.0f}s in the future",
+        )
+
+
+def dedupe_token(event_id: str) -> str:
+    """A short, fixed-size stand-in for an event id, kept per customer to drop duplicates."""
+    return hashlib.blake2b(event_id.encode(), digest_size=6).hexdigest()
+
+
+def json_schemas() -> dict[str, dict]:
+    """JSON Schema of every event family, for producers in any language."""
+    return {family: model.model_json_schema(mode="validation") for family, model in FAMILIES.items()}

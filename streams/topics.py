@@ -1,0 +1,70 @@
+"""Every Kafka topic segflow reads or writes: the one list docs and CLI read.
+
+>>> TOPICS.family_of(TOPICS.purchases)
+'purchase'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names, optionally prefixed (one cluster, several environments)."""
+
+    prefix: str = ""
+    clickstream: str = field(init=False)
+    purchases: str = field(init=False)
+    logins: str = field(init=False)
+    segment_changes: str = field(init=False)
+    dead_letter: str = field(init=False)
+    campaign_triggers: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        for attr, base in _BASE_NAMES.items():
+            object.__setattr__(self, attr, f"{self.prefix}{base}")
+
+    @property
+    def by_family(self) -> dict[str, str]:
+        """Event family -> input topic."""
+        return {"clickstream": self.clickstream, "purchase": self.purchases, "login": self.logins}
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(self.by_family.values())
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.segment_changes, self.dead_letter, self.campaign_triggers)
+
+    def family_of(self, topic: str) -> str | None:
+        for family, name in self.by_family.items():
+            if name == topic:
+                return family
+        return None
+
+    def describe(self) -> list[tuple[str, str]]:
+        """(topic, what it carries), for `segflow topics` and docs."""
+        return [(getattr(self, attr), _PURPOSE[attr]) for attr in _BASE_NAMES]
+
+
+_BASE_NAMES = {
+    "clickstream": "clickstream",
+    "purchases": "purchases",
+    "logins": "logins",
+    "segment_changes": "segment-changes",
+    "dead_letter": "segflow-deadletter",
+    "campaign_triggers": "campaign-triggers",
+}
+
+_PURPOSE = {
+    "clickstream": "input: session_start, page_view, search, add_to_cart, remove_from_cart, checkout_started",
+    "purchases": "input: completed orders",
+    "logins": "input: login attempts (success or failure)",
+    "segment_changes": "output: one message per segment change (see `segflow schemas`)",
+    "dead_letter": "output: rejected input, original bytes as value, reason in headers",
+    "campaign_triggers": "output: campaign triggers routed from segment changes",
+}
+
+TOPICS = Topics()
