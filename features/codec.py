@@ -1,0 +1,99 @@
+"""How customer state and event deltas are laid out in Redis (pure, no I/O).
+
+The Redis hash ``cust:{<id>}`` holds short fields (see docs/OPERATIONS.md):
+``fs``/``ls`` first/last event ms, ``fp``/``lp``/``pp`` first/last/previous
+purchase ms, ``lv`` last visit ms, ``ll`` last login ms, ``n`` events,
+``np`` purchases, ``rv`` revenue cents, ``dc`` discount cents, ``d:<day>``
+daily bucket (comma-separated counters in :data:`features.state.METRICS`
+order, trailing zeros trimmed), ``c:<category>`` items bought, ``nc`` number
+of categories, ``r`` duplicate filter (``token:ms;...``), ``o:<family>``
+``partition:offset`` of the newest applied message.
+
+>>> from features.state import CustomerState, EventDelta, apply_delta, PAGE_VIEWS
+>>> s = CustomerState()
+>>> _ = apply_delta(s, EventDelta(86_400_000, "t1", "clickstream", {PAGE_VIEWS: 1}, visit=True), 0)
+>>> h = state_to_hash(s)
+>>> h["d:1"], state_from_hash(h) == s
+(',1', True)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+from features.state import METRICS, CustomerState, EventDelta
+
+_INT_FIELDS = {
+    "fs": "first_seen_ms",
+    "ls": "last_seen_ms",
+    "fp": "first_purchase_ms",
+    "lp": "last_purchase_ms",
+    "pp": "prev_purchase_ms",
+    "lv": "last_visit_ms",
+    "ll": "last_login_ms",
+}
+_COUNTERS = {"n": "events_total", "np": "purchases_total", "rv": "revenue_total_cents", "dc": "discount_total_cents"}
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def pairs(flat: list) -> dict[str, str]:
+    """A Redis HGETALL reply given as a flat list -> dict of str."""
+    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def state_from_hash(h: Mapping[str, str]) -> CustomerState:
+    """Parse a customer hash (as returned by HGETALL, decoded) into state."""
+    s = CustomerState()
+    for field, value in h.items():
+        if field in _INT_FIELDS:
+            setattr(s, _INT_FIELDS[field], int(value))
+        elif field in _COUNTERS:
+            setattr(s, _COUNTERS[field], int(value))
+        elif field.startswith("d:"):
+            counts = [int(v) if v else 0 for v in value.split(",")]
+            s.buckets[int(field[2:])] = counts + [0] * (len(METRICS) - len(counts))
+        elif field.startswith("c:"):
+            s.categories[field[2:]] = int(value)
+        elif field == "r":
+            for entry in filter(None, value.split(";")):
+                token, _, at = entry.rpartition(":")
+                s.recent[token] = int(at)
+        elif field.startswith("o:"):
+            partition, _, offset = value.partition(":")
+            s.offsets[field[2:]] = (int(partition), int(offset))
+    return s
+
+
+def state_to_hash(s: CustomerState) -> dict[str, str]:
+    """The hash the Lua function would hold for ``s`` (used to compare both)."""
+    h: dict[str, str] = {}
+    for field, attr in _INT_FIELDS.items():
+        if getattr(s, attr) is not None:
+            h[field] = str(getattr(s, attr))
+    for field, attr in _COUNTERS.items():
+        if getattr(s, attr):
+            h[field] = str(getattr(s, attr))
+    for day, counts in s.buckets.items():
+        last = max((i + 1 for i, v in enumerate(counts) if v), default=0)
+        h[f"d:{day}"] = ",".join(str(v) if v else "" for v in counts[:last])
+    for cat, qty in s.categories.items():
+        h[f"c:{cat}"] = str(qty)
+    if s.recent:
+        h["r"] = ";".join(f"{t}:{at}" for t, at in s.recent.items())
+    for family, (p, o) in s.offsets.items():
+        h[f"o:{family}"] = f"{p}:{o}"
+    return h
+
+
+def delta_args(delta: EventDelta, lateness_ms: int) -> list[str | int]:
+    """ARGV for ``FCALL segflow_apply`` (see features/segflow.lua)."""
+    flags = ("p" if delta.purchase else "") + ("v" if delta.visit else "") + ("l" if delta.login else "")
+    partition, offset = ("", 0) if delta.offset is None else delta.offset
+    increments = ",".join(f"{i}:{n}" for i, n in delta.increments.items())
+    categories = "\x1e".join(f"{_CONTROL.sub('', c)}\x1f{q}" for c, q in delta.categories.items())
+    return [delta.ts_ms, delta.token, delta.family, partition, offset, lateness_ms, flags, increments, categories]

@@ -1,0 +1,38 @@
+"""Redis key names: the one place they are spelled (docs/OPERATIONS.md lists them).
+
+Keys of one customer share the hash tag ``{<id>}`` so they live in one slot.
+
+>>> customer_key("c42"), segments_key("c42"), member_set("lifecycle", "at_risk")
+('cust:{c42}', 'cust:{c42}:seg', 'seg:lifecycle:at_risk')
+"""
+
+PREFIX_CUSTOMER = "cust:"
+WATERMARK = "segflow:watermark"
+DEADLINES = "segflow:deadlines"
+OUTBOX = "segflow:outbox"
+FLOWS = "segflow:flows"
+SIZES_HISTORY = "segflow:sizes"
+STATS = "segflow:stats"
+MODEL = "segflow:model:behaviour"
+
+
+def customer_key(customer_id: str) -> str:
+    return f"{PREFIX_CUSTOMER}{{{customer_id}}}"
+
+
+def segments_key(customer_id: str) -> str:
+    return f"{customer_key(customer_id)}:seg"
+
+
+def history_key(customer_id: str) -> str:
+    return f"{customer_key(customer_id)}:hist"
+
+
+def member_set(segmentation: str, segment: str) -> str:
+    return f"seg:{segmentation}:{segment}"
+
+
+def customer_id_of(key: str) -> str:
+    """Inverse of :func:`customer_key` (also accepts the ``:seg``/``:hist`` keys)."""
+    start, end = key.index("{"), key.rindex("}")
+    return key[start + 1 : end]

@@ -1,0 +1,188 @@
+#!lua name=segflow
+-- segflow's server-side functions. `segflow_apply` folds one event into a
+-- customer's hash atomically and idempotently, in one round trip; its
+-- reference semantics is features/state.py:apply_delta (tests compare both).
+-- Field names are short on purpose: they are stored once per customer.
+
+local BUCKET_DAYS = 90
+local CATEGORY_CAP = 8
+local OTHER_CATEGORY = '~other'
+local DEDUPE_CAP = 64
+local DAY_MS = 86400000
+local NMETRICS = 11
+local PURCHASES, REVENUE, DISCOUNT = 6, 7, 8 -- 0-based metric positions
+
+local function num(v)
+  if v == false or v == nil then return nil end
+  return tonumber(v)
+end
+
+local function split(s, sep)
+  local out = {}
+  if s == nil or s == '' then return out end
+  for piece in string.gmatch(s, '([^' .. sep .. ']+)') do out[#out + 1] = piece end
+  return out
+end
+
+local function decode_bucket(s)
+  local b = {}
+  for i = 1, NMETRICS do b[i] = 0 end
+  if s then
+    local i = 1
+    for v in string.gmatch(s, '([^,]*)') do
+      if i > NMETRICS then break end
+      if v ~= '' then b[i] = tonumber(v) end
+      i = i + 1
+    end
+  end
+  return b
+end
+
+local function encode_bucket(b)
+  local last = 0
+  for i = 1, NMETRICS do if b[i] ~= 0 then last = i end end
+  local parts = {}
+  for i = 1, last do parts[i] = (b[i] == 0) and '' or string.format('%d', b[i]) end
+  return table.concat(parts, ',')
+end
+
+local function fmt(n) return string.format('%d', n) end
+
+-- KEYS: cust:{id}, cust:{id}:seg
+-- ARGV: ts_ms, token, family, partition ('' if none), offset, lateness_ms,
+--       flags (p=purchase v=visit l=login), increments "i:n,i:n", categories "cat\31qty\30..."
+-- Returns {status} or {'applied', <customer hash as flat list>, <segment hash as flat list>}
+local function apply(keys, args)
+  local cust, seg = keys[1], keys[2]
+  local ts = tonumber(args[1])
+  local token, family = args[2], args[3]
+  local partition, offset = args[4], tonumber(args[5])
+  local lateness = tonumber(args[6])
+  local flags = args[7]
+
+  local cur = redis.call('HMGET', cust, 'fs', 'ls', 'o:' .. family, 'r')
+  local first_seen, last_seen = num(cur[1]), num(cur[2])
+  if partition ~= '' and cur[3] then
+    local seen = split(cur[3], ':')
+    if seen[1] == partition and offset <= tonumber(seen[2]) then return {'duplicate'} end
+  end
+  local ring = {}
+  if cur[4] then
+    for _, entry in ipairs(split(cur[4], ';')) do
+      local t, at = string.match(entry, '^([^:]+):(%d+)$')
+      if t == token then return {'duplicate'} end
+      ring[#ring + 1] = {t, tonumber(at)}
+    end
+  end
+  if last_seen and ts < last_seen - lateness then return {'too_late'} end
+
+  local newest = last_seen
+  if not newest or ts > newest then newest = ts end
+  local set = {'ls', fmt(newest)}
+  if not first_seen or ts < first_seen then set[#set + 1] = 'fs'; set[#set + 1] = fmt(ts) end
+  if partition ~= '' then set[#set + 1] = 'o:' .. family; set[#set + 1] = partition .. ':' .. fmt(offset) end
+  redis.call('HINCRBY', cust, 'n', 1)
+
+  local incs = {}
+  for _, pair in ipairs(split(args[8], ',')) do
+    local i, n = string.match(pair, '^(%d+):(-?%d+)$')
+    incs[tonumber(i)] = tonumber(n)
+  end
+
+  if string.find(flags, 'v', 1, true) then
+    local lv = num(redis.call('HGET', cust, 'lv'))
+    if not lv or ts > lv then set[#set + 1] = 'lv'; set[#set + 1] = fmt(ts) end
+  end
+  if string.find(flags, 'l', 1, true) then
+    local ll = num(redis.call('HGET', cust, 'll'))
+    if not ll or ts > ll then set[#set + 1] = 'll'; set[#set + 1] = fmt(ts) end
+  end
+  if string.find(flags, 'p', 1, true) then
+    local p = redis.call('HMGET', cust, 'fp', 'lp', 'pp')
+    local fp, lp, pp = num(p[1]), num(p[2]), num(p[3])
+    if not fp or ts < fp then set[#set + 1] = 'fp'; set[#set + 1] = fmt(ts) end
+    if not lp or ts >= lp then
+      if lp then set[#set + 1] = 'pp'; set[#set + 1] = fmt(lp) end
+      set[#set + 1] = 'lp'; set[#set + 1] = fmt(ts)
+    elseif not pp or ts > pp then
+      set[#set + 1] = 'pp'; set[#set + 1] = fmt(ts)
+    end
+    if incs[PURCHASES] then redis.call('HINCRBY', cust, 'np', incs[PURCHASES]) end
+    if incs[REVENUE] then redis.call('HINCRBY', cust, 'rv', incs[REVENUE]) end
+    if incs[DISCOUNT] then redis.call('HINCRBY', cust, 'dc', incs[DISCOUNT]) end
+  end
+
+  -- Daily bucket of the event, then drop the buckets that fell out of the
+  -- longest window when this customer's newest day moved forward.
+  local day = math.floor(ts / DAY_MS)
+  local newest_day = math.floor(newest / DAY_MS)
+  if day > newest_day - BUCKET_DAYS then
+    local field = 'd:' .. fmt(day)
+    local b = decode_bucket(redis.call('HGET', cust, field) or nil)
+    for i, n in pairs(incs) do b[i + 1] = b[i + 1] + n end
+    set[#set + 1] = field; set[#set + 1] = encode_bucket(b)
+  end
+  if last_seen then
+    local old_day = math.floor(last_seen / DAY_MS)
+    if newest_day > old_day then
+      local from_day = old_day - BUCKET_DAYS + 1
+      local to_day = math.min(old_day, newest_day - BUCKET_DAYS)
+      for d = from_day, to_day do redis.call('HDEL', cust, 'd:' .. fmt(d)) end
+    end
+  end
+
+  if args[9] ~= '' then
+    local ncat = num(redis.call('HGET', cust, 'nc')) or 0
+    for _, pair in ipairs(split(args[9], '\30')) do
+      local cat, qty = string.match(pair, '^(.*)\31(%d+)$')
+      local field = 'c:' .. cat
+      if redis.call('HEXISTS', cust, field) == 0 then
+        if ncat >= CATEGORY_CAP then
+          field = 'c:' .. OTHER_CATEGORY
+        else
+          ncat = ncat + 1
+          redis.call('HSET', cust, 'nc', ncat)
+        end
+      end
+      redis.call('HINCRBY', cust, field, tonumber(qty))
+    end
+  end
+
+  -- Duplicate filter: remember this event; forget what the lateness rules out anyway.
+  ring[#ring + 1] = {token, ts}
+  local horizon = newest - lateness
+  local kept = {}
+  for _, e in ipairs(ring) do if e[2] >= horizon then kept[#kept + 1] = e end end
+  if #kept > DEDUPE_CAP then
+    table.sort(kept, function(a, b) if a[2] ~= b[2] then return a[2] < b[2] end return a[1] < b[1] end)
+    local trimmed = {}
+    for i = #kept - DEDUPE_CAP + 1, #kept do trimmed[#trimmed + 1] = kept[i] end
+    kept = trimmed
+  end
+  local parts = {}
+  for i, e in ipairs(kept) do parts[i] = e[1] .. ':' .. fmt(e[2]) end
+  set[#set + 1] = 'r'; set[#set + 1] = table.concat(parts, ';')
+
+  redis.call('HSET', cust, unpack(set))
+  return {'applied', redis.call('HGETALL', cust), redis.call('HGETALL', seg)}
+end
+
+-- KEYS: watermark key. ARGV: ts_ms. Keeps the largest event time seen.
+local function advance_watermark(keys, args)
+  local ts = tonumber(args[1])
+  local cur = tonumber(redis.call('GET', keys[1]) or '-1')
+  if ts > cur then redis.call('SET', keys[1], fmt(ts)); return ts end
+  return cur
+end
+
+-- KEYS: deadlines zset. ARGV: now_ms, limit. Atomically claims due customers
+-- so that several workers never re-evaluate the same one twice.
+local function claim_due(keys, args)
+  local due = redis.call('ZRANGE', keys[1], '-inf', args[1], 'BYSCORE', 'LIMIT', 0, tonumber(args[2]))
+  if #due > 0 then redis.call('ZREM', keys[1], unpack(due)) end
+  return due
+end
+
+redis.register_function('segflow_apply', apply)
+redis.register_function('segflow_advance_watermark', advance_watermark)
+redis.register_function('segflow_claim_due', claim_due)

@@ -1,0 +1,87 @@
+"""The Redis feature store: applies events with one server-side call each.
+
+A thin shell over :mod:`features.codec` and ``segflow.lua``: a batch of
+events is one pipeline of ``FCALL segflow_apply`` (atomic and idempotent per
+event, no read-modify-write from Python), answered with each customer's new
+raw state and current segments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Sequence
+
+from features import keys
+from features.codec import delta_args, pairs, state_from_hash
+from features.state import CustomerState, EventDelta
+
+LIBRARY = resources.files("features").joinpath("segflow.lua").read_text()
+
+
+@dataclass(frozen=True)
+class Applied:
+    """Outcome of one event: ``status`` applied/duplicate/too_late, with state if applied."""
+
+    customer_id: str
+    status: str
+    state: CustomerState | None = None
+    segments: dict[str, str] | None = None
+
+
+async def load_library(redis) -> None:
+    """(Re)load the function library; safe to call on every start."""
+    await redis.function_load(LIBRARY, replace=True)
+
+
+def load_library_sync(redis) -> None:
+    redis.function_load(LIBRARY, replace=True)
+
+
+class FeatureStore:
+    """Applies event deltas and reads customer state (redis.asyncio client)."""
+
+    def __init__(self, redis, lateness_ms: int):
+        self.redis = redis
+        self.lateness_ms = lateness_ms
+
+    async def apply_batch(self, items: Sequence[tuple[str, EventDelta]]) -> list[Applied]:
+        if not items:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for customer_id, delta in items:
+            pipe.fcall(
+                "segflow_apply", 2, keys.customer_key(customer_id), keys.segments_key(customer_id),
+                *delta_args(delta, self.lateness_ms),
+            )
+        newest = max(delta.ts_ms for _, delta in items)
+        pipe.fcall("segflow_advance_watermark", 1, keys.WATERMARK, newest)
+        replies = await pipe.execute()
+        out = []
+        for (customer_id, _), reply in zip(items, replies):
+            status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+            if status == "applied":
+                out.append(Applied(customer_id, status, state_from_hash(pairs(reply[1])), pairs(reply[2])))
+            else:
+                out.append(Applied(customer_id, status))
+        return out
+
+    async def watermark_ms(self) -> int | None:
+        value = await self.redis.get(keys.WATERMARK)
+        return None if value is None else int(value)
+
+    async def read(self, customer_ids: Sequence[str]) -> list[tuple[CustomerState, dict[str, str]]]:
+        """Raw state and segments of several customers, one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for cid in customer_ids:
+            pipe.hgetall(keys.customer_key(cid))
+            pipe.hgetall(keys.segments_key(cid))
+        replies = await pipe.execute()
+        out = []
+        for i in range(0, len(replies), 2):
+            out.append((state_from_hash(_decode(replies[i])), _decode(replies[i + 1])))
+        return out
+
+
+def _decode(h: dict) -> dict[str, str]:
+    return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in h.items()}

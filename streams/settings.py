@@ -1,0 +1,123 @@
+"""Runtime settings: environment variables ``SEGFLOW_*``, optionally a YAML file.
+
+Precedence: environment > YAML file named by ``SEGFLOW_CONFIG`` (or passed
+to :func:`load_settings`) > defaults. Every field is listed, with its
+environment variable, by ``segflow config``.
+
+>>> s = Settings(kafka_url="kafka://k:9092", lateness_seconds=60)
+>>> s.lateness_ms, s.topics.segment_changes
+(60000, 'segment-changes')
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.topics import Topics
+
+
+class SettingsError(ValueError):
+    """A bad settings file or variable; the message names where and what."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEGFLOW_", extra="forbid")
+
+    kafka_url: str = Field("kafka://127.0.0.1:9092", description="Faust broker URL(s), e.g. kafka://host1:9092;kafka://host2:9092")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_username: str | None = None
+    kafka_password: SecretStr | None = None
+    kafka_ca_file: Path | None = Field(None, description="CA bundle for SSL/SASL_SSL")
+    redis_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="redis:// or rediss:// (TLS); may carry a password")
+    app_id: str = Field("segflow", description="Faust app id = Kafka consumer group")
+    topic_prefix: str = ""
+    partitions: int = Field(4, ge=1, le=1024, description="Partitions per input topic when segflow creates them")
+    lateness_seconds: float = Field(6 * 3600, ge=0, description="Allowed event-time lateness; older events are dead-lettered as too_late")
+    max_future_skew_seconds: float = Field(3600, ge=0, description="Events further in the future than this are rejected")
+    clock: Literal["wall", "event"] = Field("wall", description="wall: deadlines fire on wall-clock time; event: on the event-time watermark (replays, simulations)")
+    segments_config: Path | None = Field(None, description="YAML segmentation config; default: the one shipped in segmenter/")
+    batch_size: int = Field(500, ge=1, description="Events taken from the stream per Redis pipeline")
+    batch_within: float = Field(0.05, gt=0, description="Seconds to wait for a batch to fill")
+    history_cap: int = Field(50, ge=1, description="Segment changes kept per customer")
+    snapshot_interval_seconds: float = Field(30.0, gt=0, description="How often the behaviour model is snapshotted to Redis")
+    deadline_interval_seconds: float = Field(1.0, gt=0, description="How often due deadlines are claimed and re-evaluated")
+    web_enabled: bool = True
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=0, le=65535)
+    session_timeout_seconds: float = Field(10.0, gt=0, description="Kafka consumer group session timeout; a group join takes about half")
+    data_dir: Path = Field(Path(".segflow"), description="Faust table/state directory")
+
+    @property
+    def lateness_ms(self) -> int:
+        return int(self.lateness_seconds * 1000)
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    def redacted(self) -> dict:
+        """Settings as a dict safe to log: secrets masked, URL passwords hidden."""
+        out = self.model_dump(mode="json")
+        out["redis_url"] = redact_url(self.redis_url.get_secret_value())
+        if self.kafka_password is not None:
+            out["kafka_password"] = "**********"
+        return out
+
+
+def redact_url(url: str) -> str:
+    """Hide the password part of a URL.
+
+    >>> redact_url("rediss://user:s3cret@host:6380/0")
+    'rediss://user:***@host:6380/0'
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def load_settings(path: str | os.PathLike | None = None, **overrides) -> Settings:
+    """Settings from ``path`` (or ``$SEGFLOW_CONFIG``), the environment and ``overrides``."""
+    path = path or os.environ.get("SEGFLOW_CONFIG")
+    file_values: dict = {}
+    if path:
+        text = Path(path).read_text()
+        try:
+            file_values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise SettingsError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        if not isinstance(file_values, dict):
+            raise SettingsError(f"{path} line 1: expected a mapping of setting: value")
+    env_names = {k[len("SEGFLOW_"):].lower() for k in os.environ if k.startswith("SEGFLOW_")}
+    values = {k: v for k, v in file_values.items() if k not in env_names}
+    values.update(overrides)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise SettingsError(_explain(exc, path, text if path else "")) from None
+
+
+def _explain(exc: ValidationError, path, text: str) -> str:
+    lines = []
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(p) for p in err["loc"])
+        where = ""
+        if path:
+            for i, line in enumerate(text.splitlines(), 1):
+                if line.split(":", 1)[0].strip() == str(err["loc"][0]):
+                    where = f" line {i}"
+                    break
+        source = f"{path}{where}" if path else "settings"
+        lines.append(f"{source}: {field}: {err['msg']}")
+    return "\n".join(lines)

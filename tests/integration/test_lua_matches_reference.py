@@ -1,0 +1,46 @@
+"""The Redis function folds events exactly as the pure reference does."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from features import keys
+from features.codec import delta_args, state_from_hash
+from features.state import BUCKET_DAYS, DAY_MS, METRICS, CustomerState, EventDelta, apply_delta
+from features.store import load_library_sync
+
+pytestmark = pytest.mark.integration
+
+LATENESS = 2 * DAY_MS
+
+deltas = st.builds(
+    EventDelta,
+    ts_ms=st.integers(20_000 * DAY_MS, 20_000 * DAY_MS + 200 * DAY_MS),
+    token=st.text("0123456789abcdef", min_size=2, max_size=3),
+    family=st.sampled_from(["clickstream", "purchase", "login"]),
+    increments=st.dictionaries(st.integers(0, len(METRICS) - 1), st.integers(1, 50_000), max_size=3),
+    categories=st.dictionaries(st.sampled_from([f"cat{i}" for i in range(12)]), st.integers(1, 5), max_size=3),
+    purchase=st.booleans(),
+    visit=st.booleans(),
+    login=st.booleans(),
+    offset=st.none() | st.tuples(st.integers(0, 1), st.integers(0, 30)),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(deltas, max_size=40))
+def test_lua_apply_equals_python_apply(redis_client, events):
+    load_library_sync(redis_client)
+    redis_client.delete(keys.customer_key("c"))
+    ref = CustomerState()
+    for delta in events:
+        expected = apply_delta(ref, delta, LATENESS)
+        reply = redis_client.fcall("segflow_apply", 2, keys.customer_key("c"), keys.segments_key("c"), *delta_args(delta, LATENESS))
+        assert reply[0] == expected
+    stored = state_from_hash(redis_client.hgetall(keys.customer_key("c")))
+    assert stored == ref
+    if ref.last_seen_ms is not None:
+        newest_day = ref.last_seen_ms // DAY_MS
+        assert all(newest_day - BUCKET_DAYS < d for d in stored.buckets)
