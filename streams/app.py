@@ -1,0 +1,148 @@
+"""The Faust app: agents, timers and web views around :class:`streams.engine.Engine`.
+
+Kept thin on purpose: it moves bytes between Kafka and the engine and
+publishes what the engine decides. Built by :func:`create_app` from
+:class:`~streams.settings.Settings` so tests and the CLI configure it the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+
+import faust
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import BusyLoadingError, ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
+
+from streams.engine import BatchOutcome, Engine, InboundMessage
+from streams.settings import Settings
+
+log = logging.getLogger("segflow.worker")
+
+
+def redis_client(url: str) -> aioredis.Redis:
+    """An asyncio Redis client that waits and retries with backoff while Redis is away."""
+    return aioredis.Redis.from_url(
+        url,
+        retry=Retry(ExponentialBackoff(cap=5.0, base=0.05), retries=60),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError, BusyLoadingError],
+        health_check_interval=10,
+        socket_connect_timeout=5,
+    )
+
+
+def broker_credentials(settings: Settings):
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return None
+    context = ssl.create_default_context(cafile=str(settings.kafka_ca_file) if settings.kafka_ca_file else None)
+    if settings.kafka_security_protocol == "SSL":
+        return context
+    password = settings.kafka_password.get_secret_value() if settings.kafka_password else ""
+    ctx = context if settings.kafka_security_protocol == "SASL_SSL" else None
+    if settings.kafka_sasl_mechanism.startswith("SCRAM"):
+        return faust.SASLCredentials(username=settings.kafka_username, password=password, ssl_context=ctx, mechanism=settings.kafka_sasl_mechanism)
+    return faust.SASLCredentials(username=settings.kafka_username, password=password, ssl_context=ctx)
+
+
+def create_app(settings: Settings, segmenter_factory) -> faust.App:
+    topics = settings.topics
+    app = faust.App(
+        settings.app_id,
+        broker=settings.kafka_url,
+        broker_credentials=broker_credentials(settings),
+        store="memory://",
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.partitions,
+        topic_allow_declare=False,  # segflow creates its topics itself (streams.admin)
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=settings.session_timeout_seconds,
+        producer_acks=-1,
+        web_enabled=settings.web_enabled,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+    )
+    inputs = app.topic(*topics.inputs, key_serializer="raw", value_serializer="raw")
+    changes_topic = app.topic(topics.segment_changes, key_serializer="raw", value_serializer="raw")
+    dead_letter_topic = app.topic(topics.dead_letter, key_serializer="raw", value_serializer="raw")
+
+    holder: dict = {}
+    ready = asyncio.Lock()
+
+    async def engine() -> Engine:
+        async with ready:
+            if "engine" not in holder:
+                e = Engine(settings, redis_client(settings.redis_url.get_secret_value()), segmenter_factory())
+                await e.start()
+                holder["engine"] = e
+                holder["started"] = time.monotonic()
+                await relay_outbox(e)
+        return holder["engine"]
+
+    async def publish(e: Engine, outcome: BatchOutcome) -> None:
+        futures = []
+        for dl in outcome.dead_letters:
+            futures.append(await dead_letter_topic.send(key=dl.message.key, value=dl.message.value or b"", headers=dl.headers()))
+        sent_ids = []
+        for outbox_id, payload in outcome.changes:
+            customer_id = json.loads(payload)["customer_id"]
+            futures.append(await changes_topic.send(key=customer_id.encode(), value=payload.encode()))
+            sent_ids.append(outbox_id)
+        if futures:
+            await asyncio.gather(*futures)
+        # Only once the broker has the changes do they leave the outbox.
+        await e.confirm_sent(sent_ids)
+
+    async def relay_outbox(e: Engine) -> None:
+        """Send changes a previous run wrote to Redis but did not confirm on Kafka."""
+        pending = await e.pending_outbox()
+        if pending:
+            log.warning("relaying %d segment changes left in the outbox", len(pending))
+            await publish(e, BatchOutcome(changes=pending))
+
+    @app.agent(inputs)
+    async def ingest(stream):
+        e = await engine()
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+            batch = [
+                InboundMessage(ev.message.topic, ev.message.partition, ev.message.offset, ev.message.key, ev.message.value, int(ev.message.timestamp * 1000))
+                for ev in events
+            ]
+            await publish(e, await e.process(batch))
+
+    @app.timer(settings.deadline_interval_seconds)
+    async def deadlines():
+        e = await engine()
+        while True:
+            outcome = await e.fire_deadlines()
+            await publish(e, outcome)
+            if not outcome.changes and not outcome.dead_letters:
+                break
+
+    @app.timer(settings.snapshot_interval_seconds)
+    async def snapshot():
+        e = await engine()
+        version = await e.snapshot_model()
+        if version is not None:
+            log.info("behaviour model snapshot v%d saved", version)
+
+    @app.timer(5.0)
+    async def progress():
+        e = await engine()
+        c = e.counters
+        elapsed = time.monotonic() - holder["started"]
+        log.warning(
+            "progress: received=%d applied=%d duplicates=%d dead_lettered=%d changes=%d deadline_evals=%d (%.0f ev/s avg)",
+            c.received, c.applied, c.duplicates, c.dead_lettered, c.changes, c.deadline_evaluations, c.received / max(elapsed, 1e-9),
+        )
+        await e.redis.hset("segflow:stats", mapping={k: v for k, v in c.as_dict().items() if isinstance(v, int)})
+
+    app.segflow_engine = engine  # for web views and tests
+    return app

@@ -1,0 +1,246 @@
+"""The ``segflow`` command line.
+
+Every command reads :class:`~streams.settings.Settings` (``SEGFLOW_*``
+environment variables or ``--config FILE``), so ``segflow customer`` finds the
+same Redis the worker writes to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from streams.settings import Settings, SettingsError, load_settings
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help="segflow: streaming, real-time customer segmentation.")
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML settings file (default: $SEGFLOW_CONFIG)")
+
+
+def _settings(config: Optional[Path], **overrides) -> Settings:
+    try:
+        return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        typer.secho(f"bad settings: {exc}", fg="red", err=True)
+        raise typer.Exit(2)
+
+
+def _sync_redis(settings: Settings):
+    import redis
+
+    return redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True, socket_connect_timeout=3)
+
+
+def _echo(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+# -- running ---------------------------------------------------------------------
+
+
+def _segmenter_factory(settings: Settings):
+    from segmenter.assign import Segmenter
+    from segmenter.config import default_config, load_config
+
+    config = load_config(settings.segments_config) if settings.segments_config else default_config()
+    return lambda: Segmenter.from_config(config)
+
+
+def run_worker(settings: Settings, loglevel: str = "warning") -> None:
+    """Run one Faust worker in this process until it is stopped (SIGINT/SIGTERM)."""
+    import faust
+
+    from streams.admin import bootstrap_of, ensure_topics
+    from streams.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s %(levelname)s: %(message)s")
+    _segmenter_factory(settings)  # a bad segments config fails here, before Kafka is touched
+    created = ensure_topics(bootstrap_of(settings.kafka_url), settings.topics, settings.partitions)
+    if created:
+        _echo(f"created topics: {', '.join(created)}")
+    app = create_app(settings, _segmenter_factory(settings))
+    _echo(f"segflow worker: kafka={settings.kafka_url} redis={settings.redacted()['redis_url']} clock={settings.clock}")
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, override_logging=False)
+    worker.execute_from_commandline()
+
+
+@cli.command()
+def worker(config: Optional[Path] = ConfigOpt, loglevel: str = typer.Option("warning", help="Faust's log level")):
+    """Run a worker against an existing Kafka and Redis (production path)."""
+    run_worker(_settings(config), loglevel)
+
+
+@cli.command()
+def up(
+    config: Optional[Path] = ConfigOpt,
+    kafka_port: int = typer.Option(9092, help="Loopback port for the embedded broker"),
+    redis_port: int = typer.Option(6379, help="Loopback port for the embedded Redis"),
+    work_dir: Path = typer.Option(Path(".segflow"), help="Logs and Redis files"),
+):
+    """Start an embedded broker, Redis and one worker in the foreground until Ctrl-C."""
+    from streams.embedded import Broker, EmbeddedStack, RedisServer
+
+    stack = EmbeddedStack(work_dir=work_dir, broker=Broker(port=kafka_port), redis=RedisServer(port=redis_port))
+    try:
+        stack.start()
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        typer.secho(f"could not start the embedded stack: {exc} (is the port in use? try --kafka-port/--redis-port)", fg="red", err=True)
+        raise typer.Exit(1)
+    os.environ["SEGFLOW_KAFKA_URL"] = stack.broker.url
+    os.environ["SEGFLOW_REDIS_URL"] = stack.redis.url
+    os.environ.setdefault("SEGFLOW_CLOCK", "event")
+    _echo(f"embedded broker on {stack.broker.bootstrap}, Redis on {stack.redis.url}; Ctrl-C stops all three")
+    _echo(f"in another shell: export SEGFLOW_KAFKA_URL={stack.broker.url} SEGFLOW_REDIS_URL={stack.redis.url}")
+    try:
+        run_worker(_settings(config))
+    finally:
+        stack.stop()
+        _echo("embedded broker and Redis stopped")
+
+
+@cli.command()
+def demo(
+    seconds: float = typer.Option(float(os.environ.get("DEMO_SECONDS", 60)), help="How long to run (env DEMO_SECONDS)"),
+    customers: int = typer.Option(2000, help="Simulated customers"),
+    days: float = typer.Option(120, help="Event-time span simulated"),
+    seed: int = typer.Option(7),
+):
+    """Everything at once: embedded stack, worker, simulated customers, then a report."""
+    from streams.demo import run_demo
+
+    raise typer.Exit(run_demo(seconds=seconds, customers=customers, days=days, seed=seed))
+
+
+# -- producing ---------------------------------------------------------------------
+
+
+@cli.command()
+def simulate(
+    config: Optional[Path] = ConfigOpt,
+    customers: int = typer.Option(1000, help="Population size"),
+    days: float = typer.Option(90, help="Event-time span to simulate"),
+    rate: float = typer.Option(2000, help="Events per wall-clock second (0 = as fast as possible)"),
+    seed: int = typer.Option(1),
+    ground_truth: Optional[Path] = typer.Option(None, help="Write the hidden personas and churn times here (JSON)"),
+):
+    """Produce a simulated population to the input topics, in event time."""
+    from streams.admin import bootstrap_of, ensure_topics
+    from streams.producer import produce_simulation
+    from streams.simulate import Simulation
+
+    settings = _settings(config)
+    sim = Simulation(customers=customers, days=days, seed=seed)
+    if ground_truth:
+        ground_truth.write_bytes(sim.ground_truth_json())
+    bootstrap = bootstrap_of(settings.kafka_url)
+    ensure_topics(bootstrap, settings.topics, settings.partitions)
+    stats = produce_simulation(bootstrap, sim, settings.topics, rate=rate or None, progress=_echo)
+    _echo(f"done: {stats}")
+
+
+@cli.command()
+def produce(file: Path = typer.Argument(..., exists=True, dir_okay=False), config: Optional[Path] = ConfigOpt,
+            rate: float = typer.Option(0, help="Events per second (0 = as fast as possible)")):
+    """Publish events from a JSONL file (one event per line) to their topics."""
+    from streams.admin import bootstrap_of, ensure_topics
+    from streams.producer import produce_file
+
+    settings = _settings(config)
+    bootstrap = bootstrap_of(settings.kafka_url)
+    ensure_topics(bootstrap, settings.topics, settings.partitions)
+    stats = produce_file(bootstrap, file, settings.topics, rate=rate or None, progress=_echo)
+    _echo(f"done: {stats}")
+
+
+# -- querying ----------------------------------------------------------------------
+
+
+@cli.command()
+def customer(customer_id: str, config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(False, "--json")):
+    """A customer's features and current segments, read from Redis."""
+    from streams.queries import customer_view
+
+    settings = _settings(config)
+    view = customer_view(_sync_redis(settings), customer_id, settings)
+    if view is None:
+        typer.secho(f"unknown customer: {customer_id!r}", fg="red", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(view, indent=2, default=str))
+        return
+    from streams.queries import format_customer
+
+    typer.echo(format_customer(view))
+
+
+@cli.command()
+def segments(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(False, "--json")):
+    """Size of every segment of every segmentation."""
+    from streams.queries import format_sizes, segment_sizes
+
+    settings = _settings(config)
+    sizes = segment_sizes(_sync_redis(settings))
+    typer.echo(json.dumps(sizes, indent=2) if as_json else format_sizes(sizes))
+
+
+@cli.command()
+def schemas(out_dir: Optional[Path] = typer.Option(None, help="Write one .json file per schema here")):
+    """JSON Schemas of the input events and of the segment-change contract."""
+    from segmenter.changes import segment_change_json_schema
+    from streams.events import json_schemas
+
+    all_schemas = {**json_schemas(), "segment-change": segment_change_json_schema()}
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, schema in all_schemas.items():
+            (out_dir / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
+        _echo(f"wrote {len(all_schemas)} schemas to {out_dir}")
+    else:
+        typer.echo(json.dumps(all_schemas, indent=2))
+
+
+@cli.command()
+def topics(config: Optional[Path] = ConfigOpt, create: bool = typer.Option(False, "--create", help="Create missing topics")):
+    """List segflow's topics (and create them with --create)."""
+    settings = _settings(config)
+    for name, purpose in settings.topics.describe():
+        typer.echo(f"{name:24} {purpose}")
+    if create:
+        from streams.admin import bootstrap_of, ensure_topics
+
+        created = ensure_topics(bootstrap_of(settings.kafka_url), settings.topics, settings.partitions)
+        _echo(f"created: {', '.join(created) or 'nothing (all exist)'}")
+
+
+@cli.command()
+def features():
+    """The feature catalogue."""
+    from features.catalogue import CATALOGUE
+
+    for f in CATALOGUE:
+        window = f"{f.window}d" if f.window else "-"
+        typer.echo(f"{f.name:30} {f.unit:9} {window:>4}  {f.description}")
+
+
+@cli.command("config")
+def show_config(config: Optional[Path] = ConfigOpt):
+    """Effective settings (secrets masked) and the environment variable of each."""
+    settings = _settings(config)
+    for name, value in settings.redacted().items():
+        typer.echo(f"{name:28} {str(value):40} SEGFLOW_{name.upper()}")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""The engine: one batch of raw messages in, dead letters and segment changes out.
+
+It is the imperative shell that strings the pure parts together —
+decode (pydantic) -> delta -> Redis function -> features -> segmenter ->
+Redis segment state + outbox — and knows nothing about Faust, so tests and
+benchmarks drive it directly and the Faust agent stays a few lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from features.catalogue import compute
+from features.extract import delta_of
+from features.store import FeatureStore, load_library
+from segmenter.assign import Segmenter
+from streams.events import InvalidEvent, check_not_future, decode
+from streams.segment_store import CustomerUpdate, SegmentStore, StoredAssignment, parse_segments
+from streams.settings import Settings
+from streams.topics import Topics
+
+log = logging.getLogger("segflow.engine")
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    topic: str
+    partition: int | None
+    offset: int | None
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    message: InboundMessage
+    reason: str
+    detail: str = ""
+
+    def headers(self) -> dict[str, bytes]:
+        h = {
+            "segflow.reason": self.reason.encode(),
+            "segflow.detail": self.detail[:1000].encode(),
+            "segflow.source.topic": self.message.topic.encode(),
+            "segflow.dead_lettered_at": str(int(time.time() * 1000)).encode(),
+        }
+        if self.message.partition is not None:
+            h["segflow.source.partition"] = str(self.message.partition).encode()
+        if self.message.offset is not None:
+            h["segflow.source.offset"] = str(self.message.offset).encode()
+        return h
+
+
+@dataclass
+class Counters:
+    received: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    changes: int = 0
+    deadline_evaluations: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+@dataclass
+class BatchOutcome:
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    changes: list[tuple[str, str]] = field(default_factory=list)  # (outbox id, change json)
+
+
+class Engine:
+    def __init__(self, settings: Settings, redis, segmenter: Segmenter):
+        self.settings = settings
+        self.topics: Topics = settings.topics
+        self.redis = redis
+        self.features = FeatureStore(redis, settings.lateness_ms)
+        self.segments = SegmentStore(redis, settings.history_cap)
+        self.segmenter = segmenter
+        self.counters = Counters()
+        # The Faust agent and the deadline timer share a worker; evaluating one
+        # customer from both at once could write stale segments.
+        self.lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        await load_library(self.redis)
+        snapshot = await self.segments.load_model()
+        if snapshot is not None:
+            self.segmenter.restore_model(*snapshot)
+            log.info("behaviour model restored from snapshot v%s", snapshot[0])
+
+    # -- events ---------------------------------------------------------------
+    async def process(self, messages: Sequence[InboundMessage], now: float | None = None) -> BatchOutcome:
+        now = time.time() if now is None else now
+        out = BatchOutcome()
+        items = []
+        sources = []
+        self.counters.received += len(messages)
+        for msg in messages:
+            family = self.topics.family_of(msg.topic)
+            try:
+                if family is None:
+                    raise InvalidEvent("unknown_topic", msg.topic)
+                event = decode(family, msg.value)
+                check_not_future(event, now, self.settings.max_future_skew_seconds)
+                if msg.key is not None and msg.key.decode("utf-8", "replace") != event.customer_id:
+                    raise InvalidEvent("key_mismatch", "message key is not the event's customer_id")
+            except InvalidEvent as exc:
+                out.dead_letters.append(DeadLetter(msg, exc.reason, exc.detail))
+                continue
+            offset = None if msg.partition is None or msg.offset is None else (msg.partition, msg.offset)
+            items.append((event.customer_id, delta_of(event, offset)))
+            sources.append((msg, event))
+
+        async with self.lock:
+            results = await self.features.apply_batch(items)
+            updates = []
+            for (msg, event), result in zip(sources, results):
+                if result.status == "duplicate":
+                    self.counters.duplicates += 1
+                    continue
+                if result.status == "too_late":
+                    out.dead_letters.append(DeadLetter(msg, "too_late", f"older than the allowed lateness of {self.settings.lateness_seconds:g}s"))
+                    continue
+                self.counters.applied += 1
+                now_ms = result.state.last_seen_ms
+                feats = compute(result.state, now_ms)
+                self.segmenter.learn_one(feats)
+                updates.append(self._evaluate(event.customer_id, feats, result.segments, now_ms, f"event:{event.event_id}"))
+            out.changes = await self.segments.write(u for u in updates if u is not None)
+        self._count(out)
+        return out
+
+    # -- deadlines ------------------------------------------------------------
+    async def clock_ms(self) -> int | None:
+        """Now, as deadlines see it: wall clock, or the event-time watermark."""
+        if self.settings.clock == "wall":
+            return int(time.time() * 1000)
+        wm = await self.features.watermark_ms()
+        return None if wm is None else wm - self.settings.lateness_ms
+
+    async def fire_deadlines(self, limit: int = 1000) -> BatchOutcome:
+        out = BatchOutcome()
+        now_ms = await self.clock_ms()
+        if now_ms is None:
+            return out
+        async with self.lock:
+            due = await self.segments.claim_due(now_ms, limit)
+            if not due:
+                return out
+            rows = await self.features.read(due)
+            updates = []
+            for cid, (state, seg_hash) in zip(due, rows):
+                if not state.exists:
+                    continue
+                feats = compute(state, now_ms)
+                updates.append(self._evaluate(cid, feats, seg_hash, now_ms, f"deadline:{now_ms}"))
+            self.counters.deadline_evaluations += len(due)
+            out.changes = await self.segments.write(u for u in updates if u is not None)
+        self._count(out)
+        return out
+
+    # -- shared ---------------------------------------------------------------
+    def _evaluate(self, customer_id: str, feats: dict, seg_hash: dict[str, str], now_ms: int, cause: str) -> CustomerUpdate:
+        previous = parse_segments(seg_hash)
+        evaluation = self.segmenter.evaluate(customer_id, feats, previous, now_ms, cause)
+        changed = {
+            name: StoredAssignment(a.segment, a.since_ms, a.reason, evaluation.model_version)
+            for name, a in evaluation.assignments.items()
+            if name not in previous or previous[name].segment != a.segment
+        }
+        return CustomerUpdate(customer_id, changed, previous, evaluation.changes, evaluation.churn_propensity, evaluation.next_deadline_ms)
+
+    def _count(self, out: BatchOutcome) -> None:
+        self.counters.dead_lettered += len(out.dead_letters)
+        self.counters.changes += len(out.changes)
+        for dl in out.dead_letters:
+            self.counters.reasons[dl.reason] = self.counters.reasons.get(dl.reason, 0) + 1
+
+    async def pending_outbox(self) -> list[tuple[str, str]]:
+        return await self.segments.pending_outbox()
+
+    async def confirm_sent(self, outbox_ids: Sequence[str]) -> None:
+        await self.segments.confirm_sent(outbox_ids)
+
+    async def snapshot_model(self) -> int | None:
+        snap = self.segmenter.snapshot_model()
+        if snap is None:
+            return None
+        version, blob = snap
+        await self.segments.save_model(version, blob)
+        return version
