@@ -169,7 +169,7 @@ def compute(state: CustomerState, now_ms: int) -> dict[str, float | None]:
 
     weekend = total = 0
     score = recent7 = prior30 = 0.0
-    for day, bucket in state.buckets.items():
+    for day, bucket in sorted(state.buckets.items()):  # sorted: float sums independent of arrival order
         age = today - day
         if age < 0:
             continue  # a bucket after `now` (evaluating the past) does not count yet

@@ -29,3 +29,69 @@ def broker(tmp_path_factory):
     b = Broker(log_path=tmp_path_factory.mktemp("broker") / "broker.log").start()
     yield b
     b.stop()
+
+
+class WorkerProcess:
+    """A real `segflow worker` subprocess against the test broker and Redis."""
+
+    def __init__(self, broker, redis_server, tmp_path, prefix: str, app_id: str, extra_env: dict | None = None):
+        import os
+        import sys
+
+        from streams.embedded import free_port
+
+        self.prefix = prefix
+        self.log_path = tmp_path / f"worker-{app_id}.log"
+        self.env = {
+            **os.environ,
+            "SEGFLOW_KAFKA_URL": broker.url,
+            "SEGFLOW_REDIS_URL": redis_server.url,
+            "SEGFLOW_TOPIC_PREFIX": prefix,
+            "SEGFLOW_APP_ID": app_id,
+            "SEGFLOW_CLOCK": "event",
+            "SEGFLOW_WEB_PORT": str(free_port()),
+            "SEGFLOW_DATA_DIR": str(tmp_path / f"data-{app_id}"),
+            "SEGFLOW_SESSION_TIMEOUT_SECONDS": "4",
+            "SEGFLOW_PARTITIONS": "2",
+            **(extra_env or {}),
+        }
+        self.cmd = [sys.executable, "-m", "streams.cli", "worker"]
+        self.proc = None
+
+    def start(self) -> "WorkerProcess":
+        import subprocess
+
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
+        return self
+
+    def stop(self, sig=None) -> int:
+        import signal
+        import subprocess
+
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig or signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture()
+def start_worker(broker, redis_server, tmp_path):
+    """Factory: start_worker(prefix, app_id=...) -> running WorkerProcess, stopped after the test."""
+    started = []
+
+    def _start(prefix: str, app_id: str | None = None, **extra_env) -> WorkerProcess:
+        w = WorkerProcess(broker, redis_server, tmp_path, prefix, app_id or f"{prefix}app", {k: str(v) for k, v in extra_env.items()}).start()
+        started.append(w)
+        return w
+
+    yield _start
+    for w in started:
+        w.stop()

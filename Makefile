@@ -1,0 +1,37 @@
+# segflow: `make demo` and `make test` are all a newcomer needs (see README).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test test-unit test-integration bench soak lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "segflow needs Python 3.11, found " + sys.version' 
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/segflow demo --seconds $${DEMO_SECONDS:-60}
+
+test: install
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test-unit: install
+	$(BIN)/pytest -q -m "not integration"
+
+test-integration: install
+	$(BIN)/pytest -q -m integration
+
+bench: install
+	$(BIN)/segflow bench
+
+soak: install
+	$(BIN)/segflow soak --minutes $${SOAK_MINUTES:-60}
+
+clean:
+	rm -rf $(VENV) .segflow .pytest_cache .hypothesis *.egg-info

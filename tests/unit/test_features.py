@@ -1,0 +1,123 @@
+"""Properties of the pure feature math: order, duplicates and windows."""
+
+from __future__ import annotations
+
+import copy
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from features.catalogue import FEATURE_NAMES, WINDOWS, compute, window_sums
+from features.state import (
+    BUCKET_DAYS,
+    DAY_MS,
+    METRICS,
+    PURCHASES,
+    REVENUE_CENTS,
+    CustomerState,
+    EventDelta,
+    apply_delta,
+)
+
+LATENESS = 3 * DAY_MS
+BASE = 19_000 * DAY_MS
+
+
+def make_deltas(span_ms: int, max_size: int = 30, categories: int = 6):
+    def build(i_ts, increments, cats, kind):
+        i, ts = i_ts
+        purchase = kind == "purchase"
+        if purchase:
+            increments = {**increments, PURCHASES: 1}
+        return EventDelta(ts, f"tok{i}", kind, increments, cats if purchase else {}, purchase=purchase,
+                          visit=kind == "clickstream", login=kind == "login")
+
+    one = st.builds(
+        build,
+        st.tuples(st.integers(0, 10**9), st.integers(BASE, BASE + span_ms)),
+        st.dictionaries(st.integers(0, len(METRICS) - 1), st.integers(1, 10_000), max_size=3),
+        st.dictionaries(st.sampled_from([f"cat{i}" for i in range(categories)]), st.integers(1, 4), max_size=2),
+        st.sampled_from(["clickstream", "purchase", "login"]),
+    )
+    return st.lists(one, max_size=max_size, unique_by=lambda d: d.token)
+
+
+def fold(deltas, lateness=LATENESS) -> CustomerState:
+    s = CustomerState()
+    for d in deltas:
+        apply_delta(s, d, lateness)
+    return s
+
+
+@settings(max_examples=300, deadline=None)
+@given(deltas=make_deltas(span_ms=LATENESS), data=st.data())
+def test_any_permutation_within_the_lateness_gives_the_same_features(deltas, data):
+    shuffled = data.draw(st.permutations(deltas))
+    a, b = fold(deltas), fold(shuffled)
+    assert a == b
+    now = BASE + LATENESS + data.draw(st.integers(0, 120 * DAY_MS))
+    assert compute(a, now) == compute(b, now)
+
+
+@settings(max_examples=300, deadline=None)
+@given(deltas=make_deltas(span_ms=40 * DAY_MS), data=st.data())
+def test_duplicates_never_change_the_state(deltas, data):
+    state = fold(deltas, lateness=100 * DAY_MS)
+    before = copy.deepcopy(state)
+    again = data.draw(st.lists(st.sampled_from(deltas), max_size=10)) if deltas else []
+    for d in again:
+        assert apply_delta(state, d, 100 * DAY_MS) == "duplicate"
+    assert state == before
+
+
+@settings(max_examples=200, deadline=None)
+@given(deltas=make_deltas(span_ms=200 * DAY_MS, max_size=60), cutoff_offset=st.integers(0, 260 * DAY_MS))
+def test_windows_equal_a_batch_recomputation_from_raw_events(deltas, cutoff_offset):
+    cutoff = BASE + cutoff_offset
+    upto = sorted((d for d in deltas if d.ts_ms <= cutoff), key=lambda d: d.ts_ms)
+    state = fold(upto)
+    today = cutoff // DAY_MS
+    for days in WINDOWS:
+        expected = [0] * len(METRICS)
+        for d in upto:
+            if today - days < d.ts_ms // DAY_MS <= today:
+                for metric, n in d.increments.items():
+                    expected[metric] += n
+        assert window_sums(state, cutoff, days) == expected
+    feats = compute(state, cutoff)
+    assert feats["purchases_total"] == sum(d.increments.get(PURCHASES, 0) for d in upto if d.purchase)
+    assert feats["revenue_total"] * 100 == sum(d.increments.get(REVENUE_CENTS, 0) for d in upto if d.purchase)
+
+
+@given(deltas=make_deltas(span_ms=400 * DAY_MS, max_size=80, categories=20))
+def test_state_stays_bounded(deltas):
+    state = fold(sorted(deltas, key=lambda d: d.ts_ms), lateness=DAY_MS)
+    assert len(state.buckets) <= BUCKET_DAYS
+    assert len(state.categories) <= 9
+    assert all(state.last_seen_ms - at <= DAY_MS for at in state.recent.values())
+
+
+def test_too_late_events_are_refused_and_change_nothing():
+    state = fold([EventDelta(BASE + 10 * DAY_MS, "a", "login", {9: 1}, login=True)])
+    before = copy.deepcopy(state)
+    assert apply_delta(state, EventDelta(BASE, "b", "login", {9: 1}, login=True), LATENESS) == "too_late"
+    assert state == before
+
+
+def test_redelivered_offsets_are_duplicates_even_with_new_event_ids():
+    state = CustomerState()
+    assert apply_delta(state, EventDelta(BASE, "a", "login", {9: 1}, offset=(0, 5)), LATENESS) == "applied"
+    assert apply_delta(state, EventDelta(BASE, "b", "login", {9: 1}, offset=(0, 5)), LATENESS) == "duplicate"
+    assert apply_delta(state, EventDelta(BASE, "c", "login", {9: 1}, offset=(0, 6)), LATENESS) == "applied"
+
+
+def test_compute_returns_exactly_the_catalogue():
+    assert tuple(compute(CustomerState(), BASE)) == FEATURE_NAMES
+
+
+def test_silence_empties_windows_and_decays_engagement():
+    state = fold([EventDelta(BASE, "a", "clickstream", {0: 1, 1: 5}, visit=True)])
+    fresh, later = compute(state, BASE), compute(state, BASE + 31 * DAY_MS)
+    assert fresh["page_views_30d"] == 5 and later["page_views_30d"] == 0
+    assert later["engagement_score"] < fresh["engagement_score"] / 8
+    assert later["days_since_last_visit"] == 31
