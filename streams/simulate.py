@@ -17,6 +17,7 @@ they are published is the producer's business (:mod:`streams.producer`).
 >>> events = list(sim.events())
 >>> [e.occurred_at for _, e in events] == sorted(e.occurred_at for _, e in events)
 True
+>>> from streams.events import decode
 >>> family, event = events[0]
 >>> decode(family, event_to_json(event)) == event
 True
@@ -33,12 +34,12 @@ import json
 import math
 import random
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Iterator
 
-from streams.events import ClickstreamEvent, Event, LoginEvent, PurchaseEvent, PurchaseItem, decode
+from streams.events import ClickstreamEvent, Event, LoginEvent, PurchaseEvent, PurchaseItem
 
 __all__ = [
     "CATEGORIES",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import threading
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -117,6 +118,26 @@ def test_rate_is_respected(bootstrap):
     stats = produce_events(bootstrap, items, topics, rate=1000)
     assert stats.sent == 600
     assert 0.5 <= stats.elapsed < 3.0
+
+
+def test_stop_event_ends_the_run_and_stats_read_as_a_dict(bootstrap):
+    topics = Topics(prefix="stop-")
+    create_topics(bootstrap, topics, partitions=1)
+    stop = threading.Event()
+    lines: list[str] = []
+    timer = threading.Timer(0.5, stop.set)
+    timer.start()
+    try:
+        items = (("login", b"c1", b'{"n":%d}' % i) for i in range(10**6))
+        stats = produce_events(bootstrap, items, topics, rate=1000, progress=lambda s: lines.append(str(s)),
+                               progress_every=0.2, stop=stop)
+    finally:
+        timer.cancel()
+    assert stats.done and 200 < stats.sent < 1500
+    assert lines and lines[-1].startswith(f"sent {stats.sent} ") and lines[-1].endswith("done")
+    produced: dict = {}
+    produced.update(stats)
+    assert produced["sent"] == stats.sent and produced["failed"] == 0 and produced["per_topic"] == {topics.logins: stats.sent}
 
 
 def test_file_lines_wrapped_bare_and_broken(bootstrap, tmp_path):
