@@ -230,6 +230,15 @@ def features():
         typer.echo(f"{f.name:30} {f.unit:9} {window:>4}  {f.description}")
 
 
+@cli.command()
+def docs(docs_dir: Path = typer.Option(Path("docs"), help="Folder of the Markdown docs")):
+    """Regenerate the tables in docs/ that come from code (features, topics, settings)."""
+    from streams.docgen import update
+
+    changed = update(docs_dir)
+    _echo(f"updated: {', '.join(map(str, changed)) or 'nothing (all current)'}")
+
+
 @cli.command("config")
 def show_config(config: Optional[Path] = ConfigOpt):
     """Effective settings (secrets masked) and the environment variable of each."""
