@@ -28,11 +28,15 @@ local function decode_bucket(s)
   local b = {}
   for i = 1, NMETRICS do b[i] = 0 end
   if s then
-    local i = 1
-    for v in string.gmatch(s, '([^,]*)') do
-      if i > NMETRICS then break end
+    -- Walk the commas by hand: Lua 5.1's gmatch('([^,]*)') also yields an
+    -- empty match after every value, which shifts the positions.
+    local i, pos = 1, 1
+    while i <= NMETRICS do
+      local comma = string.find(s, ',', pos, true)
+      local v = string.sub(s, pos, comma and comma - 1 or -1)
       if v ~= '' then b[i] = tonumber(v) end
-      i = i + 1
+      if not comma then break end
+      pos, i = comma + 1, i + 1
     end
   end
   return b

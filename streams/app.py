@@ -144,5 +144,35 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
         )
         await e.redis.hset("segflow:stats", mapping={k: v for k, v in c.as_dict().items() if isinstance(v, int)})
 
-    app.segflow_engine = engine  # for web views and tests
+    _add_web_views(app, settings)
+    app.segflow_engine = engine  # for tests
     return app
+
+
+def _add_web_views(app: faust.App, settings: Settings) -> None:
+    """JSON over HTTP from the worker's web server; the same queries as the CLI."""
+    import redis as sync_redis
+
+    from streams.queries import customer_view, segment_sizes
+
+    pool: dict = {}
+
+    def client():
+        if "r" not in pool:
+            pool["r"] = sync_redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
+        return pool["r"]
+
+    @app.page("/customers/{customer_id}")
+    async def get_customer(web, request, customer_id: str):
+        view = await asyncio.to_thread(customer_view, client(), customer_id, settings)
+        if view is None:
+            return web.json({"error": "unknown customer", "customer_id": customer_id}, status=404)
+        return web.json(view)
+
+    @app.page("/segments")
+    async def get_segments(web, request):
+        return web.json(await asyncio.to_thread(segment_sizes, client()))
+
+    @app.page("/healthz")
+    async def healthz(web, request):
+        return web.json({"ok": True})

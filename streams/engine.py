@@ -93,8 +93,10 @@ class Engine:
         await load_library(self.redis)
         snapshot = await self.segments.load_model()
         if snapshot is not None:
-            self.segmenter.restore_model(*snapshot)
-            log.info("behaviour model restored from snapshot v%s", snapshot[0])
+            if self.segmenter.restore_model(*snapshot):
+                log.warning("models restored from snapshot v%s", snapshot[0])
+            else:
+                log.warning("snapshot v%s was made for another segments config: starting fresh models", snapshot[0])
 
     # -- events ---------------------------------------------------------------
     async def process(self, messages: Sequence[InboundMessage], now: float | None = None) -> BatchOutcome:
@@ -121,7 +123,10 @@ class Engine:
 
         async with self.lock:
             results = await self.features.apply_batch(items)
-            updates = []
+            # One evaluation per customer per batch, on the customer's state after
+            # the batch's last event: segments are written once the batch is
+            # folded, so evaluating each event would compare against stale segments.
+            latest: dict[str, tuple] = {}
             for (msg, event), result in zip(sources, results):
                 if result.status == "duplicate":
                     self.counters.duplicates += 1
@@ -130,11 +135,14 @@ class Engine:
                     out.dead_letters.append(DeadLetter(msg, "too_late", f"older than the allowed lateness of {self.settings.lateness_seconds:g}s"))
                     continue
                 self.counters.applied += 1
+                latest[event.customer_id] = (event, result)
+            updates = []
+            for customer_id, (event, result) in latest.items():
                 now_ms = result.state.last_seen_ms
                 feats = compute(result.state, now_ms)
                 self.segmenter.learn_one(feats)
-                updates.append(self._evaluate(event.customer_id, feats, result.segments, now_ms, f"event:{event.event_id}"))
-            out.changes = await self.segments.write(u for u in updates if u is not None)
+                updates.append(self._evaluate(customer_id, feats, result.segments, now_ms, f"event:{event.event_id}"))
+            out.changes = await self.segments.write(updates)
         self._count(out)
         return out
 
@@ -163,14 +171,14 @@ class Engine:
                 feats = compute(state, now_ms)
                 updates.append(self._evaluate(cid, feats, seg_hash, now_ms, f"deadline:{now_ms}"))
             self.counters.deadline_evaluations += len(due)
-            out.changes = await self.segments.write(u for u in updates if u is not None)
+            out.changes = await self.segments.write(updates)
         self._count(out)
         return out
 
     # -- shared ---------------------------------------------------------------
     def _evaluate(self, customer_id: str, feats: dict, seg_hash: dict[str, str], now_ms: int, cause: str) -> CustomerUpdate:
         previous = parse_segments(seg_hash)
-        evaluation = self.segmenter.evaluate(customer_id, feats, previous, now_ms, cause)
+        evaluation = self.segmenter.evaluate(customer_id, feats, previous, now_ms, cause, emitted_at_ms=int(time.time() * 1000))
         changed = {
             name: StoredAssignment(a.segment, a.since_ms, a.reason, evaluation.model_version)
             for name, a in evaluation.assignments.items()

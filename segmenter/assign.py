@@ -1,0 +1,227 @@
+"""Segment assignment for one customer: every segmentation, hysteresis, changes.
+
+:class:`Segmenter` is what the shell (:mod:`streams.engine`) calls. It is pure:
+it reads no clock (``now_ms`` is given: the customer's event time, or the
+timer's clock when a deadline fires) and does no I/O; the shell persists the
+:class:`Evaluation` (assignments, changes, next deadline) and the model
+snapshots.
+
+>>> from segmenter.config import default_config
+>>> seg = Segmenter.from_config(default_config())
+>>> day = 86_400_000
+>>> f = {"tenure_days": 40.0, "days_since_last_activity": 0.0, "days_since_last_purchase": 3.0,
+...      "purchases_total": 4.0, "revenue_total": 120.0, "purchases_90d": 4.0, "sessions_30d": 8.0}
+>>> ev = seg.evaluate("c1", f, current={}, now_ms=100 * day, cause="event:e1")
+>>> {name: a.segment for name, a in ev.assignments.items()}
+{'lifecycle': 'active', 'behaviour': 'steady', 'value': 'loyal'}
+>>> [(c.segmentation, c.from_segment, c.to_segment) for c in ev.changes][0]
+('lifecycle', None, 'active')
+>>> round((ev.next_deadline_ms - 100 * day) / day, 3)  # 14 days since the purchase: recency score drops
+11.0
+
+Two weeks later, without any event, the timer re-evaluates:
+
+>>> later = {**f, "days_since_last_activity": 14.0, "days_since_last_purchase": 17.0}
+>>> ev2 = seg.evaluate("c1", later, ev.assignments, now_ms=114 * day, cause="deadline")
+>>> [(c.segmentation, c.from_segment, c.to_segment, c.reason) for c in ev2.changes]
+[('lifecycle', 'active', 'at_risk', 'buyer_silent_14d')]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from segmenter.changes import SegmentChange
+from segmenter.churn import churn_propensity
+from segmenter.clustering import BehaviourModel
+from segmenter.config import CHURN_FEATURE, SEGMENTATIONS, HysteresisPolicy, SegmentationConfig
+from segmenter.hysteresis import Assignment, AssignmentLike, decide, margin_ok
+from segmenter.rules import Features, LifecycleRules
+from segmenter.value import RFMScorer, ValueSegmentation
+
+# The daily counters that together count a customer's events of the day (UTC).
+DAILY_EVENT_COUNTS = (
+    "sessions_1d", "page_views_1d", "searches_1d", "add_to_carts_1d", "checkouts_1d",
+    "purchases_1d", "logins_1d", "failed_logins_1d",
+)
+SNAPSHOT_FORMAT = 1
+NO_BRAKES = HysteresisPolicy()
+
+
+def first_event_of_day(features: Features) -> bool:
+    """True when these features follow the customer's first event of the day.
+
+    The models learn from those only: one look per customer and active day,
+    so a customer with 300 events a day does not outvote 300 quiet ones.
+    Vectors without daily counters (tests, batch loads) always count.
+
+    >>> first_event_of_day({"sessions_1d": 1.0, "page_views_1d": 0.0})
+    True
+    >>> first_event_of_day({"sessions_1d": 1.0, "page_views_1d": 7.0})
+    False
+    """
+    return sum(features.get(name) or 0.0 for name in DAILY_EVENT_COUNTS) <= 1
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The outcome of evaluating one customer at ``now_ms``.
+
+    ``assignments`` has every segmentation (unchanged ones keep their
+    ``since_ms``); ``changes`` only real moves, after hysteresis;
+    ``next_deadline_ms`` is when to re-evaluate without an event (None: no
+    pending time-driven change); ``targets`` is what each segmentation would
+    pick without hysteresis (for explanations and measurements).
+    """
+
+    assignments: dict[str, Assignment]
+    changes: list[SegmentChange]
+    churn_propensity: float
+    next_deadline_ms: int | None
+    model_version: int
+    targets: dict[str, str] = field(default_factory=dict)
+
+
+class Segmenter:
+    """Lifecycle rules + behaviour clusters + RFM value, with hysteresis."""
+
+    def __init__(self, config: SegmentationConfig, behaviour_model: BehaviourModel | None = None, rfm: RFMScorer | None = None):
+        self.config = config
+        self.lifecycle = LifecycleRules(config)
+        self.behaviour = behaviour_model or BehaviourModel.from_config(config.behaviour)
+        self.value = ValueSegmentation(config.value, rfm)
+        self._learned_at_snapshot = 0
+        self.n_learned = 0
+
+    @classmethod
+    def from_config(cls, config: SegmentationConfig) -> "Segmenter":
+        return cls(config)
+
+    @property
+    def model_version(self) -> int:
+        return self.behaviour.version
+
+    # -- learning -------------------------------------------------------------------
+    def learn_one(self, features: Features) -> bool:
+        """Feed one customer's features (after an event) to the learned models.
+
+        Only a customer's first event of each day is learned (see
+        :func:`first_event_of_day`); returns whether this one was.
+        """
+        if not first_event_of_day(features):
+            return False
+        self.behaviour.learn_one(features)
+        self.value.learn_one(features)
+        self.n_learned += 1
+        return True
+
+    # -- evaluation ------------------------------------------------------------------
+    def evaluate(
+        self,
+        customer_id: str,
+        features: Features,
+        current: Mapping[str, AssignmentLike],
+        now_ms: int,
+        cause: str,
+        emitted_at_ms: int | None = None,
+    ) -> Evaluation:
+        """Segments of ``customer_id`` at ``now_ms`` given ``current`` ones.
+
+        ``current``: segmentation -> its assignment (``segment``, ``since_ms``,
+        ``reason``), missing when never assigned. ``cause`` identifies what
+        triggered the evaluation (``event:<event_id>``, ``deadline:<ms>``) and
+        enters the changes' ids. ``emitted_at_ms`` defaults to ``now_ms``.
+        """
+        churn = churn_propensity(features)
+        feats = {**features, CHURN_FEATURE: churn}
+
+        life_segment, life_rule = self.lifecycle.assign(feats)
+        distances = self.behaviour.distances(feats)
+        behaviour_segment = min(distances, key=distances.__getitem__)
+        value_segment, value_rule = self.value.assign(feats)
+        targets = {
+            "lifecycle": (life_segment, life_rule),
+            "behaviour": (behaviour_segment, f"nearest_centroid d={distances[behaviour_segment]:.2f}"),
+            "value": (value_segment, self.value.reason(feats, value_rule)),
+        }
+
+        assignments: dict[str, Assignment] = {}
+        changes: list[SegmentChange] = []
+        deadlines = [self.lifecycle.next_deadline_ms(feats, now_ms), self.value.next_deadline_ms(feats, now_ms)]
+        for name in SEGMENTATIONS:
+            target, reason = targets[name]
+            cur = current.get(name)
+            policy: HysteresisPolicy = getattr(self.config.hysteresis, name)
+            if cur is not None and cur.segment not in self.config.segments_of(name):
+                policy = NO_BRAKES  # a segment the config no longer has: leave it at once
+            ok = True
+            if name == "behaviour" and cur is not None:
+                ok = margin_ok(distances, cur.segment, target, policy.margin)
+            decision = decide(cur, target, reason, now_ms, policy, ok)
+            assignments[name] = decision.assignment
+            deadlines.append(decision.retry_at_ms)
+            if decision.moved:
+                changes.append(
+                    SegmentChange.create(
+                        customer_id=customer_id,
+                        segmentation=name,
+                        from_segment=None if cur is None else cur.segment,
+                        to_segment=target,
+                        reason=reason,
+                        model_version=self.model_version,
+                        occurred_at_ms=now_ms,
+                        cause=cause,
+                        features=feats,
+                        emitted_at_ms=emitted_at_ms,
+                    )
+                )
+        pending = [d for d in deadlines if d is not None and d > now_ms]
+        return Evaluation(
+            assignments=assignments,
+            changes=changes,
+            churn_propensity=churn,
+            next_deadline_ms=min(pending) if pending else None,
+            model_version=self.model_version,
+            targets={name: t[0] for name, t in targets.items()},
+        )
+
+    # -- snapshots --------------------------------------------------------------------
+    def _fingerprint(self) -> str:
+        # What a snapshot's learned state depends on; other settings (rules,
+        # hysteresis, k-means rates) can change without invalidating it.
+        v = self.config.value
+        b = self.config.behaviour
+        key = repr((b.features, sorted((n, sorted(p.items())) for n, p in b.prototypes.items()), v.recency, v.frequency, v.monetary))
+        return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+
+    def snapshot_model(self) -> tuple[int, bytes] | None:
+        """``(version, blob)`` of the learned models to store, or None when
+        nothing was learned since the last snapshot. Bumps the version."""
+        if self.n_learned == self._learned_at_snapshot:
+            return None
+        behaviour_blob = self.behaviour.snapshot()  # re-checks names, bumps version
+        blob = pickle.dumps(
+            {"format": SNAPSHOT_FORMAT, "fingerprint": self._fingerprint(), "behaviour": behaviour_blob, "rfm": self.value.scorer, "n_learned": self.n_learned},
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
+        self._learned_at_snapshot = self.n_learned
+        return self.behaviour.version, blob
+
+    def restore_model(self, version: int, blob: bytes) -> bool:
+        """Adopt a snapshot from :meth:`snapshot_model`; False (and fresh
+        models) when it was learned under a different config (features,
+        prototypes). Versions keep increasing either way."""
+        try:
+            data = pickle.loads(blob)
+            usable = data.get("format") == SNAPSHOT_FORMAT and data.get("fingerprint") == self._fingerprint()
+        except Exception:  # a corrupt or foreign blob: start fresh rather than not start
+            usable = False
+        if usable:
+            self.behaviour = BehaviourModel.from_bytes(data["behaviour"])
+            self.value = ValueSegmentation(self.config.value, data["rfm"])
+            self.n_learned = self._learned_at_snapshot = int(data.get("n_learned", 0))
+        self.behaviour.version = max(self.behaviour.version, int(version))
+        return usable

@@ -1,0 +1,111 @@
+"""The segment-change event: what campaign systems receive on ``segment-changes``.
+
+JSON on the wire with ``from`` / ``to`` (Python names ``from_segment`` /
+``to_segment``, since ``from`` is a keyword). ``change_id`` is a hash of what
+makes a change unique, so a change re-sent after a crash (outbox relay) or
+re-derived in a replay has the same id and subscribers can drop duplicates.
+
+>>> change = SegmentChange.create(customer_id="c1", segmentation="lifecycle", from_segment="active",
+...                               to_segment="at_risk", reason="buyer_silent_14d", model_version=3,
+...                               occurred_at_ms=1_767_600_000_000, cause="deadline:1767600000000",
+...                               features={"days_since_last_activity": 14.0})
+>>> change.change_id == change_id_of("c1", "lifecycle", "active", "at_risk", 1_767_600_000_000, "deadline:1767600000000")
+True
+>>> wire = change.model_dump_json()
+>>> '"from":"active"' in wire and '"to":"at_risk"' in wire
+True
+>>> SegmentChange.model_validate_json(wire) == change
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+def datetime_to_ms(dt: datetime) -> int:
+    return round(dt.timestamp() * 1000)
+
+
+def change_id_of(customer_id: str, segmentation: str, from_segment: str | None, to_segment: str, occurred_at_ms: int, cause: str) -> str:
+    """Deterministic id of a change: 32 hex chars of BLAKE2b over its identity.
+
+    ``cause`` tells apart two changes at the same millisecond (the event id
+    that triggered the evaluation, or the deadline that fired).
+    """
+    identity = json.dumps([customer_id, segmentation, from_segment, to_segment, int(occurred_at_ms), cause], separators=(",", ":"))
+    return hashlib.blake2b(identity.encode(), digest_size=16).hexdigest()
+
+
+class SegmentChange(BaseModel):
+    """One customer moved from one segment to another in one segmentation."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        serialize_by_alias=True,
+        title="SegmentChange",
+        json_schema_serialization_defaults_required=True,  # always present on the wire
+    )
+
+    change_id: str = Field(description="Deterministic: the same change always has the same id; de-duplicate on it.")
+    customer_id: str
+    segmentation: str = Field(description="lifecycle, behaviour or value.")
+    from_segment: str | None = Field(alias="from", description="The segment left; null on the customer's first assignment.")
+    to_segment: str = Field(alias="to", description="The segment entered.")
+    reason: str = Field(description="The rule id, cluster or RFM scores that put the customer there.")
+    model_version: int | None = Field(description="Snapshot version of the learned models (clusters, quintiles) used.")
+    occurred_at: AwareDatetime = Field(description="Event time of the evaluation that moved the customer.")
+    emitted_at: AwareDatetime = Field(description="When the change was decided (the engine's clock).")
+    features: dict[str, float | None] = Field(default_factory=dict, description="The features the decision saw.")
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        customer_id: str,
+        segmentation: str,
+        from_segment: str | None,
+        to_segment: str,
+        reason: str,
+        model_version: int | None,
+        occurred_at_ms: int,
+        cause: str,
+        features: dict[str, float | None],
+        emitted_at_ms: int | None = None,
+    ) -> "SegmentChange":
+        """Build a change with its deterministic ``change_id``."""
+        return cls(
+            change_id=change_id_of(customer_id, segmentation, from_segment, to_segment, occurred_at_ms, cause),
+            customer_id=customer_id,
+            segmentation=segmentation,
+            from_segment=from_segment,
+            to_segment=to_segment,
+            reason=reason,
+            model_version=model_version,
+            occurred_at=ms_to_datetime(occurred_at_ms),
+            emitted_at=ms_to_datetime(occurred_at_ms if emitted_at_ms is None else emitted_at_ms),
+            features=dict(features),
+        )
+
+    @property
+    def occurred_at_ms(self) -> int:
+        return datetime_to_ms(self.occurred_at)
+
+
+def segment_change_json_schema() -> dict:
+    """JSON Schema of the change message as it is on the wire (``from`` / ``to``)."""
+    return SegmentChange.model_json_schema(by_alias=True, mode="serialization")

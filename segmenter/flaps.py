@@ -1,0 +1,47 @@
+"""Flap rate: how often a move is undone soon after, a measure of hysteresis.
+
+A change *flaps* when it takes the customer back, in the same segmentation,
+to the segment their previous change took them out of, within ``window_ms``
+of that previous change (A -> B, then B -> A soon after). The flap rate is
+flapping changes / changes that had a previous one to undo (first
+assignments and first moves cannot flap).
+
+>>> from segmenter.changes import SegmentChange
+>>> def ch(t, a, b):
+...     return SegmentChange.create(customer_id="c1", segmentation="lifecycle", from_segment=a, to_segment=b,
+...                                 reason="r", model_version=0, occurred_at_ms=t, cause="x", features={})
+>>> day = 86_400_000
+>>> flap_rate([ch(0, None, "active"), ch(1 * day, "active", "at_risk"), ch(2 * day, "at_risk", "active")])
+1.0
+>>> flap_rate([ch(0, None, "active"), ch(1 * day, "active", "at_risk"), ch(30 * day, "at_risk", "active")])
+0.0
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from segmenter.changes import SegmentChange
+
+DEFAULT_WINDOW_MS = 7 * 86_400_000
+
+
+def flaps(changes: Iterable[SegmentChange], window_ms: int = DEFAULT_WINDOW_MS) -> tuple[int, int]:
+    """``(flapping changes, changes that could flap)``; input order does not matter."""
+    ordered = sorted(changes, key=lambda c: (c.customer_id, c.segmentation, c.occurred_at_ms, c.change_id))
+    flapping = eligible = 0
+    previous: SegmentChange | None = None
+    for c in ordered:
+        same_track = previous is not None and (previous.customer_id, previous.segmentation) == (c.customer_id, c.segmentation)
+        if same_track and previous.from_segment is not None and c.from_segment is not None:
+            eligible += 1
+            if c.to_segment == previous.from_segment and c.occurred_at_ms - previous.occurred_at_ms <= window_ms:
+                flapping += 1
+        previous = c
+    return flapping, eligible
+
+
+def flap_rate(changes: Iterable[SegmentChange], window_ms: int = DEFAULT_WINDOW_MS) -> float:
+    """Share of changes that undo the previous move within ``window_ms`` (0.0 if none could)."""
+    flapping, eligible = flaps(changes, window_ms)
+    return flapping / eligible if eligible else 0.0

@@ -1,0 +1,190 @@
+"""Ordered first-match rules, and when time alone will change their outcome.
+
+A silent customer's features keep changing without any event from them:
+every ``days_since_*`` feature and ``tenure_days`` grow by one per day. So a
+rule such as ``days_since_last_activity >= 30`` will start to hold at a time
+we can compute now, and the engine re-evaluates the customer then (a Redis
+sorted set of deadlines), not on their next event, which may never come.
+
+:meth:`RuleBook.next_deadline_ms` is the earliest time at which any condition
+of any rule could change its truth value, given the features at ``now_ms``:
+
+- a condition on a clock feature (``days_since_*``, ``tenure_days``) with
+  current value ``v`` and threshold ``N > v`` flips at ``now + (N - v)`` days;
+  nothing pending when ``v >= N`` (these features only grow), or ``v`` is None;
+- a condition on ``churn_propensity`` is found by bisection over
+  :func:`project_silence`, which ages the features as if the customer stayed
+  silent (the score is monotone in silence); the RFM recency score has its
+  own closed form (:mod:`segmenter.value`);
+- other features (windowed counts, ratios) are treated as constant: they only
+  change on the customer's next event or as old daily buckets expire, and the
+  re-evaluation at the deadline recomputes everything anyway.
+
+Since the outcome of an ordered rule list can only change when some
+condition flips, no re-evaluation is missed; an early one simply changes
+nothing and schedules the next deadline.
+
+>>> from segmenter.config import default_config
+>>> rules = LifecycleRules(default_config())
+>>> f = {"days_since_last_activity": 2.0, "tenure_days": 100.0, "purchases_90d": 3.0}
+>>> rules.assign(f)
+('active', 'default')
+>>> (rules.next_deadline_ms(f, now_ms=0) - 0) / DAY_MS  # 14 days of silence: buyer_silent_14d
+12.0
+>>> rules.assign({**f, "days_since_last_activity": 14.0})
+('at_risk', 'buyer_silent_14d')
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+from features.catalogue import CATALOGUE, FEATURE_NAMES
+from features.state import DAY_MS
+from segmenter.churn import churn_propensity
+from segmenter.config import CHURN_FEATURE, Condition, Rule, RuleSet, SegmentationConfig
+
+Features = dict[str, float | None]
+CATALOGUE_NAMES = frozenset(FEATURE_NAMES)
+Derive = Callable[[Features], Features]
+
+# Features that grow by exactly one per day of wall/event time, whatever happens.
+CLOCK_FEATURES: frozenset[str] = frozenset(f.name for f in CATALOGUE if f.unit == "days" and f.family == "recency")
+# Engagement_trend compares the last 7 days with the 30 before; after 7 silent days it is 0.
+TREND_FADE_DAYS = 7.0
+HORIZON_DAYS = 400.0  # derived scores still below a threshold after this: nothing pending
+BISECT_TOLERANCE_MS = 60_000
+DEFAULT_REASON = "default"
+
+
+def project_silence(features: Features, days: float) -> Features:
+    """``features`` as they will be after ``days`` more days without any event.
+
+    Clock features grow by ``days``; ``engagement_trend`` fades linearly to 0
+    over a week (an estimate: the exact value needs the daily buckets);
+    everything else is kept.
+
+    >>> project_silence({"days_since_last_login": 3.0, "engagement_trend": 1.0, "purchases_90d": 2.0}, 3.5)
+    {'days_since_last_login': 6.5, 'engagement_trend': 0.5, 'purchases_90d': 2.0}
+    """
+    out = dict(features)
+    for name in CLOCK_FEATURES:
+        v = out.get(name)
+        if v is not None:
+            out[name] = v + days
+    trend = out.get("engagement_trend")
+    if trend is not None:
+        out["engagement_trend"] = trend * max(0.0, 1.0 - days / TREND_FADE_DAYS)
+    return out
+
+
+def with_churn(features: Features) -> Features:
+    """``features`` plus ``churn_propensity`` (computed unless already there)."""
+    if features.get(CHURN_FEATURE) is not None:
+        return features
+    return {**features, CHURN_FEATURE: churn_propensity(features)}
+
+
+def clock_flip_days(condition: Condition, value: float | None) -> float | None:
+    """Days until a condition on a clock feature changes truth, or None.
+
+    >>> c = Condition(feature="days_since_last_activity", op=">=", value=30)
+    >>> clock_flip_days(c, 12.5), clock_flip_days(c, 31.0), clock_flip_days(c, None)
+    (17.5, None, None)
+    """
+    if value is None or condition.value is None:
+        return None
+    if value < condition.value:
+        return condition.value - value
+    if value == condition.value and condition.op in ("==", "!="):
+        return 0.0  # true exactly now, false from the next instant on (or vice versa)
+    return None
+
+
+class RuleBook:
+    """Ordered rules of one segmentation; the first that matches wins.
+
+    ``derive`` adds derived features (churn score, RFM scores) to a feature
+    vector; it is also applied to projected features to time their flips.
+    """
+
+    def __init__(self, rules: RuleSet, derive: Derive = with_churn, time_derived: frozenset[str] = frozenset({CHURN_FEATURE})):
+        self.rules: tuple[Rule, ...] = tuple(rules.rules)
+        self.default: str = rules.default
+        self.segments: tuple[str, ...] = tuple(rules.segments)
+        self.derive = derive
+        # Derived features that change with silence alone; the others (RFM
+        # frequency, monetary) are constant between events.
+        self.time_derived = time_derived
+
+    def assign(self, features: Features) -> tuple[str, str]:
+        """``(segment, rule id)``; ``(default, 'default')`` when no rule matches."""
+        features = self.derive(features)
+        for rule in self.rules:
+            if rule.matches(features):
+                return rule.segment, rule.id
+        return self.default, DEFAULT_REASON
+
+    def conditions(self) -> Iterable[Condition]:
+        """Every distinct condition of every rule."""
+        seen = set()
+        for rule in self.rules:
+            for cond in rule.conditions():
+                if cond not in seen:
+                    seen.add(cond)
+                    yield cond
+
+    def next_deadline_ms(self, features: Features, now_ms: int) -> int | None:
+        """Earliest time after ``now_ms`` at which time alone could change a
+        condition's truth; None if no condition is pending (see module docs)."""
+        best: int | None = None
+        derived_conditions = []
+        for cond in self.conditions():
+            if cond.feature in CLOCK_FEATURES:
+                days = clock_flip_days(cond, features.get(cond.feature))
+                if days is None:
+                    continue
+                at = now_ms + math.ceil(days * DAY_MS) + (1 if days == 0 or cond.op in (">", "<=") else 0)
+                if at > now_ms and (best is None or at < best):
+                    best = at
+            elif cond.feature in self.time_derived:
+                derived_conditions.append(cond)
+        if derived_conditions:
+            derived = self.derive(features)
+            # Derived values passed in with the features are stale once projected.
+            base = {k: v for k, v in features.items() if k in CATALOGUE_NAMES}
+            for cond in derived_conditions:
+                # Only a flip before the best deadline so far matters: a short search.
+                limit_ms = int(HORIZON_DAYS * DAY_MS) if best is None else best - now_ms
+                after = self._derived_flip_ms(cond, base, cond.holds(derived), limit_ms)
+                if after is not None:
+                    best = now_ms + after
+        return best
+
+    def _derived_flip_ms(self, cond: Condition, base: Features, now_truth: bool, limit_ms: int) -> int | None:
+        """Milliseconds until ``cond`` on a derived feature flips, if within ``limit_ms``."""
+        # Derived scores are monotone in silence, so their truth flips at most
+        # once along the projection: bisect for it.
+
+        def flipped(ms: int) -> bool:
+            return cond.holds(self.derive(project_silence(base, ms / DAY_MS))) != now_truth
+
+        hi = limit_ms
+        if hi <= 0 or not flipped(hi):
+            return None
+        lo = 0
+        while hi - lo > BISECT_TOLERANCE_MS:
+            mid = (lo + hi) // 2
+            if flipped(mid):
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+
+class LifecycleRules(RuleBook):
+    """The lifecycle segmentation: new, active, at_risk, dormant, churned."""
+
+    def __init__(self, config: SegmentationConfig):
+        super().__init__(config.lifecycle, with_churn)

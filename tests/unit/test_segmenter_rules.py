@@ -1,0 +1,155 @@
+"""Lifecycle rules: first match wins, and the time-driven re-evaluation deadline."""
+
+from __future__ import annotations
+
+import operator
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from features.state import DAY_MS
+from segmenter.config import Condition, Rule, RuleSet, default_config
+from segmenter.rules import BISECT_TOLERANCE_MS, CLOCK_FEATURES, LifecycleRules, RuleBook, project_silence, with_churn
+
+CONFIG = default_config()
+LIFECYCLE = LifecycleRules(CONFIG)
+OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
+
+FEATURES = ("days_since_last_activity", "tenure_days", "purchases_90d", "engagement_score")
+values = st.none() | st.integers(0, 100).map(float)
+
+
+@st.composite
+def conditions(draw, features=FEATURES):
+    op = draw(st.sampled_from(tuple(OPS) + ("is_null", "not_null")))
+    value = None if op in ("is_null", "not_null") else float(draw(st.integers(0, 100)))
+    return Condition(feature=draw(st.sampled_from(features)), op=op, value=value)
+
+
+@st.composite
+def rulebooks(draw, features=FEATURES):
+    segments = ("a", "b", "c", "d")
+    rules = tuple(
+        Rule(id=f"r{i}", segment=draw(st.sampled_from(segments)), when=tuple(draw(st.lists(conditions(features), min_size=1, max_size=3))))
+        for i in range(draw(st.integers(0, 6)))
+    )
+    return RuleSet(segments=segments, default="d", rules=rules)
+
+
+feature_vectors = st.fixed_dictionaries({f: values for f in FEATURES})
+
+
+def test_condition_semantics_match_python_with_none_false():
+    for op, fn in OPS.items():
+        for v in (None, 1.0, 2.0, 3.0):
+            expected = False if v is None else fn(v, 2.0)
+            assert Condition(feature="tenure_days", op=op, value=2).holds({"tenure_days": v}) is expected
+    assert Condition(feature="tenure_days", op="is_null").holds({}) is True
+    assert Condition(feature="tenure_days", op="not_null").holds({"tenure_days": 0.0}) is True
+
+
+@given(rulebooks(), feature_vectors)
+def test_first_matching_rule_wins(rules, f):
+    book = RuleBook(rules)
+    segment, rule_id = book.assign(f)
+    matching = [r for r in rules.rules if r.matches(f)]
+    if matching:
+        assert (segment, rule_id) == (matching[0].segment, matching[0].id)
+    else:
+        assert (segment, rule_id) == ("d", "default")
+
+
+@given(rulebooks(), feature_vectors, st.integers(0, 6))
+def test_a_rule_never_overrides_an_earlier_match(rules, f, at):
+    """Inserting a rule after the winning one never changes the outcome."""
+    before = RuleBook(rules).assign(f)
+    if before[1] == "default":
+        return
+    winner = [r.id for r in rules.rules].index(before[1])
+    at = max(at, winner + 1)
+    catch_all = Rule(id="zz", segment="c", when=(Condition(feature="tenure_days", op="is_null"),), any=(Condition(feature="tenure_days", op="not_null"),))
+    extended = rules.model_copy(update={"rules": rules.rules[:at] + (catch_all,) + rules.rules[at:]})
+    assert RuleBook(extended).assign(f) == before
+
+
+def test_default_lifecycle_priorities():
+    base = {"tenure_days": 5.0, "days_since_last_activity": 1.0, "purchases_90d": 0.0}
+    assert LIFECYCLE.assign(base) == ("new", "first_two_weeks")
+    assert LIFECYCLE.assign({**base, "tenure_days": 40.0}) == ("active", "default")
+    assert LIFECYCLE.assign({**base, "tenure_days": 40.0, "days_since_last_activity": 15.0, "purchases_90d": 1.0}) == ("at_risk", "buyer_silent_14d")
+    assert LIFECYCLE.assign({**base, "tenure_days": 40.0, "days_since_last_activity": 31.0}) == ("dormant", "silent_30d")
+    assert LIFECYCLE.assign({**base, "tenure_days": 90.0, "days_since_last_activity": 61.0}) == ("churned", "silent_60d")
+    # a given churn score is used as is; otherwise it is computed
+    assert LIFECYCLE.assign({**base, "tenure_days": 40.0, "churn_propensity": 0.9}) == ("at_risk", "churn_score_high")
+
+
+# -- deadlines ----------------------------------------------------------------------
+
+clock_vectors = st.fixed_dictionaries(
+    {
+        "days_since_last_activity": st.floats(0, 120, allow_nan=False),
+        "days_since_last_login": st.none() | st.floats(0, 120, allow_nan=False),
+        "tenure_days": st.floats(0, 400, allow_nan=False),
+        "purchases_90d": st.sampled_from([0.0, 1.0, 5.0]),
+        "purchase_interval_mean_days": st.none() | st.floats(0.5, 60, allow_nan=False),
+        "engagement_trend": st.none() | st.floats(0, 3, allow_nan=False),
+    }
+)
+
+
+def truths(book: RuleBook, f: dict) -> list[bool]:
+    d = book.derive(f)
+    return [c.holds(d) for c in book.conditions()]
+
+
+@given(clock_vectors, st.integers(0, 10**13), st.floats(0, 1, exclude_max=True))
+@settings(max_examples=150, deadline=None)
+def test_nothing_changes_before_the_deadline_and_something_at_it(f, now_ms, fraction):
+    deadline = LIFECYCLE.next_deadline_ms(f, now_ms)
+    now_truths = truths(LIFECYCLE, f)
+    if deadline is None:
+        for days in (1.0, 10.0, 100.0, 399.0):
+            assert truths(LIFECYCLE, project_silence(f, days)) == now_truths
+        return
+    assert deadline > now_ms
+    # strictly before (minus the bisection tolerance), every condition is as now
+    before = now_ms + int((deadline - now_ms - BISECT_TOLERANCE_MS) * fraction)
+    if before > now_ms:
+        assert truths(LIFECYCLE, project_silence(f, (before - now_ms) / DAY_MS)) == now_truths
+    # at the deadline, something flipped
+    assert truths(LIFECYCLE, project_silence(f, (deadline - now_ms) / DAY_MS)) != now_truths
+
+
+@given(rulebooks(features=tuple(sorted(CLOCK_FEATURES))), st.fixed_dictionaries({f: st.none() | st.floats(0, 200, allow_nan=False) for f in sorted(CLOCK_FEATURES)}))
+@settings(max_examples=150, deadline=None)
+def test_clock_deadline_is_exact(rules, f):
+    """Clock features grow one per day: the deadline is the exact crossing."""
+    book = RuleBook(rules, derive=lambda x: x, time_derived=frozenset())
+    deadline = book.next_deadline_ms(f, 0)
+    expected = []  # in days
+    for c in book.conditions():
+        v = f.get(c.feature)
+        if v is not None and c.value is not None and v < c.value:
+            expected.append(c.value - v)
+        elif v is not None and v == c.value and c.op in ("==", "!="):
+            expected.append(1 / DAY_MS)  # true exactly now, false a millisecond later
+    if not expected:
+        assert deadline is None
+        return
+    assert abs(deadline - min(expected) * DAY_MS) <= 2  # ms: rounding up, +1 for strict crossings
+
+
+def test_no_deadline_when_everything_has_already_happened():
+    gone = {"days_since_last_activity": 90.0, "tenure_days": 400.0, "purchases_90d": 0.0, "engagement_trend": 0.0}
+    assert with_churn(gone)["churn_propensity"] >= 0.7
+    assert LIFECYCLE.next_deadline_ms(gone, 1_000) is None
+
+
+def test_churn_deadline_found_by_bisection():
+    # A daily buyer: silence weighs heavily; the churn score crosses 0.7 well before 14 days.
+    f = {"days_since_last_activity": 1.0, "tenure_days": 300.0, "purchases_90d": 0.0, "purchase_interval_mean_days": 1.0, "engagement_trend": 1.0}
+    deadline = LIFECYCLE.next_deadline_ms(f, 0)
+    days = deadline / DAY_MS
+    assert 2 < days < 13
+    assert with_churn(project_silence(f, days))["churn_propensity"] >= 0.7
+    assert with_churn(project_silence(f, days - 2 * BISECT_TOLERANCE_MS / DAY_MS))["churn_propensity"] < 0.7
