@@ -11,7 +11,7 @@ of categories, ``r`` duplicate filter (``token:ms;...``), ``o:<family>``
 
 >>> from features.state import CustomerState, EventDelta, apply_delta, PAGE_VIEWS
 >>> s = CustomerState()
->>> _ = apply_delta(s, EventDelta(86_400_000, "t1", "clickstream", {PAGE_VIEWS: 1}, visit=True), 0)
+>>> _ = apply_delta(s, EventDelta(86_400_000, "t1", "clickstream", {PAGE_VIEWS: 1}, visit=True), None)
 >>> h = state_to_hash(s)
 >>> h["d:1"], state_from_hash(h) == s
 (',1', True)
@@ -90,10 +90,11 @@ def state_to_hash(s: CustomerState) -> dict[str, str]:
     return h
 
 
-def delta_args(delta: EventDelta, lateness_ms: int) -> list[str | int]:
+def delta_args(delta: EventDelta, late_before_ms: int | None) -> list[str | int]:
     """ARGV for ``FCALL segflow_apply`` (see features/segflow.lua)."""
     flags = ("p" if delta.purchase else "") + ("v" if delta.visit else "") + ("l" if delta.login else "")
     partition, offset = ("", 0) if delta.offset is None else delta.offset
     increments = ",".join(f"{i}:{n}" for i, n in delta.increments.items())
     categories = "\x1e".join(f"{_CONTROL.sub('', c)}\x1f{q}" for c, q in delta.categories.items())
-    return [delta.ts_ms, delta.token, delta.family, partition, offset, lateness_ms, flags, increments, categories]
+    horizon = "" if late_before_ms is None else late_before_ms
+    return [delta.ts_ms, delta.token, delta.family, partition, offset, horizon, flags, increments, categories]

@@ -53,7 +53,7 @@ end
 local function fmt(n) return string.format('%d', n) end
 
 -- KEYS: cust:{id}, cust:{id}:seg
--- ARGV: ts_ms, token, family, partition ('' if none), offset, lateness_ms,
+-- ARGV: ts_ms, token, family, partition ('' if none), offset, late_before_ms ('' if unknown),
 --       flags (p=purchase v=visit l=login), increments "i:n,i:n", categories "cat\31qty\30..."
 -- Returns {status} or {'applied', <customer hash as flat list>, <segment hash as flat list>}
 local function apply(keys, args)
@@ -61,7 +61,7 @@ local function apply(keys, args)
   local ts = tonumber(args[1])
   local token, family = args[2], args[3]
   local partition, offset = args[4], tonumber(args[5])
-  local lateness = tonumber(args[6])
+  local late_before = tonumber(args[6]) -- nil while the watermark is unknown
   local flags = args[7]
 
   local cur = redis.call('HMGET', cust, 'fs', 'ls', 'o:' .. family, 'r')
@@ -78,7 +78,7 @@ local function apply(keys, args)
       ring[#ring + 1] = {t, tonumber(at)}
     end
   end
-  if last_seen and ts < last_seen - lateness then return {'too_late'} end
+  if late_before and ts < late_before then return {'too_late'} end
 
   local newest = last_seen
   if not newest or ts > newest then newest = ts end
@@ -154,9 +154,8 @@ local function apply(keys, args)
 
   -- Duplicate filter: remember this event; forget what the lateness rules out anyway.
   ring[#ring + 1] = {token, ts}
-  local horizon = newest - lateness
   local kept = {}
-  for _, e in ipairs(ring) do if e[2] >= horizon then kept[#kept + 1] = e end end
+  for _, e in ipairs(ring) do if not late_before or e[2] >= late_before then kept[#kept + 1] = e end end
   if #kept > DEDUPE_CAP then
     table.sort(kept, function(a, b) if a[2] ~= b[2] then return a[2] < b[2] end return a[1] < b[1] end)
     local trimmed = {}

@@ -7,15 +7,15 @@ from this state by :mod:`features.catalogue`, at a chosen time.
 
 State is bounded: daily buckets cover the last ``BUCKET_DAYS`` days of the
 customer's own event time, categories are capped, and the duplicate filter
-only remembers events within the allowed lateness (and at most
+only remembers events not yet behind the lateness horizon (and at most
 ``DEDUPE_CAP`` of them).
 
 >>> state = CustomerState()
 >>> delta = EventDelta(ts_ms=DAY_MS * 20000 + 5, token="a1", family="purchase",
 ...                    increments={PURCHASES: 1, REVENUE_CENTS: 1250}, purchase=True)
->>> apply_delta(state, delta, lateness_ms=3_600_000)
+>>> apply_delta(state, delta, late_before_ms=None)
 'applied'
->>> apply_delta(state, delta, lateness_ms=3_600_000)
+>>> apply_delta(state, delta, late_before_ms=None)
 'duplicate'
 >>> state.purchases_total, state.revenue_total_cents
 (1, 1250)
@@ -115,11 +115,14 @@ def _min(a: int | None, b: int) -> int:
     return b if a is None or b < a else a
 
 
-def apply_delta(state: CustomerState, delta: EventDelta, lateness_ms: int) -> str:
+def apply_delta(state: CustomerState, delta: EventDelta, late_before_ms: int | None) -> str:
     """Fold ``delta`` into ``state`` in place; return what happened.
 
+    ``late_before_ms`` is the lateness horizon: the event-time low watermark
+    minus the allowed lateness (None while the watermark is unknown).
+
     ``'duplicate'``: the message offset or the event id was already applied.
-    ``'too_late'``: older than the customer's newest event minus the lateness.
+    ``'too_late'``: older than the horizon (so never applied twice either).
     ``'applied'``: otherwise.
     """
     if delta.offset is not None:
@@ -128,7 +131,7 @@ def apply_delta(state: CustomerState, delta: EventDelta, lateness_ms: int) -> st
             return "duplicate"
     if delta.token in state.recent:
         return "duplicate"
-    if state.last_seen_ms is not None and delta.ts_ms < state.last_seen_ms - lateness_ms:
+    if late_before_ms is not None and delta.ts_ms < late_before_ms:
         return "too_late"
 
     ts = delta.ts_ms
@@ -167,9 +170,9 @@ def apply_delta(state: CustomerState, delta: EventDelta, lateness_ms: int) -> st
         state.categories[category] = state.categories.get(category, 0) + qty
 
     state.recent[delta.token] = ts
-    horizon = state.last_seen_ms - lateness_ms
-    for token in [t for t, t_ms in state.recent.items() if t_ms < horizon]:
-        del state.recent[token]
+    if late_before_ms is not None:
+        for token in [t for t, t_ms in state.recent.items() if t_ms < late_before_ms]:
+            del state.recent[token]
     while len(state.recent) > DEDUPE_CAP:
         oldest = min(state.recent, key=lambda t: (state.recent[t], t))
         del state.recent[oldest]

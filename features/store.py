@@ -41,21 +41,27 @@ def load_library_sync(redis) -> None:
 class FeatureStore:
     """Applies event deltas and reads customer state (redis.asyncio client)."""
 
-    def __init__(self, redis, lateness_ms: int):
+    def __init__(self, redis):
         self.redis = redis
-        self.lateness_ms = lateness_ms
 
-    async def apply_batch(self, items: Sequence[tuple[str, EventDelta]]) -> list[Applied]:
+    async def apply_batch(
+        self, items: Sequence[tuple[str, EventDelta]], late_before_ms: int | None, watermark_ms: int | None
+    ) -> list[Applied]:
+        """Apply ``items`` in one pipeline; events older than ``late_before_ms`` are refused.
+
+        ``watermark_ms``, the worker's event-time low watermark, is published
+        for the deadline clock in the same round trip.
+        """
         if not items:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for customer_id, delta in items:
             pipe.fcall(
                 "segflow_apply", 2, keys.customer_key(customer_id), keys.segments_key(customer_id),
-                *delta_args(delta, self.lateness_ms),
+                *delta_args(delta, late_before_ms),
             )
-        newest = max(delta.ts_ms for _, delta in items)
-        pipe.fcall("segflow_advance_watermark", 1, keys.WATERMARK, newest)
+        if watermark_ms is not None:
+            pipe.fcall("segflow_advance_watermark", 1, keys.WATERMARK, watermark_ms)
         replies = await pipe.execute()
         out = []
         for (customer_id, _), reply in zip(items, replies):
@@ -65,6 +71,10 @@ class FeatureStore:
             else:
                 out.append(Applied(customer_id, status))
         return out
+
+    async def advance_watermark(self, ts_ms: int) -> int:
+        """Publish a worker's low watermark; returns the shared (largest) one."""
+        return int(await self.redis.fcall("segflow_advance_watermark", 1, keys.WATERMARK, ts_ms))
 
     async def watermark_ms(self) -> int | None:
         value = await self.redis.get(keys.WATERMARK)

@@ -111,6 +111,7 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
     async def ingest(stream):
         e = await engine()
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+            e.assign({(tp.topic, tp.partition) for tp in app.consumer.assignment()})
             batch = [
                 InboundMessage(ev.message.topic, ev.message.partition, ev.message.offset, ev.message.key, ev.message.value, int(ev.message.timestamp * 1000))
                 for ev in events
@@ -120,6 +121,7 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
     @app.timer(settings.deadline_interval_seconds)
     async def deadlines():
         e = await engine()
+        e.assign({(tp.topic, tp.partition) for tp in app.consumer.assignment()})
         while True:
             outcome = await e.fire_deadlines()
             await publish(e, outcome)
@@ -142,7 +144,9 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
             "progress: received=%d applied=%d duplicates=%d dead_lettered=%d changes=%d deadline_evals=%d (%.0f ev/s avg)",
             c.received, c.applied, c.duplicates, c.dead_lettered, c.changes, c.deadline_evaluations, c.received / max(elapsed, 1e-9),
         )
-        await e.redis.hset("segflow:stats", mapping={k: v for k, v in c.as_dict().items() if isinstance(v, int)})
+        stats = {k: v for k, v in c.as_dict().items() if isinstance(v, int)}
+        stats.update({f"dead_lettered:{reason}": n for reason, n in c.reasons.items()})
+        await e.redis.hset("segflow:stats", mapping=stats)
 
     _add_web_views(app, settings)
     app.segflow_engine = engine  # for tests

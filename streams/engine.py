@@ -22,6 +22,7 @@ from streams.events import InvalidEvent, check_not_future, decode
 from streams.segment_store import CustomerUpdate, SegmentStore, StoredAssignment, parse_segments
 from streams.settings import Settings
 from streams.topics import Topics
+from streams.watermark import Watermark
 
 log = logging.getLogger("segflow.engine")
 
@@ -81,7 +82,8 @@ class Engine:
         self.settings = settings
         self.topics: Topics = settings.topics
         self.redis = redis
-        self.features = FeatureStore(redis, settings.lateness_ms)
+        self.features = FeatureStore(redis)
+        self.watermark = Watermark(settings.idle_partition_seconds)
         self.segments = SegmentStore(redis, settings.history_cap)
         self.segmenter = segmenter
         self.counters = Counters()
@@ -99,6 +101,11 @@ class Engine:
                 log.warning("snapshot v%s was made for another segments config: starting fresh models", snapshot[0])
 
     # -- events ---------------------------------------------------------------
+    def assign(self, partitions: set[tuple[str, int]], now: float | None = None) -> None:
+        """Tell the engine which input (topic, partition)s this worker owns (after a rebalance)."""
+        owned = {(self.topics.family_of(t), p) for t, p in partitions if self.topics.family_of(t)}
+        self.watermark.assign(owned, time.time() if now is None else now)
+
     async def process(self, messages: Sequence[InboundMessage], now: float | None = None) -> BatchOutcome:
         now = time.time() if now is None else now
         out = BatchOutcome()
@@ -118,11 +125,15 @@ class Engine:
                 out.dead_letters.append(DeadLetter(msg, exc.reason, exc.detail))
                 continue
             offset = None if msg.partition is None or msg.offset is None else (msg.partition, msg.offset)
-            items.append((event.customer_id, delta_of(event, offset)))
+            delta = delta_of(event, offset)
+            self.watermark.observe(family, msg.partition or 0, delta.ts_ms, now)
+            items.append((event.customer_id, delta))
             sources.append((msg, event))
+        low = self.watermark.value(now)
+        late_before = None if low is None else low - self.settings.lateness_ms
 
         async with self.lock:
-            results = await self.features.apply_batch(items)
+            results = await self.features.apply_batch(items, late_before, low)
             # One evaluation per customer per batch, on the customer's state after
             # the batch's last event: segments are written once the batch is
             # folded, so evaluating each event would compare against stale segments.
@@ -151,7 +162,9 @@ class Engine:
         """Now, as deadlines see it: wall clock, or the event-time watermark."""
         if self.settings.clock == "wall":
             return int(time.time() * 1000)
-        wm = await self.features.watermark_ms()
+        # Partitions can turn idle without any new batch: let the watermark move on.
+        low = self.watermark.value(time.time())
+        wm = await self.features.advance_watermark(low) if low is not None else await self.features.watermark_ms()
         return None if wm is None else wm - self.settings.lateness_ms
 
     async def fire_deadlines(self, limit: int = 1000) -> BatchOutcome:

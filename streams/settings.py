@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     topic_prefix: str = ""
     partitions: int = Field(4, ge=1, le=1024, description="Partitions per input topic when segflow creates them")
     lateness_seconds: float = Field(6 * 3600, ge=0, description="Allowed event-time lateness; older events are dead-lettered as too_late")
+    idle_partition_seconds: float = Field(30.0, gt=0, description="An input partition silent this long stops holding back the event-time watermark")
     max_future_skew_seconds: float = Field(3600, ge=0, description="Events further in the future than this are rejected")
     clock: Literal["wall", "event"] = Field("wall", description="wall: deadlines fire on wall-clock time; event: on the event-time watermark (replays, simulations)")
     segments_config: Path | None = Field(None, description="YAML segmentation config; default: the one shipped in segmenter/")

@@ -83,8 +83,11 @@ class WorkerProcess:
 
 
 @pytest.fixture()
-def start_worker(broker, redis_server, tmp_path):
-    """Factory: start_worker(prefix, app_id=...) -> running WorkerProcess, stopped after the test."""
+def start_worker(broker, redis_server, redis_client, tmp_path):
+    """Factory: start_worker(prefix, app_id=...) -> running WorkerProcess, stopped after the test.
+
+    Redis is flushed first (through ``redis_client``): the workers of one test
+    must not see another test's watermark, deadlines or counters."""
     started = []
 
     def _start(prefix: str, app_id: str | None = None, **extra_env) -> WorkerProcess:

@@ -45,6 +45,7 @@ def read_until(broker, topic: str, predicate, timeout: float = 60.0):
                 records.extend(batch)
             if predicate(records):
                 return records
-        raise AssertionError(f"timed out after {timeout}s reading {topic}: {len(records)} records, predicate never held")
+        tail = [r.value[:160] for r in records[-8:]]
+        raise AssertionError(f"timed out after {timeout}s reading {topic}: {len(records)} records, predicate never held; last: {tail}")
     finally:
         consumer.close()

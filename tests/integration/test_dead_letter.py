@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -43,8 +44,16 @@ def test_each_bad_message_is_dead_lettered_with_its_reason_and_good_events_still
     start_worker(topics.prefix)
     for key, value, family, _ in BAD:
         send(broker, topics.by_family[family], [(key, value)])
-    # A good event after all the bad ones, and one too late for the allowed lateness (6 h by default).
+    # A good event after all the bad ones; and once every input family has moved
+    # the event-time watermark to about now, one too late for the allowed lateness (6 h by default).
     send(broker, topics.logins, [(b"erin", login("good-1", when=NOW - timedelta(minutes=1)))])
+    recent = (NOW - timedelta(minutes=1)).isoformat()
+    send(broker, topics.clickstream, [(b"frank", json.dumps({"event_id": "f1", "customer_id": "frank", "occurred_at": recent, "type": "page_view", "session_id": "s"}).encode())])
+    send(broker, topics.purchases, [(b"frank", json.dumps({"event_id": "f2", "customer_id": "frank", "occurred_at": recent, "order_id": "o", "amount": "5", "currency": "USD"}).encode())])
+    deadline = time.monotonic() + 60
+    while redis_client.hget("cust:{frank}", "n") != "2" or redis_client.hget("cust:{erin}", "n") != "1":
+        assert time.monotonic() < deadline, "good events were not applied"
+        time.sleep(0.2)
     send(broker, topics.logins, [(b"erin", login("late-1", when=NOW - timedelta(days=2)))])
     send(broker, topics.logins, [(b"erin", login("good-1", when=NOW - timedelta(minutes=1)))])  # a duplicate: dropped, not dead-lettered
 

@@ -13,8 +13,6 @@ from features.store import load_library_sync
 
 pytestmark = pytest.mark.integration
 
-LATENESS = 2 * DAY_MS
-
 deltas = st.builds(
     EventDelta,
     # Mostly a few days (many events share a day's bucket), sometimes months (expiry).
@@ -31,7 +29,7 @@ deltas = st.builds(
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(events=st.lists(deltas, max_size=40))
+@given(events=st.lists(st.tuples(deltas, st.none() | st.integers(20_000 * DAY_MS, 20_000 * DAY_MS + 200 * DAY_MS)), max_size=40))
 def test_lua_apply_equals_python_apply(redis_client, events):
     run_both(redis_client, events)
 
@@ -40,10 +38,10 @@ def test_several_counters_in_one_day_bucket(redis_client):
     """Regression: Lua 5.1's gmatch shifted counters after an empty field (revenue read as discount)."""
     day = 20_000 * DAY_MS
     run_both(redis_client, [
-        EventDelta(day + 1, "a", "purchase", {6: 1, 7: 1200}, purchase=True),
-        EventDelta(day + 2, "b", "purchase", {6: 1, 7: 7700}, purchase=True),
-        EventDelta(day + 3, "c", "clickstream", {0: 1, 1: 2}, visit=True),
-        EventDelta(day + 4, "d", "clickstream", {1: 1}, visit=True),
+        (EventDelta(day + 1, "a", "purchase", {6: 1, 7: 1200}, purchase=True), None),
+        (EventDelta(day + 2, "b", "purchase", {6: 1, 7: 7700}, purchase=True), None),
+        (EventDelta(day + 3, "c", "clickstream", {0: 1, 1: 2}, visit=True), day),
+        (EventDelta(day + 4, "d", "clickstream", {1: 1}, visit=True), day),
     ])
 
 
@@ -51,9 +49,9 @@ def run_both(redis_client, events):
     load_library_sync(redis_client)
     redis_client.delete(keys.customer_key("c"))
     ref = CustomerState()
-    for delta in events:
-        expected = apply_delta(ref, delta, LATENESS)
-        reply = redis_client.fcall("segflow_apply", 2, keys.customer_key("c"), keys.segments_key("c"), *delta_args(delta, LATENESS))
+    for delta, late_before in events:
+        expected = apply_delta(ref, delta, late_before)
+        reply = redis_client.fcall("segflow_apply", 2, keys.customer_key("c"), keys.segments_key("c"), *delta_args(delta, late_before))
         assert reply[0] == expected
     stored = state_from_hash(redis_client.hgetall(keys.customer_key("c")))
     assert stored == ref

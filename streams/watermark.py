@@ -1,0 +1,69 @@
+"""The event-time low watermark over a worker's input partitions.
+
+Kafka orders messages within a partition, not across partitions or topics:
+when a backlog is replayed, one partition may be read days of event time
+ahead of another. Judging lateness (or firing deadlines) against the newest
+event seen would then reject good events and move customers too early. As in
+Flink, progress is the *minimum*, over the partitions the worker owns, of the
+newest event time each has delivered. A partition that has delivered nothing
+for ``idle_after_s`` seconds of wall time (since it was assigned or last
+spoke) stops holding the others back; while an assigned partition that is not
+idle has delivered nothing yet, the watermark is unknown.
+
+>>> wm = Watermark(idle_after_s=30)
+>>> wm.assign({("clickstream", 0), ("login", 0)}, wall_s=0)
+>>> wm.observe("clickstream", 0, ts_ms=5_000, wall_s=1)
+>>> wm.value(wall_s=1) is None          # logins not heard from yet
+True
+>>> wm.observe("login", 0, ts_ms=2_000, wall_s=2)
+>>> wm.value(wall_s=2)                  # held back by the slower partition
+2000
+>>> wm.value(wall_s=40)                 # both idle: the newest progress counts
+5000
+>>> wm.observe("login", 0, ts_ms=3_000, wall_s=41)
+>>> wm.value(wall_s=41)                 # never moves backwards
+5000
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Partition = tuple[str, int]  # (family, partition number)
+
+
+@dataclass
+class Watermark:
+    idle_after_s: float = 30.0
+    _newest: dict[Partition, int] = field(default_factory=dict)
+    _heard_at: dict[Partition, float] = field(default_factory=dict)
+    _last: int | None = None
+
+    def assign(self, partitions: set[Partition], wall_s: float) -> None:
+        """The partitions this worker now owns; new ones count as heard from at ``wall_s``."""
+        for key in set(self._heard_at) - partitions:
+            self._newest.pop(key, None)
+            self._heard_at.pop(key, None)
+        for key in partitions - set(self._heard_at):
+            self._heard_at[key] = wall_s
+
+    def observe(self, family: str, partition: int, ts_ms: int, wall_s: float) -> None:
+        key = (family, partition)
+        if ts_ms > self._newest.get(key, -(2**62)):
+            self._newest[key] = ts_ms
+        self._heard_at[key] = wall_s
+
+    def value(self, wall_s: float) -> int | None:
+        """The low watermark (ms), never moving backwards; None while unknown."""
+        current = self._compute(wall_s)
+        if current is not None and (self._last is None or current > self._last):
+            self._last = current
+        return self._last
+
+    def _compute(self, wall_s: float) -> int | None:
+        active = [key for key, at in self._heard_at.items() if wall_s - at < self.idle_after_s]
+        if any(key not in self._newest for key in active):
+            return None
+        if active:
+            return min(self._newest[key] for key in active)
+        return max(self._newest.values(), default=None)
