@@ -14,6 +14,7 @@ import ssl
 import time
 
 import faust
+from faust.types import TP
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -80,11 +81,35 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
         async with ready:
             if "engine" not in holder:
                 e = Engine(settings, redis_client(settings.redis_url.get_secret_value()), segmenter_factory())
+                e.backlog_probe = backlog
                 await e.start()
                 holder["engine"] = e
                 holder["started"] = time.monotonic()
                 await relay_outbox(e)
         return holder["engine"]
+
+    async def backlog(partitions: set[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Which of these (topic, partition)s still have messages this worker has not processed."""
+        e = holder["engine"]
+        pending = set()
+        for topic, partition in partitions:
+            tp = TP(topic, partition)
+            try:
+                high = app.consumer.highwater(tp)
+            except Exception:  # not assigned any more, or no fetch yet
+                high = None
+            last = e.last_offsets.get((topic, partition))
+            if last is not None:
+                caught_up = high is not None and last + 1 >= high
+            else:
+                try:
+                    position = await app.consumer.position(tp)
+                except Exception:
+                    position = None
+                caught_up = high is not None and position is not None and position >= high
+            if not caught_up:
+                pending.add((topic, partition))
+        return pending
 
     async def publish(e: Engine, outcome: BatchOutcome) -> None:
         futures = []

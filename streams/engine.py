@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Awaitable, Callable, Sequence
 
 from features.catalogue import compute
 from features.extract import delta_of
@@ -87,6 +87,11 @@ class Engine:
         self.segments = SegmentStore(redis, settings.history_cap)
         self.segmenter = segmenter
         self.counters = Counters()
+        # Newest offset processed per input (topic, partition), and a probe the
+        # shell installs that says which of some partitions still have unread
+        # messages: silent partitions are idle only when they have none.
+        self.last_offsets: dict[tuple[str, int], int] = {}
+        self.backlog_probe: Callable[[set[tuple[str, int]]], Awaitable[set[tuple[str, int]]]] | None = None
         # The Faust agent and the deadline timer share a worker; evaluating one
         # customer from both at once could write stale segments.
         self.lock = asyncio.Lock()
@@ -127,9 +132,11 @@ class Engine:
             offset = None if msg.partition is None or msg.offset is None else (msg.partition, msg.offset)
             delta = delta_of(event, offset)
             self.watermark.observe(family, msg.partition or 0, delta.ts_ms, now)
+            if offset is not None:
+                self.last_offsets[(msg.topic, msg.partition)] = msg.offset
             items.append((event.customer_id, delta))
             sources.append((msg, event))
-        low = self.watermark.value(now)
+        low = await self._low_watermark(now)
         late_before = None if low is None else low - self.settings.lateness_ms
 
         async with self.lock:
@@ -163,7 +170,7 @@ class Engine:
         if self.settings.clock == "wall":
             return int(time.time() * 1000)
         # Partitions can turn idle without any new batch: let the watermark move on.
-        low = self.watermark.value(time.time())
+        low = await self._low_watermark(time.time())
         wm = await self.features.advance_watermark(low) if low is not None else await self.features.watermark_ms()
         return None if wm is None else wm - self.settings.lateness_ms
 
@@ -189,6 +196,14 @@ class Engine:
         return out
 
     # -- shared ---------------------------------------------------------------
+    async def _low_watermark(self, now: float) -> int | None:
+        silent = self.watermark.silent(now)
+        pending: set[tuple[str, int]] = set()
+        if silent and self.backlog_probe is not None:
+            by_topic = {(self.topics.by_family[f], p): (f, p) for f, p in silent}
+            pending = {by_topic[tp] for tp in await self.backlog_probe(set(by_topic))}
+        return self.watermark.value(now, pending)
+
     def _evaluate(self, customer_id: str, feats: dict, seg_hash: dict[str, str], now_ms: int, cause: str) -> CustomerUpdate:
         previous = parse_segments(seg_hash)
         evaluation = self.segmenter.evaluate(customer_id, feats, previous, now_ms, cause, emitted_at_ms=int(time.time() * 1000))

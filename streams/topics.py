@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -25,10 +26,14 @@ class Topics:
         for attr, base in _BASE_NAMES.items():
             object.__setattr__(self, attr, f"{self.prefix}{base}")
 
-    @property
+    @cached_property
     def by_family(self) -> dict[str, str]:
         """Event family -> input topic."""
         return {"clickstream": self.clickstream, "purchase": self.purchases, "login": self.logins}
+
+    @cached_property
+    def _family_by_topic(self) -> dict[str, str]:
+        return {topic: family for family, topic in self.by_family.items()}
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -39,10 +44,7 @@ class Topics:
         return (self.segment_changes, self.dead_letter, self.campaign_triggers)
 
     def family_of(self, topic: str) -> str | None:
-        for family, name in self.by_family.items():
-            if name == topic:
-                return family
-        return None
+        return self._family_by_topic.get(topic)
 
     def describe(self) -> list[tuple[str, str]]:
         """(topic, what it carries), for `segflow topics` and docs."""

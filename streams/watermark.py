@@ -7,8 +7,11 @@ event seen would then reject good events and move customers too early. As in
 Flink, progress is the *minimum*, over the partitions the worker owns, of the
 newest event time each has delivered. A partition that has delivered nothing
 for ``idle_after_s`` seconds of wall time (since it was assigned or last
-spoke) stops holding the others back; while an assigned partition that is not
-idle has delivered nothing yet, the watermark is unknown.
+spoke) *and has nothing pending* (the caller knows the broker's high
+watermark) stops holding the others back; while an assigned partition that is
+not idle has delivered nothing yet, the watermark is unknown. A silent
+partition with a backlog is a slow one, not an idle one: excluding it would
+push the watermark past events still waiting to be read.
 
 >>> wm = Watermark(idle_after_s=30)
 >>> wm.assign({("clickstream", 0), ("login", 0)}, wall_s=0)
@@ -17,6 +20,10 @@ idle has delivered nothing yet, the watermark is unknown.
 True
 >>> wm.observe("login", 0, ts_ms=2_000, wall_s=2)
 >>> wm.value(wall_s=2)                  # held back by the slower partition
+2000
+>>> wm.silent(wall_s=40) == {("clickstream", 0), ("login", 0)}
+True
+>>> wm.value(wall_s=40, pending={("login", 0)})   # silent but backlogged: still counts
 2000
 >>> wm.value(wall_s=40)                 # both idle: the newest progress counts
 5000
@@ -53,15 +60,22 @@ class Watermark:
             self._newest[key] = ts_ms
         self._heard_at[key] = wall_s
 
-    def value(self, wall_s: float) -> int | None:
-        """The low watermark (ms), never moving backwards; None while unknown."""
-        current = self._compute(wall_s)
+    def silent(self, wall_s: float) -> set[Partition]:
+        """Partitions not heard from for ``idle_after_s``: idle unless they have a backlog."""
+        return {key for key, at in self._heard_at.items() if wall_s - at >= self.idle_after_s}
+
+    def value(self, wall_s: float, pending: frozenset[Partition] | set[Partition] = frozenset()) -> int | None:
+        """The low watermark (ms), never moving backwards; None while unknown.
+
+        ``pending``: partitions known to have unread messages; never idle.
+        """
+        current = self._compute(wall_s, pending)
         if current is not None and (self._last is None or current > self._last):
             self._last = current
         return self._last
 
-    def _compute(self, wall_s: float) -> int | None:
-        active = [key for key, at in self._heard_at.items() if wall_s - at < self.idle_after_s]
+    def _compute(self, wall_s: float, pending) -> int | None:
+        active = [key for key, at in self._heard_at.items() if wall_s - at < self.idle_after_s or key in pending]
         if any(key not in self._newest for key in active):
             return None
         if active:
