@@ -114,6 +114,7 @@ class Engine:
     async def process(self, messages: Sequence[InboundMessage], now: float | None = None) -> BatchOutcome:
         now = time.time() if now is None else now
         out = BatchOutcome()
+        before = await self._low_watermark(now)
         items = []
         sources = []
         self.counters.received += len(messages)
@@ -136,8 +137,10 @@ class Engine:
                 self.last_offsets[(msg.topic, msg.partition)] = msg.offset
             items.append((event.customer_id, delta))
             sources.append((msg, event))
+        # Lateness is judged against the watermark as it stood before this batch:
+        # the batch's own newest events must not make its older ones late.
+        late_before = None if before is None else before - self.settings.lateness_ms
         low = await self._low_watermark(now)
-        late_before = None if low is None else low - self.settings.lateness_ms
 
         async with self.lock:
             results = await self.features.apply_batch(items, late_before, low)

@@ -1,0 +1,56 @@
+"""The engine shell against a real Redis, without a broker: batch-level event-time rules."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from segmenter.assign import Segmenter
+from segmenter.config import default_config
+from streams.app import redis_client as async_redis
+from streams.engine import Engine, InboundMessage
+from streams.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+DAY_MS = 86_400_000
+T0_MS = int(time.time() * 1000) - 30 * DAY_MS
+
+
+def purchase(customer: str, n: int, ts_ms: int) -> bytes:
+    from datetime import datetime, timezone
+
+    when = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).isoformat()
+    return json.dumps({"event_id": f"{customer}-{n}", "customer_id": customer, "occurred_at": when, "order_id": f"o{n}", "amount": "10", "currency": "USD"}).encode()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_events_of_one_batch_are_judged_against_the_watermark_before_the_batch(redis_server, redis_client):
+    """Two in-order partitions replayed in one batch, zero lateness: nothing is late.
+
+    The batch's own newest events must not make its older ones too late
+    (a replay of a backlog delivers days of event time per batch)."""
+    settings = Settings(redis_url=redis_server.url, lateness_seconds=0, clock="event")
+    topic = settings.topics.purchases
+
+    async def scenario():
+        engine = Engine(settings, async_redis(redis_server.url), Segmenter.from_config(default_config()))
+        await engine.start()
+        engine.assign({(topic, 0), (topic, 1)}, now=time.time())
+        batch = [InboundMessage(topic, p, day, b"c%d" % p, purchase(f"c{p}", day, T0_MS + day * DAY_MS)) for day in range(10) for p in (0, 1)]
+        first = await engine.process(batch, now=time.time())
+        # Then an event for partition 0 older than both partitions' newest: too late.
+        late = await engine.process([InboundMessage(topic, 0, 10, b"c0", purchase("c0", 99, T0_MS + 5 * DAY_MS))], now=time.time())
+        await engine.redis.aclose()
+        return first, late
+
+    first, late = run(scenario())
+    assert [dl.reason for dl in first.dead_letters] == []
+    assert redis_client.hget("cust:{c0}", "n") == "10" and redis_client.hget("cust:{c1}", "n") == "10"
+    assert [dl.reason for dl in late.dead_letters] == ["too_late"]
