@@ -7,7 +7,8 @@ boundaries are learned online with River's P² ``stats.Quantile`` (O(1) per
 update, a handful of floats of state) from purchasers only: RFM describes
 buyers, and counting never-buyers would pin the frequency quintiles to 0.
 Until ``min_population`` purchasers were seen, fixed ``cold_start_boundaries``
-from the config stand in.
+from the config stand in. Recency always uses its configured boundaries (days):
+features are observed at the moment customers act, when their recency is 0.
 
 >>> from segmenter.config import default_config
 >>> value = ValueSegmentation(default_config().value)
@@ -61,7 +62,11 @@ class RFMScorer:
 
     def boundaries(self, dim: str) -> tuple[float, ...]:
         """The four ascending quintile boundaries now used for ``dim``."""
-        if self.n_learned < self.min_population:
+        # Recency keeps its configured day boundaries: the model learns when
+        # customers act, and a purchase's own recency is 0 days, so learned
+        # recency quintiles collapse to 0 and score every buyer "lost" a
+        # millisecond after buying (seen on the CDNOW replay).
+        if dim == "recency" or self.n_learned < self.min_population:
             return self.cold_start[dim]
         cached = self._boundaries.get(dim)
         if cached is None:

@@ -66,6 +66,7 @@ class SegmentStore:
         """Persist updates atomically with their outbox entries; return (outbox id, change json)."""
         pipe = self.redis.pipeline(transaction=True)
         outbox: list[tuple[int, str]] = []  # (position in the pipeline, payload)
+        flow_keys: set[str] = set()
         for u in updates:
             seg_key = keys.segments_key(u.customer_id)
             fields = {name: a.to_json() for name, a in u.assignments.items()}
@@ -75,7 +76,9 @@ class SegmentStore:
                 pipe.hset(seg_key, mapping=fields)
             for name, a in u.assignments.items():
                 old = u.previous.get(name)
-                if old is not None and old.segment != a.segment:
+                if old is not None and old.segment == a.segment:
+                    continue
+                if old is not None:
                     pipe.srem(keys.member_set(name, old.segment), u.customer_id)
                 pipe.sadd(keys.member_set(name, a.segment), u.customer_id)
             for change in u.changes:
@@ -85,11 +88,13 @@ class SegmentStore:
                 pipe.xadd(keys.OUTBOX, {"change": payload})
                 flow_key = f"{keys.FLOWS}:{int(change.emitted_at.timestamp()) // 3600}"
                 pipe.hincrby(flow_key, f"{change.segmentation}|{change.from_segment or ''}|{change.to_segment}", 1)
-                pipe.expire(flow_key, FLOWS_TTL_SECONDS)
+                flow_keys.add(flow_key)
             if u.next_deadline_ms is None:
                 pipe.zrem(keys.DEADLINES, u.customer_id)
             else:
                 pipe.zadd(keys.DEADLINES, {u.customer_id: u.next_deadline_ms})
+        for flow_key in flow_keys:
+            pipe.expire(flow_key, FLOWS_TTL_SECONDS)
         if not len(pipe):
             return []
         replies = await pipe.execute()
