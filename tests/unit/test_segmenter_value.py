@@ -29,9 +29,11 @@ def test_cold_start_boundaries_until_min_population():
     scorer = RFMScorer(CONFIG)
     for f in population(CONFIG.min_population - 1):
         scorer.learn_one(f)
-    assert scorer.boundaries("recency") == CONFIG.cold_start_boundaries.recency
+    assert scorer.boundaries("frequency") == CONFIG.cold_start_boundaries.frequency
     scorer.learn_one(next(population(1, seed=5)))
-    assert scorer.boundaries("recency") != CONFIG.cold_start_boundaries.recency
+    assert scorer.boundaries("frequency") != CONFIG.cold_start_boundaries.frequency
+    # recency keeps its configured day boundaries (learned at purchase time it would collapse to 0)
+    assert scorer.boundaries("recency") == CONFIG.cold_start_boundaries.recency
 
 
 def test_learned_quintiles_split_the_population_evenly():
@@ -39,13 +41,11 @@ def test_learned_quintiles_split_the_population_evenly():
     people = list(population(3000))
     for f in people:
         scorer.learn_one(f)
-    # recency is uniform on 0..100: boundaries near 20, 40, 60, 80
-    for got, want in zip(scorer.boundaries("recency"), (20, 40, 60, 80)):
-        assert abs(got - want) < 4
+    # purchases are uniform on 1..20: each frequency score holds about a fifth
     counts = [0] * 6
     for f in people:
-        counts[scorer.score("recency", f["days_since_last_purchase"])] += 1
-    assert all(abs(c / len(people) - 0.2) < 0.04 for c in counts[1:])
+        counts[scorer.score("frequency", f["purchases_total"])] += 1
+    assert all(abs(c / len(people) - 0.2) < 0.05 for c in counts[1:]), counts
 
 
 def test_never_buyers_are_not_learned_and_score_lowest():
