@@ -173,35 +173,10 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
         stats.update({f"dead_lettered:{reason}": n for reason, n in c.reasons.items()})
         await e.redis.hset("segflow:stats", mapping=stats)
 
-    _add_web_views(app, settings)
+    from streams.web import add_sizes_recorder, add_web_views
+
+    add_web_views(app, settings)
+    add_sizes_recorder(app, settings)
     app.segflow_engine = engine  # for tests
     return app
 
-
-def _add_web_views(app: faust.App, settings: Settings) -> None:
-    """JSON over HTTP from the worker's web server; the same queries as the CLI."""
-    import redis as sync_redis
-
-    from streams.queries import customer_view, segment_sizes
-
-    pool: dict = {}
-
-    def client():
-        if "r" not in pool:
-            pool["r"] = sync_redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True)
-        return pool["r"]
-
-    @app.page("/customers/{customer_id}")
-    async def get_customer(web, request, customer_id: str):
-        view = await asyncio.to_thread(customer_view, client(), customer_id, settings)
-        if view is None:
-            return web.json({"error": "unknown customer", "customer_id": customer_id}, status=404)
-        return web.json(view)
-
-    @app.page("/segments")
-    async def get_segments(web, request):
-        return web.json(await asyncio.to_thread(segment_sizes, client()))
-
-    @app.page("/healthz")
-    async def healthz(web, request):
-        return web.json({"ok": True})

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     history_cap: int = Field(50, ge=1, description="Segment changes kept per customer")
     snapshot_interval_seconds: float = Field(30.0, gt=0, description="How often the behaviour model is snapshotted to Redis")
     deadline_interval_seconds: float = Field(1.0, gt=0, description="How often due deadlines are claimed and re-evaluated")
+    sizes_interval_seconds: float = Field(5.0, gt=0, description="How often segment sizes are appended to the segflow:sizes stream (dashboard, /sizes)")
+    sizes_history_len: int = Field(5000, ge=10, description="Entries kept in segflow:sizes (about; 5000 at 5 s = 7 h)")
     web_enabled: bool = True
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=0, le=65535)

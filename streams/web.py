@@ -1,0 +1,146 @@
+"""HTTP from the worker's web server: JSON ops queries, the dashboard, the sizes timer.
+
+Every JSON view runs a query of :mod:`streams.queries` (the CLI runs the same
+ones) on a sync Redis client in a thread. A bad parameter is a 400 with
+``{"error": ...}``, an unknown customer a 404, Redis away a 503 — never a 500
+for something the caller can fix.
+
+| path | returns |
+|---|---|
+| ``/dashboard`` | the HTML dashboard (``?customer=ID`` looks one up on load) |
+| ``/customers/{id}?history=N`` | features, segments, churn propensity, last N changes |
+| ``/segments`` | segment sizes per segmentation |
+| ``/segments/{name}/members?limit=N&segmentation=S`` | members (SSCAN) |
+| ``/flows?since=1h`` | transition counts per segmentation |
+| ``/sizes?since=1h`` | recorded segment sizes and change rate over time |
+| ``/healthz`` | ``{"ok": true}`` |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import faust
+from redis.exceptions import RedisError
+
+from streams import queries
+from streams.queries import QueryError
+from streams.settings import Settings
+
+log = logging.getLogger("segflow.web")
+
+STATIC_DIR = Path(__file__).parent / "static"
+# Served by name only (no paths from the request reach the file system).
+STATIC_TYPES = {".js": "application/javascript", ".css": "text/css", ".html": "text/html", ".txt": "text/plain"}
+
+
+def static_files() -> dict[str, Path]:
+    return {p.name: p for p in STATIC_DIR.iterdir() if p.is_file() and p.suffix in STATIC_TYPES}
+
+
+class _Redis:
+    """One sync client per worker, made on first use (redis-py's pool is thread-safe)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._client = None
+
+    def __call__(self):
+        if self._client is None:
+            import redis
+
+            self._client = redis.Redis.from_url(
+                self.settings.redis_url.get_secret_value(), decode_responses=True, socket_connect_timeout=3, socket_timeout=10
+            )
+        return self._client
+
+
+def add_web_views(app: faust.App, settings: Settings) -> None:
+    """Register the JSON views and the dashboard on ``app``'s web server."""
+    client = _Redis(settings)
+    catalogue = queries.segment_catalogue(settings)
+    files = static_files()
+
+    async def answer(web, fn, *args, **kwargs):
+        try:
+            return web.json(await asyncio.to_thread(fn, client(), *args, **kwargs))
+        except QueryError as exc:
+            return web.json({"error": str(exc)}, status=400)
+        except RedisError as exc:
+            log.warning("web query failed: %s", exc)
+            return web.json({"error": f"redis unavailable: {exc.__class__.__name__}"}, status=503)
+
+    def bad(web, exc: QueryError):
+        return web.json({"error": str(exc)}, status=400)
+
+    @app.page("/customers/{customer_id}")
+    async def get_customer(web, request, customer_id: str):
+        try:
+            history = queries.int_param(request.query.get("history"), "history", 10, 0, settings.history_cap)
+        except QueryError as exc:
+            return bad(web, exc)
+        try:
+            view = await asyncio.to_thread(queries.customer_view, client(), customer_id, settings, history)
+        except RedisError as exc:
+            return web.json({"error": f"redis unavailable: {exc.__class__.__name__}"}, status=503)
+        if view is None:
+            return web.json({"error": f"unknown customer {customer_id!r}: no event from it has been applied", "customer_id": customer_id}, status=404)
+        return web.json(view)
+
+    @app.page("/segments")
+    async def get_segments(web, request):
+        return await answer(web, queries.configured_sizes, catalogue)
+
+    @app.page("/segments/{name}/members")
+    async def get_members(web, request, name: str):
+        try:
+            limit = queries.int_param(request.query.get("limit"), "limit", 100, 1, queries.MAX_MEMBERS)
+        except QueryError as exc:
+            return bad(web, exc)
+        return await answer(web, queries.segment_members, catalogue, name, request.query.get("segmentation") or None, limit)
+
+    @app.page("/flows")
+    async def get_flows(web, request):
+        try:
+            since = queries.parse_duration(request.query.get("since", "1h"), maximum_s=queries.FLOWS_KEPT_S)
+        except QueryError as exc:
+            return bad(web, exc)
+        return await answer(web, queries.flows, since)
+
+    @app.page("/sizes")
+    async def get_sizes(web, request):
+        try:
+            since = queries.parse_duration(request.query.get("since", "1h"))
+        except QueryError as exc:
+            return bad(web, exc)
+        return await answer(web, queries.sizes_series, catalogue, since)
+
+    @app.page("/dashboard")
+    async def dashboard(web, request):
+        return web.html((STATIC_DIR / "dashboard.html").read_text())
+
+    @app.page("/static/{name}")
+    async def static(web, request, name: str):
+        path = files.get(name)
+        if path is None:
+            return web.json({"error": f"no static file {name!r}"}, status=404)
+        return web.bytes(path.read_bytes(), content_type=STATIC_TYPES[path.suffix], headers={"Cache-Control": "max-age=300"})
+
+    @app.page("/healthz")
+    async def healthz(web, request):
+        return web.json({"ok": True})
+
+
+def add_sizes_recorder(app: faust.App, settings: Settings) -> None:
+    """Timer: every ``sizes_interval_seconds`` append segment sizes to ``segflow:sizes``."""
+    client = _Redis(settings)
+    catalogue = queries.segment_catalogue(settings)
+
+    @app.timer(settings.sizes_interval_seconds)
+    async def record_segment_sizes():
+        try:
+            await asyncio.to_thread(queries.record_sizes, client(), catalogue, settings.sizes_interval_seconds, settings.sizes_history_len)
+        except RedisError as exc:  # Redis away: the next tick tries again
+            log.warning("could not record segment sizes: %s", exc)
