@@ -164,12 +164,17 @@ def produce(file: Path = typer.Argument(..., exists=True, dir_okay=False), confi
 
 
 @cli.command()
-def customer(customer_id: str, config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(False, "--json")):
-    """A customer's features and current segments, read from Redis."""
+def customer(
+    customer_id: str,
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json"),
+    history: int = typer.Option(10, "--history", min=0, help="How many of the latest segment changes to show"),
+):
+    """A customer's features, current segments (since when, why), churn propensity and latest changes."""
     from streams.queries import customer_view
 
     settings = _settings(config)
-    view = customer_view(_sync_redis(settings), customer_id, settings)
+    view = customer_view(_sync_redis(settings), customer_id, settings, history=history)
     if view is None:
         typer.secho(f"unknown customer: {customer_id!r}", fg="red", err=True)
         raise typer.Exit(1)
@@ -189,6 +194,47 @@ def segments(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(Fa
     settings = _settings(config)
     sizes = segment_sizes(_sync_redis(settings))
     typer.echo(json.dumps(sizes, indent=2) if as_json else format_sizes(sizes))
+
+
+def _query_failed(exc: Exception):
+    typer.secho(str(exc), fg="red", err=True)
+    raise typer.Exit(2)
+
+
+@cli.command()
+def members(
+    segment: str = typer.Argument(..., help="A segment name, or segmentation:segment when the name is in several segmentations"),
+    config: Optional[Path] = ConfigOpt,
+    segmentation: Optional[str] = typer.Option(None, "--segmentation", "-s", help="lifecycle, behaviour or value"),
+    limit: int = typer.Option(100, "--limit", "-n", help="At most this many members (read with SSCAN)"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Members of one segment (SSCAN, never SMEMBERS) and its size."""
+    from streams.queries import QueryError, format_members, segment_catalogue, segment_members
+
+    settings = _settings(config)
+    try:
+        view = segment_members(_sync_redis(settings), segment_catalogue(settings), segment, segmentation, limit)
+    except QueryError as exc:
+        _query_failed(exc)
+    typer.echo(json.dumps(view, indent=2) if as_json else format_members(view))
+
+
+@cli.command()
+def flows(
+    since: str = typer.Option("1h", "--since", help="How far back: 30m, 1h, 2d (hourly buckets, kept 8 days)"),
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Segment transitions (from x to) per segmentation, summed over the hourly flow counters."""
+    from streams.queries import FLOWS_KEPT_S, QueryError, flows as flows_query, format_flows, parse_duration, segment_catalogue
+
+    settings = _settings(config)
+    try:
+        view = flows_query(_sync_redis(settings), parse_duration(since, maximum_s=FLOWS_KEPT_S))
+    except QueryError as exc:
+        _query_failed(exc)
+    typer.echo(json.dumps(view, indent=2) if as_json else format_flows(view, segment_catalogue(settings)))
 
 
 @cli.command()
