@@ -20,6 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 
+from streams.campaign_router import CampaignRouter, campaigns_for, trigger_message
 from streams.engine import BatchOutcome, Engine, InboundMessage
 from streams.settings import Settings
 
@@ -73,6 +74,8 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
     inputs = app.topic(*topics.inputs, key_serializer="raw", value_serializer="raw")
     changes_topic = app.topic(topics.segment_changes, key_serializer="raw", value_serializer="raw")
     dead_letter_topic = app.topic(topics.dead_letter, key_serializer="raw", value_serializer="raw")
+    triggers_topic = app.topic(topics.campaign_triggers, key_serializer="raw", value_serializer="raw")
+    campaigns = campaigns_for(settings)
 
     holder: dict = {}
     ready = asyncio.Lock()
@@ -84,6 +87,7 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
                 e.backlog_probe = backlog
                 await e.start()
                 holder["engine"] = e
+                holder["router"] = CampaignRouter(campaigns, e.redis)
                 holder["started"] = time.monotonic()
                 await relay_outbox(e)
         return holder["engine"]
@@ -122,6 +126,11 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
             sent_ids.append(outbox_id)
         if futures:
             await asyncio.gather(*futures)
+        # Campaign triggers for changes the broker has, sent before the outbox
+        # entries go: a crash re-sends them (same trigger ids) rather than loses them.
+        triggers = await holder["router"].route(payload for _, payload in outcome.changes) if outcome.changes else []
+        if triggers:
+            await asyncio.gather(*[await triggers_topic.send(key=k, value=v) for k, v in map(trigger_message, triggers)])
         # Only once the broker has the changes do they leave the outbox.
         await e.confirm_sent(sent_ids)
 

@@ -63,6 +63,9 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(name)s %(levelname)s: %(message)s")
     _segmenter_factory(settings)  # a bad segments config fails here, before Kafka is touched
+    from streams.campaign_router import campaigns_for
+
+    campaigns_for(settings)  # and so does a bad campaigns file
     created = ensure_topics(bootstrap_of(settings.kafka_url), settings.topics, settings.partitions)
     if created:
         _echo(f"created topics: {', '.join(created)}")
@@ -239,11 +242,12 @@ def flows(
 
 @cli.command()
 def schemas(out_dir: Optional[Path] = typer.Option(None, help="Write one .json file per schema here")):
-    """JSON Schemas of the input events and of the segment-change contract."""
+    """JSON Schemas of the input events, the segment-change and the campaign-trigger contracts."""
+    from segmenter.campaigns import campaign_trigger_json_schema
     from segmenter.changes import segment_change_json_schema
     from streams.events import json_schemas
 
-    all_schemas = {**json_schemas(), "segment-change": segment_change_json_schema()}
+    all_schemas = {**json_schemas(), "segment-change": segment_change_json_schema(), "campaign-trigger": campaign_trigger_json_schema()}
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, schema in all_schemas.items():
@@ -251,6 +255,50 @@ def schemas(out_dir: Optional[Path] = typer.Option(None, help="Write one .json f
         _echo(f"wrote {len(all_schemas)} schemas to {out_dir}")
     else:
         typer.echo(json.dumps(all_schemas, indent=2))
+
+
+@cli.command()
+def campaigns(config: Optional[Path] = ConfigOpt):
+    """The campaigns the worker routes segment changes to (SEGFLOW_CAMPAIGNS_FILE or the shipped ones)."""
+    from segmenter.config import ConfigError
+    from streams.campaign_router import campaigns_for
+
+    settings = _settings(config)
+    try:
+        routed = campaigns_for(settings)
+    except ConfigError as exc:
+        typer.secho(f"bad campaigns: {exc}", fg="red", err=True)
+        raise typer.Exit(2)
+    for c in routed.campaigns:
+        p = c.policy
+        cap = f"{p.max_triggers} per {p.period_ms / 86_400_000:g}d" if p.max_triggers else "no cap"
+        cooldown = f", cooldown {p.cooldown_ms / 86_400_000:g}d" if p.cooldown_ms else ""
+        typer.echo(f"{c.name:16} control {c.control_share:.0%}, {cap}{cooldown}: {c.describe()}")
+
+
+@cli.command()
+def subscribe(
+    campaign: str = typer.Option(..., "--campaign", help="The campaign whose triggers to receive"),
+    group: Optional[str] = typer.Option(None, "--group", help="Kafka consumer group (default: segflow-campaign-<campaign>)"),
+    from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest trigger on the topic, even if the group has committed offsets"),
+    max_triggers: int = typer.Option(0, "--max", help="Stop after this many triggers (0: until Ctrl-C)"),
+    idle_timeout: float = typer.Option(0, "--idle-timeout", help="Stop after this many seconds without a trigger (0: never)"),
+    config: Optional[Path] = ConfigOpt,
+):
+    """Example campaign-system subscriber: print one campaign's triggers as JSON lines.
+
+    Reads campaign-triggers in a consumer group, keeps the triggers of
+    --campaign, drops re-sent duplicates by trigger_id (remembered in memory
+    while it runs) and commits offsets after printing (at-least-once).
+    """
+    from streams.subscriber import subscribe as run_subscriber
+
+    settings = _settings(config)
+    stats = run_subscriber(settings, campaign, group=group, from_beginning=from_beginning,
+                           max_triggers=max_triggers or None, idle_timeout=idle_timeout or None,
+                           out=lambda line: typer.echo(line), note=_echo)
+    _echo(f"{stats['received']} triggers for {campaign} ({stats['treatment']} treatment, {stats['holdout']} holdout), "
+          f"{stats['duplicates']} duplicates dropped, {stats['other']} for other campaigns skipped")
 
 
 @cli.command()

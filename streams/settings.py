@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     max_future_skew_seconds: float = Field(3600, ge=0, description="Events further in the future than this are rejected")
     clock: Literal["wall", "event"] = Field("wall", description="wall: deadlines fire on wall-clock time; event: on the event-time watermark (replays, simulations)")
     segments_config: Path | None = Field(None, description="YAML segmentation config; default: the one shipped in segmenter/")
+    campaigns_file: Path | None = Field(None, description="YAML campaign routing config; default: the one shipped in segmenter/ (an empty list turns routing off)")
     batch_size: int = Field(500, ge=1, description="Events taken from the stream per Redis pipeline")
     batch_within: float = Field(0.05, gt=0, description="Seconds to wait for a batch to fill")
     history_cap: int = Field(50, ge=1, description="Segment changes kept per customer")
