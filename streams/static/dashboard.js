@@ -31,8 +31,14 @@ async function getJSON(path) {
 
 function since() { return document.getElementById("since").value; }
 
-function chartWidth(container) {
-  return Math.max(320, Math.floor(container.clientWidth || document.body.clientWidth - 48));
+// The chart's own box (laid out by CSS flex) sets the width.
+function chartWidth(box) {
+  return Math.max(300, Math.floor(box.clientWidth || document.body.clientWidth - 48) - 4);
+}
+
+// "2026-01-21T03:50:35.329000+00:00" -> "2026-01-21 03:50:35Z"
+function fmtTime(iso) {
+  return iso == null ? null : String(iso).replace("T", " ").replace(/\.\d+/, "").replace(/(\+00:00|Z)$/, "Z");
 }
 
 // One uPlot line chart per key; recreated when its series change, else setData.
@@ -52,7 +58,7 @@ function drawChart(container, key, title, labels, xs, ys, height) {
     box.textContent = "";
     const opts = {
       title,
-      width: chartWidth(container),
+      width: chartWidth(box),
       height: height || 220,
       scales: { x: { time: true } },
       series: [{}, ...labels.map((label, i) => ({ label, stroke: PALETTE[i % PALETTE.length], width: 2, spanGaps: true }))],
@@ -95,7 +101,7 @@ function renderCurrent(sizes) {
 function renderFlows(view) {
   const box = document.getElementById("flows");
   box.textContent = "";
-  document.getElementById("flows-window").textContent = `(${view.total} changes, ${view.hours} hourly buckets since ${view.since})`;
+  document.getElementById("flows-window").textContent = `(${view.total} changes, ${view.hours} hourly buckets since ${fmtTime(view.since)})`;
   const entries = Object.entries(view.segmentations);
   if (!entries.length) {
     box.append(el("p", { class: "muted" }, "no segment changes in this window"));
@@ -157,12 +163,12 @@ async function lookup(customerId) {
   const v = res.body;
   const segs = el("table", { class: "segments" }, el("tr", {}, el("th", {}, "segmentation"), el("th", {}, "segment"), el("th", {}, "since"), el("th", {}, "why"), el("th", {}, "model")));
   for (const [name, a] of Object.entries(v.segments)) {
-    segs.append(el("tr", { "data-segmentation": name }, el("td", {}, name), el("td", { class: "segment" }, a.segment), el("td", {}, a.since), el("td", {}, a.reason), el("td", {}, a.model_version == null ? "-" : `v${a.model_version}`)));
+    segs.append(el("tr", { "data-segmentation": name }, el("td", {}, name), el("td", { class: "segment" }, a.segment), el("td", {}, fmtTime(a.since)), el("td", {}, a.reason), el("td", {}, a.model_version == null ? "-" : `v${a.model_version}`)));
   }
   const facts = el("table", { class: "facts" },
     row("churn propensity", v.churn_propensity == null ? null : v.churn_propensity.toFixed(2)),
-    row("as of", v.as_of), row("first seen", v.first_seen), row("last seen", v.last_seen),
-    row("events applied", v.events_applied), row("next re-evaluation", v.next_reevaluation),
+    row("as of", fmtTime(v.as_of)), row("first seen", fmtTime(v.first_seen)), row("last seen", fmtTime(v.last_seen)),
+    row("events applied", v.events_applied), row("next re-evaluation", fmtTime(v.next_reevaluation)),
     row("top categories", (v.top_categories || []).map((c) => `${c.category} ${Math.round(c.share * 100)}%`).join(", ") || null));
   const feats = el("table", { class: "features" });
   for (const [name, value] of Object.entries(v.features)) {
@@ -170,7 +176,7 @@ async function lookup(customerId) {
   }
   const hist = el("table", { class: "history" }, el("tr", {}, el("th", {}, "when (event time)"), el("th", {}, "segmentation"), el("th", {}, "from"), el("th", {}, ""), el("th", {}, "to"), el("th", {}, "why")));
   for (const c of v.history) {
-    hist.append(el("tr", {}, el("td", {}, c.occurred_at), el("td", {}, c.segmentation), el("td", {}, c.from || "(entered)"), el("td", {}, "→"), el("td", {}, c.to), el("td", {}, c.reason)));
+    hist.append(el("tr", {}, el("td", {}, fmtTime(c.occurred_at)), el("td", {}, c.segmentation), el("td", {}, c.from || "(entered)"), el("td", {}, "→"), el("td", {}, c.to), el("td", {}, c.reason)));
   }
   out.append(
     el("div", { class: "row" }, el("div", { class: "col" }, segs, facts), el("div", { class: "col" }, el("h3", {}, "latest segment changes"), hist)),
@@ -204,7 +210,7 @@ function start() {
     lookup(customer);
   }
   window.addEventListener("resize", () => {
-    for (const { plot } of Object.values(charts)) plot.setSize({ width: chartWidth(plot.root.parentNode.parentNode), height: plot.height });
+    for (const { plot } of Object.values(charts)) plot.setSize({ width: chartWidth(plot.root.parentNode), height: plot.height });
   });
   refresh();
   setInterval(refresh, REFRESH_MS);
