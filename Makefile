@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-unit test-integration bench soak lint clean
+.PHONY: install demo test test-unit test-integration dashboard-png bench soak lint clean
 
 install: $(STAMP)
 
@@ -26,6 +26,9 @@ test-unit: install
 
 test-integration: install
 	$(BIN)/pytest -q -m integration
+
+dashboard-png: install  # regenerate docs/dashboard.png: runs the dashboard test (needs chromium) and keeps its screenshot
+	SEGFLOW_DASHBOARD_PNG=$(CURDIR)/docs/dashboard.png $(BIN)/pytest -q -p no:cacheprovider tests/integration/test_dashboard.py -k dashboard_renders
 
 bench: install
 	$(BIN)/segflow bench
