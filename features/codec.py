@@ -90,11 +90,11 @@ def state_to_hash(s: CustomerState) -> dict[str, str]:
     return h
 
 
-def delta_args(delta: EventDelta, late_before_ms: int | None) -> list[str | int]:
+def delta_args(delta: EventDelta, late_before_ms: int | None, want_state: bool = True) -> list[str | int]:
     """ARGV for ``FCALL segflow_apply`` (see features/segflow.lua)."""
     flags = ("p" if delta.purchase else "") + ("v" if delta.visit else "") + ("l" if delta.login else "")
     partition, offset = ("", 0) if delta.offset is None else delta.offset
     increments = ",".join(f"{i}:{n}" for i, n in delta.increments.items())
     categories = "\x1e".join(f"{_CONTROL.sub('', c)}\x1f{q}" for c, q in delta.categories.items())
     horizon = "" if late_before_ms is None else late_before_ms
-    return [delta.ts_ms, delta.token, delta.family, partition, offset, horizon, flags, increments, categories]
+    return [delta.ts_ms, delta.token, delta.family, partition, offset, horizon, flags, increments, categories, "1" if want_state else "0"]

@@ -21,7 +21,11 @@ LIBRARY = resources.files("features").joinpath("segflow.lua").read_text()
 
 @dataclass(frozen=True)
 class Applied:
-    """Outcome of one event: ``status`` applied/duplicate/too_late, with state if applied."""
+    """Outcome of one event: ``status`` applied/duplicate/too_late.
+
+    ``state``/``segments``: the customer's hashes after the event, present only
+    on the customer's last event of a batch (whatever its status).
+    """
 
     customer_id: str
     status: str
@@ -54,11 +58,12 @@ class FeatureStore:
         """
         if not items:
             return []
+        last = {customer_id: i for i, (customer_id, _) in enumerate(items)}
         pipe = self.redis.pipeline(transaction=False)
-        for customer_id, delta in items:
+        for i, (customer_id, delta) in enumerate(items):
             pipe.fcall(
                 "segflow_apply", 2, keys.customer_key(customer_id), keys.segments_key(customer_id),
-                *delta_args(delta, late_before_ms),
+                *delta_args(delta, late_before_ms, want_state=last[customer_id] == i),
             )
         if watermark_ms is not None:
             pipe.fcall("segflow_advance_watermark", 1, keys.WATERMARK, watermark_ms)
@@ -66,7 +71,7 @@ class FeatureStore:
         out = []
         for (customer_id, _), reply in zip(items, replies):
             status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
-            if status == "applied":
+            if len(reply) > 1:
                 out.append(Applied(customer_id, status, state_from_hash(pairs(reply[1])), pairs(reply[2])))
             else:
                 out.append(Applied(customer_id, status))

@@ -148,6 +148,7 @@ class Engine:
             # the batch's last event: segments are written once the batch is
             # folded, so evaluating each event would compare against stale segments.
             latest: dict[str, tuple] = {}
+            final = {r.customer_id: r for r in results if r.state is not None}
             for (msg, event), result in zip(sources, results):
                 if result.status == "duplicate":
                     self.counters.duplicates += 1
@@ -156,13 +157,14 @@ class Engine:
                     out.dead_letters.append(DeadLetter(msg, "too_late", f"older than the allowed lateness of {self.settings.lateness_seconds:g}s"))
                     continue
                 self.counters.applied += 1
-                latest[event.customer_id] = (event, result)
+                latest[event.customer_id] = event
             updates = []
-            for customer_id, (event, result) in latest.items():
-                now_ms = result.state.last_seen_ms
-                feats = compute(result.state, now_ms)
+            for customer_id, event in latest.items():
+                after = final[customer_id]
+                now_ms = after.state.last_seen_ms
+                feats = compute(after.state, now_ms)
                 self.segmenter.learn_one(feats)
-                updates.append(self._evaluate(customer_id, feats, result.segments, now_ms, f"event:{event.event_id}"))
+                updates.append(self._evaluate(customer_id, feats, after.segments, now_ms, f"event:{event.event_id}"))
             out.changes = await self.segments.write(updates)
         self._count(out)
         return out
