@@ -71,6 +71,8 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
         _echo(f"created topics: {', '.join(created)}")
     app = create_app(settings, _segmenter_factory(settings))
     _echo(f"segflow worker: kafka={settings.kafka_url} redis={settings.redacted()['redis_url']} clock={settings.clock}")
+    if settings.web_enabled:
+        _echo(f"dashboard: http://{settings.web_host}:{settings.web_port}/dashboard (JSON: /customers/ID, /segments, /flows, /sizes)")
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, override_logging=False)
     worker.execute_from_commandline()
 
