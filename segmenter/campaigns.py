@@ -81,9 +81,9 @@ from segmenter.config import (
 
 TRIGGER_SCHEMA_VERSION = 1
 DAY_MS = 86_400_000
-# Trigger ids charged (or refused) are remembered at least this long, so a
-# trigger re-sent after a crash is recognised even for campaigns with short caps.
-REMEMBER_MS = DAY_MS
+# Verdicts are remembered per trigger id this long in wall-clock time, so a
+# trigger re-sent after a crash (outbox relay) gets its first verdict again.
+REMEMBER_MS = 7 * DAY_MS
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -155,7 +155,7 @@ def in_holdout(customer_id: str, campaign: str, control_share: float) -> bool:
     return holdout_bucket(customer_id, campaign) < control_share
 
 
-# -- caps: the pure model (streams/campaign_caps.lua does the same in Redis) ----------------
+# -- caps: the pure model (streams/campaign_router.py does the same in Redis, in Lua) ----------------
 
 
 @dataclass(frozen=True)
@@ -172,9 +172,9 @@ class CapPolicy:
         return bool(self.max_triggers) or self.cooldown_ms > 0
 
     @property
-    def keep_ms(self) -> int:
-        """How long (in the cap clock) charged and refused trigger ids are kept."""
-        return max(self.period_ms, self.cooldown_ms, REMEMBER_MS)
+    def span_ms(self) -> int:
+        """How far (in cap time) one charge reaches: the longer of period and cooldown."""
+        return max(self.period_ms if self.max_triggers else 0, self.cooldown_ms)
 
 
 def refusal(charged_ms: Iterable[int], t_ms: int, policy: CapPolicy) -> str | None:
@@ -224,29 +224,44 @@ class CapVerdict:
 @dataclass
 class CapLedger:
     """One customer's caps for one campaign, in memory: the reference semantics
-    of the Redis script (``streams/campaign_caps.lua``).
+    of the Redis script in :mod:`streams.campaign_router`.
+
+    ``charged``: trigger id -> cap time (the change's ``occurred_at``, ms) of
+    the triggers charged; charges older than the newest minus twice the span
+    are forgotten, and a trigger older than the newest charge minus the span is
+    refused as ``too_old`` (its windows may reach forgotten charges).
+    ``verdicts``: trigger id -> (wall-clock ms, published?), kept
+    :data:`REMEMBER_MS`, so a re-sent trigger gets its first verdict and is
+    never charged twice.
 
     >>> ledger, p = CapLedger(), CapPolicy(max_triggers=1, period_ms=30 * DAY_MS)
-    >>> ledger.charge("t1", 0, p), ledger.charge("t1", 0, p)
+    >>> ledger.charge("t1", 0, p, now_ms=0), ledger.charge("t1", 0, p, now_ms=1)
     (CapVerdict(status='charged', reason=''), CapVerdict(status='recharged', reason=''))
-    >>> ledger.charge("t2", DAY_MS, p)
+    >>> ledger.charge("t2", DAY_MS, p, now_ms=2)
     CapVerdict(status='capped', reason='frequency_cap')
+    >>> ledger.charge("t2", DAY_MS, p, now_ms=3)
+    CapVerdict(status='capped', reason='refused_before')
     """
 
     charged: dict[str, int] = field(default_factory=dict)
-    refused: dict[str, int] = field(default_factory=dict)
+    verdicts: dict[str, tuple[int, bool]] = field(default_factory=dict)
 
-    def charge(self, trigger_id: str, t_ms: int, policy: CapPolicy) -> CapVerdict:
-        if trigger_id in self.charged:
-            return CapVerdict("recharged")
-        if trigger_id in self.refused:
-            return CapVerdict("capped", "refused_before")
-        horizon = t_ms - policy.keep_ms
-        self.charged = {k: v for k, v in self.charged.items() if v >= horizon}
-        self.refused = {k: v for k, v in self.refused.items() if v >= horizon}
-        why = refusal(self.charged.values(), t_ms, policy)
+    def charge(self, trigger_id: str, t_ms: int, policy: CapPolicy, now_ms: int) -> CapVerdict:
+        if not policy.limited:
+            return CapVerdict("charged")
+        self.verdicts = {k: v for k, v in self.verdicts.items() if v[0] >= now_ms - REMEMBER_MS}
+        if trigger_id in self.verdicts:
+            return CapVerdict("recharged") if self.verdicts[trigger_id][1] else CapVerdict("capped", "refused_before")
+        span = policy.span_ms
+        newest = max(self.charged.values(), default=None)
+        if newest is not None and t_ms < newest - span:
+            why: str | None = "too_old"
+        else:
+            horizon = max(t_ms, newest if newest is not None else t_ms) - 2 * span
+            self.charged = {k: v for k, v in self.charged.items() if v >= horizon}
+            why = refusal(self.charged.values(), t_ms, policy)
+        self.verdicts[trigger_id] = (now_ms, why is None)
         if why:
-            self.refused[trigger_id] = t_ms
             return CapVerdict("capped", why)
         self.charged[trigger_id] = t_ms
         return CapVerdict("charged")
@@ -296,7 +311,7 @@ class Cap(BaseModel):
     model_config = _FROZEN
 
     max: int = Field(ge=1)
-    period: Duration
+    period: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 
 
 class Campaign(BaseModel):
@@ -386,9 +401,9 @@ class TriggerDecision:
         return cap_key(self.trigger.customer_id, self.trigger.campaign)
 
     @property
-    def refused_key(self) -> str:
-        """Redis sorted set: trigger ids refused by the caps (remembered for re-sends)."""
-        return self.cap_key + ":refused"
+    def seen_key(self) -> str:
+        """Redis sorted set: verdicts by trigger id (``1:<id>`` published, ``0:<id>`` refused), by wall-clock ms."""
+        return self.cap_key + ":seen"
 
     @property
     def occurred_at_ms(self) -> int:

@@ -11,20 +11,22 @@ changes after Kafka has the changes and before their outbox entries are
 deleted. A crash in between leaves the changes in the outbox; the next worker
 re-sends them and routes them again. The trigger ids are the same, so
 
-- caps are not charged twice: the script remembers the trigger ids it charged
-  (and refused) per customer and campaign, for at least
-  ``max(period, cooldown, 1 day)`` of cap time, and answers a repeat with the
-  first verdict;
-- subscribers see the trigger again and drop it by ``trigger_id``.
-
-A trigger whose cap was charged but which was never published (crash between
-the two) is published on the re-send, since the script answers ``recharged``.
+- caps are not charged twice: the script remembers its verdict per trigger id
+  (published or refused) for 7 days of wall-clock time and answers a repeat
+  with the first verdict (``recharged`` / ``refused_before``);
+- a trigger charged but never published (crash between the two) is published
+  on the re-send;
+- subscribers see a re-sent trigger again and drop it by ``trigger_id``.
 
 Redis keys (all of one customer share the hash tag ``{ID}``, so one slot):
-``cust:{ID}:camp:<campaign>`` sorted set, trigger id -> occurred_at (ms) of the
-triggers charged; ``cust:{ID}:camp:<campaign>:refused`` the same for the ones
-the caps refused. Both are trimmed to the retention on every call and expire
-after it (wall clock) when the customer goes quiet.
+
+- ``cust:{ID}:camp:<campaign>`` sorted set, trigger id -> ``occurred_at`` (ms)
+  of the triggers charged; trimmed to twice the campaign's span (the longer of
+  cap period and cooldown) behind the newest, expires after that long;
+- ``cust:{ID}:camp:<campaign>:seen`` sorted set, ``1:<trigger id>`` (published)
+  or ``0:<trigger id>`` (refused) -> wall-clock ms of the verdict; kept 7 days.
+
+Campaigns without cap and cooldown do not touch Redis.
 """
 
 from __future__ import annotations
@@ -35,52 +37,63 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Iterable
 
-from segmenter.campaigns import CampaignConfig, CampaignTrigger, CapVerdict, TriggerDecision, default_campaigns, load_campaigns, parse_campaigns
+from segmenter.campaigns import REMEMBER_MS, CampaignConfig, CampaignTrigger, CapVerdict, TriggerDecision, default_campaigns, load_campaigns, parse_campaigns
 from segmenter.changes import SegmentChange
 
 log = logging.getLogger("segflow.campaigns")
 
 STATS_KEY = "segflow:stats"
 
-# KEYS[1] charged set, KEYS[2] refused set (same customer, same slot)
-# ARGV: trigger_id, t_ms, max (0 = no cap), period_ms, cooldown_ms, keep_ms
-# Returns {status, reason}; the same semantics as segmenter.campaigns.CapLedger.charge.
+# KEYS[1] charged set, KEYS[2] verdicts set (same customer, same slot)
+# ARGV: trigger_id, t_ms (cap time), max (0 = no cap), period_ms, cooldown_ms, now_ms (wall), remember_ms
+# Returns {status, reason}: the semantics of segmenter.campaigns.CapLedger.charge.
 CAPS_LUA = r"""
-local charged, refused = KEYS[1], KEYS[2]
+local charged, seen = KEYS[1], KEYS[2]
 local tid = ARGV[1]
 local t = tonumber(ARGV[2])
 local maxn = tonumber(ARGV[3])
 local period = tonumber(ARGV[4])
 local cooldown = tonumber(ARGV[5])
-local keep = tonumber(ARGV[6])
-if redis.call('ZSCORE', charged, tid) then return {'recharged', ''} end
-if redis.call('ZSCORE', refused, tid) then return {'capped', 'refused_before'} end
+local now = tonumber(ARGV[6])
+local remember = tonumber(ARGV[7])
 local function n(x) return string.format('%.0f', x) end
-redis.call('ZREMRANGEBYSCORE', charged, '-inf', '(' .. n(t - keep))
-redis.call('ZREMRANGEBYSCORE', refused, '-inf', '(' .. n(t - keep))
+redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. n(now - remember))
+if redis.call('ZSCORE', seen, '1:' .. tid) then return {'recharged', ''} end
+if redis.call('ZSCORE', seen, '0:' .. tid) then return {'capped', 'refused_before'} end
+local span = cooldown
+if maxn > 0 and period > span then span = period end
+local top = redis.call('ZRANGE', charged, -1, -1, 'WITHSCORES')
 local why = ''
-if cooldown > 0 and redis.call('ZCOUNT', charged, '(' .. n(t - cooldown), '(' .. n(t + cooldown)) > 0 then
-  why = 'cooldown'
-elseif maxn > 0 then
-  local near = redis.call('ZRANGEBYSCORE', charged, '(' .. n(t - period), '(' .. n(t + period), 'WITHSCORES')
-  local times = {t}
-  for i = 2, #near, 2 do times[#times + 1] = tonumber(near[i]) end
-  table.sort(times)
-  for _, s in ipairs(times) do
-    local c = 0
-    for _, x in ipairs(times) do
-      if x >= s and x < s + period then c = c + 1 end
+if top[2] and t < tonumber(top[2]) - span then
+  why = 'too_old'
+else
+  local newest = t
+  if top[2] and tonumber(top[2]) > newest then newest = tonumber(top[2]) end
+  redis.call('ZREMRANGEBYSCORE', charged, '-inf', '(' .. n(newest - 2 * span))
+  if cooldown > 0 and redis.call('ZCOUNT', charged, '(' .. n(t - cooldown), '(' .. n(t + cooldown)) > 0 then
+    why = 'cooldown'
+  elseif maxn > 0 then
+    local near = redis.call('ZRANGEBYSCORE', charged, '(' .. n(t - period), '(' .. n(t + period), 'WITHSCORES')
+    local times = {t}
+    for i = 2, #near, 2 do times[#times + 1] = tonumber(near[i]) end
+    table.sort(times)
+    for _, s in ipairs(times) do
+      local c = 0
+      for _, x in ipairs(times) do
+        if x >= s and x < s + period then c = c + 1 end
+      end
+      if c > maxn then why = 'frequency_cap' break end
     end
-    if c > maxn then why = 'frequency_cap' break end
   end
 end
-if why ~= '' then
-  redis.call('ZADD', refused, n(t), tid)
-else
+if why == '' then
   redis.call('ZADD', charged, n(t), tid)
+  redis.call('ZADD', seen, n(now), '1:' .. tid)
+else
+  redis.call('ZADD', seen, n(now), '0:' .. tid)
 end
-redis.call('PEXPIRE', charged, n(keep))
-redis.call('PEXPIRE', refused, n(keep))
+if redis.call('EXISTS', charged) == 1 then redis.call('PEXPIRE', charged, n(2 * span)) end
+redis.call('PEXPIRE', seen, n(remember))
 if why ~= '' then return {'capped', why} end
 return {'charged', ''}
 """
@@ -135,14 +148,15 @@ class CampaignRouter:
         """Charge the caps of every decision, in order, atomically per trigger."""
         verdicts: list[CapVerdict | None] = [None if d.policy.limited else CapVerdict("charged") for d in decisions]
         limited = [i for i, d in enumerate(decisions) if d.policy.limited]
+        now_ms = int(self.clock() * 1000)
         if limited:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for i in limited:
                     d = decisions[i]
                     p = d.policy
                     await self._caps(
-                        keys=[d.cap_key, d.refused_key],
-                        args=[d.trigger.trigger_id, d.occurred_at_ms, p.max_triggers or 0, p.period_ms, p.cooldown_ms, p.keep_ms],
+                        keys=[d.cap_key, d.seen_key],
+                        args=[d.trigger.trigger_id, d.occurred_at_ms, p.max_triggers or 0, p.period_ms, p.cooldown_ms, now_ms, REMEMBER_MS],
                         client=pipe,
                     )
                 results = await pipe.execute()
