@@ -37,7 +37,19 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
-GENERATORS = {"features": features_table, "topics": topics_table, "settings": settings_table}
+def campaigns_table() -> str:
+    from segmenter.campaigns import default_campaigns
+
+    rows = ["| campaign | fires when a customer | control | cap | cooldown |", "|---|---|---|---|---|"]
+    for c in default_campaigns().campaigns:
+        p = c.policy
+        cap = f"{p.max_triggers} per {p.period_ms / 86_400_000:g} d" if p.max_triggers else "-"
+        cooldown = f"{p.cooldown_ms / 86_400_000:g} d" if p.cooldown_ms else "-"
+        rows.append(f"| `{c.name}` | {c.describe()} | {c.control_share:.0%} | {cap} | {cooldown} |")
+    return "\n".join(rows)
+
+
+GENERATORS = {"features": features_table, "topics": topics_table, "settings": settings_table, "campaigns": campaigns_table}
 _BLOCK = re.compile(r"(<!-- BEGIN GENERATED: (\w+) -->\n)(.*?)(<!-- END GENERATED -->)", re.S)
 
 
