@@ -14,6 +14,7 @@ Modules, one job each:
 - :mod:`segmenter.value`       RFM scores from streaming quantiles
 - :mod:`segmenter.hysteresis`  min dwell time, urgent segments, distance margin
 - :mod:`segmenter.changes`     the segment-change event contract
+- :mod:`segmenter.campaigns`   campaign routing from changes: triggers, holdout arms, cap model
 - :mod:`segmenter.assign`      all of the above for one customer
 - :mod:`segmenter.flaps`       flap rate of a list of changes (measurement)
 """
