@@ -361,7 +361,8 @@ def sizes_series(redis, catalogue: dict[str, tuple[str, ...]], since_s: float, n
     the previous entry (None for the first and across a counter reset).
     """
     now_ms = _wall_ms() if now_ms is None else now_ms
-    entries = redis.xrange(keys.SIZES_HISTORY, min=str(int(now_ms - since_s * 1000)), max="+", count=max_points)
+    # The newest max_points entries of the window, oldest first.
+    entries = redis.xrevrange(keys.SIZES_HISTORY, max="+", min=str(int(now_ms - since_s * 1000)), count=max_points)[::-1]
     t: list[int] = []
     changes: list[int | None] = []
     wm: list[int | None] = []
