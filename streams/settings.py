@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     clock: Literal["wall", "event"] = Field("wall", description="wall: deadlines fire on wall-clock time; event: on the event-time watermark (replays, simulations)")
     segments_config: Path | None = Field(None, description="YAML segmentation config; default: the one shipped in segmenter/")
     campaigns_file: Path | None = Field(None, description="YAML campaign routing config; default: the one shipped in segmenter/ (an empty list turns routing off)")
-    batch_size: int = Field(500, ge=1, description="Events taken from the stream per Redis pipeline")
+    batch_size: int = Field(2000, ge=1, description="Events taken from the stream per Redis pipeline")
     batch_within: float = Field(0.05, gt=0, description="Seconds to wait for a batch to fill")
     history_cap: int = Field(50, ge=1, description="Segment changes kept per customer")
     snapshot_interval_seconds: float = Field(30.0, gt=0, description="How often the behaviour model is snapshotted to Redis")
