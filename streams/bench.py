@@ -1,0 +1,979 @@
+"""``segflow bench`` / ``make bench``: one run, one table, side by side.
+
+Everything runs on one :class:`~streams.embedded.EmbeddedStack` (Tansu broker
++ Redis on loopback) in one invocation, so the rows are comparable even on a
+shared, noisy machine; ratios matter more than absolute numbers. Rows:
+
+1. load generator: kafka-python producer of pre-serialised simulated events
+   (the backlog every later consumer row reads);
+2. raw aiokafka consumer reading that backlog;
+3. bare Faust agent (same Faust settings as :func:`streams.app.create_app`),
+   a subprocess, in two shapes: ``async for value in stream`` and
+   ``stream.take_events`` batches as the worker uses;
+4. Redis ceiling: pipelined ``FCALL segflow_apply``, batches like the worker's;
+5. segflow end to end: a real ``segflow worker`` subprocess on the backlog,
+   events/s from its ``segflow:stats`` hash;
+6. latency at a fixed offered load (wall clock, fresh customers): producer
+   timestamp -> first segment change read back from the changes topic;
+7. Redis memory per customer and per-event cost of ``segflow_apply`` at 10k,
+   100k (and 1M with ``--scale-max``) customers, state populated directly.
+
+Progress goes to stderr; the table to stdout; the JSON to ``docs/bench/``
+(or ``--out``). Every subprocess and server is stopped at the end, also on
+Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH_PREFIX = "bench-"  # backlog topics (rows 1, 2, 3, 5)
+LATENCY_PREFIX = "benchlat-"  # row 6
+PARTITIONS = 4  # the worker's default SEGFLOW_PARTITIONS
+SESSION_TIMEOUT = 6.0  # a group join takes about half (docs/ARCHITECTURE.md)
+
+
+@dataclasses.dataclass
+class BenchOptions:
+    events: int = 300_000
+    quick: bool = False
+    out: Path | None = None
+    scale_max: bool = False
+    profile: Path | None = None  # py-spy raw output of the worker during row 5
+    profile_seconds: float = 20.0
+    latency_rate: float | None = None  # default: half the measured sustained rate
+    latency_seconds: float = 20.0
+    scale_sizes: tuple[int, ...] = (10_000, 100_000)
+    scale_probe_events: int = 20_000
+
+    @classmethod
+    def quick_run(cls, **kw) -> "BenchOptions":
+        base = dict(events=20_000, quick=True, latency_seconds=5.0, scale_sizes=(2_000, 10_000), scale_probe_events=4_000)
+        base.update(kw)
+        return cls(**base)
+
+
+_T0 = time.monotonic()
+
+
+def say(msg: str) -> None:
+    print(f"[bench {time.monotonic() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+# -- machine ----------------------------------------------------------------------
+
+
+def machine_facts() -> dict[str, Any]:
+    model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def loadavg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+# -- processes ------------------------------------------------------------------
+
+
+class Procs:
+    """Every subprocess the bench starts; :meth:`stop_all` stops them (SIGTERM, then SIGKILL)."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, cmd: list[str], env: dict, log_path: Path) -> subprocess.Popen:
+        p = subprocess.Popen(cmd, env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
+        self.procs.append(p)
+        return p
+
+    @staticmethod
+    def stop(p: subprocess.Popen | None, timeout: float = 20.0) -> None:
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+    def stop_all(self) -> None:
+        for p in reversed(self.procs):
+            self.stop(p)
+
+
+def worker_env(stack, prefix: str, app_id: str, work: Path, clock: str, **extra) -> dict:
+    from streams.embedded import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGFLOW_")}
+    env.update({
+        "SEGFLOW_KAFKA_URL": stack.broker.url,
+        "SEGFLOW_REDIS_URL": stack.redis.url,
+        "SEGFLOW_TOPIC_PREFIX": prefix,
+        "SEGFLOW_APP_ID": app_id,
+        "SEGFLOW_CLOCK": clock,
+        "SEGFLOW_WEB_PORT": str(free_port()),
+        "SEGFLOW_DATA_DIR": str(work / f"data-{app_id}"),
+        "SEGFLOW_SESSION_TIMEOUT_SECONDS": str(SESSION_TIMEOUT),
+        "SEGFLOW_PARTITIONS": str(PARTITIONS),
+    })
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+# -- payloads ----------------------------------------------------------------------
+
+
+def make_payloads(n: int, seed: int = 11) -> list[tuple[str, bytes, bytes]]:
+    """``n`` simulated events as ``(family, key, value)`` bytes, in event-time order.
+
+    About 300 events per customer (a simulated customer makes ~700 in 90 days,
+    so the backlog covers roughly the first 40 days of their lives).
+    """
+    from streams.simulate import Simulation, event_to_json
+
+    out: list[tuple[str, bytes, bytes]] = []
+    round_ = 0
+    while len(out) < n:
+        sim = Simulation(customers=max(20, (n - len(out)) // 300), days=90, seed=seed + round_, id_prefix=f"b{round_}-")
+        for family, event in sim.events():
+            out.append((family, event.customer_id.encode(), event_to_json(event)))
+            if len(out) >= n:
+                break
+        round_ += 1
+    return out
+
+
+# -- row 1: load generator ----------------------------------------------------------
+
+
+def produce_backlog(bootstrap: str, payloads, topics) -> dict:
+    from streams.producer import produce_events
+
+    stats = produce_events(bootstrap, payloads, topics, progress=lambda s: say(f"  producer: {s.summary()}"), progress_every=2.0)
+    if stats.failed:
+        raise RuntimeError(f"producer: {stats.failed} failed ({stats.first_error})")
+    return {"sent": stats.sent, "seconds": round(stats.elapsed, 3), "rate": round(stats.rate, 1)}
+
+
+# -- row 2: raw consumer --------------------------------------------------------
+
+
+async def _raw_consume(bootstrap: str, topic_names, expected: int, timeout: float) -> dict:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        await consumer.topics()
+        tps = [TopicPartition(t, p) for t in topic_names for p in sorted(consumer.partitions_for_topic(t) or ())]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        count = first_count = 0
+        first = last = None
+        deadline = time.monotonic() + timeout
+        while count < expected and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            n = sum(len(b) for b in batches.values())
+            if n:
+                now = time.monotonic()
+                if first is None:
+                    first, first_count = now, n
+                count += n
+                last = now
+        return _rate(count, first_count, first, last, expected)
+    finally:
+        await consumer.stop()
+
+
+def _rate(count: int, first_count: int, first: float | None, last: float | None, expected: int) -> dict:
+    """Events/s from the first delivery to the last (the first delivery's own events excluded)."""
+    if first is None or last is None or last <= first:
+        rate = 0.0
+    else:
+        rate = (count - first_count) / (last - first)
+    return {"events": count, "expected": expected, "seconds": round((last or 0) - (first or 0), 3), "rate": round(rate, 1)}
+
+
+# -- row 3: bare Faust ------------------------------------------------------------
+
+
+def faust_app_kwargs(settings) -> dict:
+    """The Faust settings of :func:`streams.app.create_app` that matter for throughput.
+
+    Copied (the bench must not build the real app); tests/integration/test_bench_smoke.py
+    checks they still equal the real app's configuration.
+    """
+    return dict(
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=settings.session_timeout_seconds,
+        producer_acks=-1,
+        stream_buffer_maxsize=32768,
+        broker_max_poll_records=10000,
+        consumer_max_fetch_size=8 * 1024 * 1024,
+    )
+
+
+def bare_faust_main(mode: str) -> None:
+    """Subprocess entry: a Faust agent that only counts events; reports to Redis ``bench:faust:<mode>``."""
+    import faust
+    import redis.asyncio as aioredis
+
+    from streams.settings import load_settings
+
+    settings = load_settings()
+    app = faust.App(
+        settings.app_id, broker=settings.kafka_url, datadir=str(settings.data_dir), web_enabled=False,
+        **faust_app_kwargs(settings),
+    )
+    inputs = app.topic(*settings.topics.inputs, key_serializer="raw", value_serializer="raw")
+    state = {"n": 0, "first": 0.0, "first_n": 0, "last": 0.0}
+    r = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
+
+    if mode == "take":
+        @app.agent(inputs)
+        async def bare(stream):
+            async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+                now = time.time()
+                if not state["n"]:
+                    state["first"], state["first_n"] = now, len(events)
+                state["n"] += len(events)
+                state["last"] = now
+    else:
+        @app.agent(inputs)
+        async def bare(stream):  # noqa: F811
+            async for _value in stream:
+                now = time.time()
+                if not state["n"]:
+                    state["first"], state["first_n"] = now, 1
+                state["n"] += 1
+                state["last"] = now
+
+    @app.timer(0.25)
+    async def report():
+        await r.hset(f"bench:faust:{mode}", mapping={k: str(v) for k, v in state.items()})
+
+    worker = faust.Worker(app, loglevel="warning", quiet=True, override_logging=False)
+    worker.execute_from_commandline()
+
+
+def run_bare_faust(stack, procs: Procs, work: Path, mode: str, expected: int, timeout: float) -> dict:
+    import redis as redis_lib
+
+    r = redis_lib.Redis.from_url(stack.redis.url, decode_responses=True)
+    key = f"bench:faust:{mode}"
+    r.delete(key)
+    env = worker_env(stack, BENCH_PREFIX, f"bench-faust-{mode}", work, "event")
+    p = procs.start([sys.executable, "-m", "streams.bench", "bare-faust", mode], env, work / f"faust-{mode}.log")
+    try:
+        deadline = time.monotonic() + timeout
+        h: dict = {}
+        while time.monotonic() < deadline:
+            if p.poll() is not None:
+                raise RuntimeError(f"bare Faust ({mode}) exited with {p.returncode}; see {work / f'faust-{mode}.log'}")
+            h = r.hgetall(key)
+            if h and int(h["n"]) >= expected:
+                break
+            time.sleep(0.25)
+        if not h:
+            h = {"n": 0, "first_n": 0, "first": 0, "last": 0}
+        return _rate(int(h["n"]), int(h["first_n"]), float(h["first"]) or None, float(h["last"]) or None, expected)
+    finally:
+        procs.stop(p)
+        r.close()
+
+
+# -- row 4: Redis ceiling ---------------------------------------------------------
+
+
+def _deltas(payloads) -> list[tuple[str, Any]]:
+    from features.extract import delta_of
+    from streams.events import decode
+
+    out = []
+    for i, (family, key, value) in enumerate(payloads):
+        event = decode(family, value)
+        out.append((event.customer_id, delta_of(event, (0, i))))
+    return out
+
+
+def _batch_calls(items, late_before_ms=None):
+    """FCALL arguments of one batch, asking for state on each customer's last event (as the worker does)."""
+    from features import keys
+    from features.codec import delta_args
+
+    last = {cid: i for i, (cid, _) in enumerate(items)}
+    return [
+        (keys.customer_key(cid), keys.segments_key(cid), delta_args(d, late_before_ms, want_state=last[cid] == i))
+        for i, (cid, d) in enumerate(items)
+    ]
+
+
+def worker_like_batches(deltas, batch: int, lateness_ms: int = 6 * 3600 * 1000) -> list:
+    """Batches of FCALL arguments as the worker builds them: each batch's lateness horizon
+    is the newest event time of the batches before it minus the default lateness."""
+    out, newest = [], None
+    for i in range(0, len(deltas), batch):
+        chunk = deltas[i : i + batch]
+        out.append(_batch_calls(chunk, None if newest is None else newest - lateness_ms))
+        top = max(d.ts_ms for _, d in chunk)
+        newest = top if newest is None else max(newest, top)
+    return out
+
+
+async def _apply_batches(r, batches) -> float:
+    t0 = time.perf_counter()
+    for calls in batches:
+        pipe = r.pipeline(transaction=False)
+        for ck, sk, args in calls:
+            pipe.fcall("segflow_apply", 2, ck, sk, *args)
+        await pipe.execute()
+    return time.perf_counter() - t0
+
+
+def fcall_server_usec(r) -> dict:
+    """Server-side cost of FCALL since the last CONFIG RESETSTAT (sync client)."""
+    stats = r.info("commandstats").get("cmdstat_fcall") or {}
+    return {"calls": int(stats.get("calls", 0)), "usec_per_call": float(stats.get("usec_per_call", 0.0))}
+
+
+def redis_ceiling(url: str, payloads, batch: int = 2000) -> dict:
+    import redis as redis_lib
+    import redis.asyncio as aioredis
+
+    from features.store import load_library_sync
+
+    sync = redis_lib.Redis.from_url(url)
+    sync.flushdb()
+    load_library_sync(sync)
+    deltas = _deltas(payloads)
+    batches = worker_like_batches(deltas, batch)
+    sync.config_resetstat()
+
+    async def go() -> float:
+        r = aioredis.Redis.from_url(url)
+        try:
+            return await _apply_batches(r, batches)
+        finally:
+            await r.aclose()
+
+    seconds = asyncio.run(go())
+    server = fcall_server_usec(sync)
+    sync.flushdb()
+    sync.close()
+    return {"events": len(deltas), "seconds": round(seconds, 3), "rate": round(len(deltas) / seconds, 1),
+            "batch": batch, "server_usec_per_call": server["usec_per_call"]}
+
+
+# -- row 5: segflow end to end ----------------------------------------------------
+
+
+def run_worker_e2e(stack, procs: Procs, work: Path, expected: int, timeout: float, opts: BenchOptions) -> dict:
+    """A real worker on the backlog; rate from the changes of its ``segflow:stats`` hash (written every 5 s)."""
+    import redis as redis_lib
+
+    r = redis_lib.Redis.from_url(stack.redis.url, decode_responses=True)
+    r.flushall()  # FLUSHALL keeps the function library
+    env = worker_env(stack, BENCH_PREFIX, "bench-segflow", work, "event")
+    p = procs.start([sys.executable, "-m", "streams.cli", "worker"], env, work / "worker-e2e.log")
+    say(f"  worker pid {p.pid}, log {work / 'worker-e2e.log'}")
+    samples: list[tuple[float, int, dict]] = []  # (time the hash changed, received, whole hash)
+    spy = None
+    profile: dict | None = None
+    try:
+        deadline = time.monotonic() + timeout
+        last_print = 0.0
+        while time.monotonic() < deadline:
+            if p.poll() is not None:
+                raise RuntimeError(f"worker exited with {p.returncode}; see {work / 'worker-e2e.log'}")
+            h = r.hgetall("segflow:stats")
+            received = int(h.get("received", 0))
+            if h and (not samples or samples[-1][1] != received):
+                samples.append((time.monotonic(), received, h))
+                if received and opts.profile and spy is None:
+                    spy = start_py_spy(p.pid, opts.profile, opts.profile_seconds, procs)
+            if time.monotonic() - last_print > 5:
+                last_print = time.monotonic()
+                say(f"  worker: received={received}/{expected} applied={h.get('applied', 0)} changes={h.get('changes', 0)}")
+            if received >= expected:
+                break
+            time.sleep(0.05)
+        if spy is not None:
+            try:
+                spy.wait(opts.profile_seconds + 30)
+            except subprocess.TimeoutExpired:
+                procs.stop(spy)
+            profile = summarise_profile(opts.profile) if opts.profile and opts.profile.exists() else None
+        final = dict(samples[-1][2]) if samples else {}
+        # Rate between stats writes that fall strictly inside the run: the first
+        # write with received > 0 and the last with received < expected.
+        inside = [s for s in samples if 0 < s[1] < expected]
+        if len(inside) >= 2:
+            (t1, r1, _), (t2, r2, _) = inside[0], inside[-1]
+            rate = (r2 - r1) / (t2 - t1)
+            window = t2 - t1
+        elif len(samples) >= 2:  # a short run: from the first non-zero write to completion
+            firsts = [s for s in samples if s[1] > 0]
+            (t1, r1, _), (t2, r2, _) = firsts[0], samples[-1]
+            rate = (r2 - r1) / (t2 - t1) if t2 > t1 else 0.0
+            window = t2 - t1
+        else:
+            rate, window = 0.0, 0.0
+        out = {
+            "events": int(final.get("received", 0)), "expected": expected, "rate": round(rate, 1), "window_seconds": round(window, 2),
+            "stats_samples": len(samples), "final_stats": final,
+        }
+        out["memory"] = memory_per_customer(r, sample=2000 if not opts.quick else 300)
+        if profile is not None:
+            out["profile"] = profile
+        return out
+    finally:
+        if spy is not None:
+            procs.stop(spy)
+        procs.stop(p)
+        r.close()
+
+
+def start_py_spy(pid: int, out: Path, seconds: float, procs: Procs) -> subprocess.Popen | None:
+    exe = Path(sys.executable).with_name("py-spy")
+    if not exe.exists():
+        say("  py-spy not found next to the interpreter; no profile (pip install py-spy into the venv)")
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    say(f"  py-spy recording the worker for {seconds:g}s -> {out}")
+    cmd = [str(exe), "record", "-p", str(pid), "-d", str(int(seconds)), "-f", "raw", "-o", str(out), "--nonblocking"]
+    return procs.start(cmd, dict(os.environ), out.with_suffix(".log"))
+
+
+def summarise_profile(path: Path, top: int = 15) -> dict:
+    """py-spy ``raw`` (collapsed stacks) -> share of samples by leaf function and by frame anywhere on the stack."""
+    leaf: Counter = Counter()
+    inclusive: Counter = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        leaf[_short(frames[-1])] += n
+        for f in {_short(f) for f in frames}:
+            inclusive[f] += n
+    pct = lambda c: [(name, round(100.0 * n / total, 1)) for name, n in c.most_common(top)] if total else []  # noqa: E731
+    return {"samples": total, "self_pct": pct(leaf), "inclusive_pct": pct(inclusive)}
+
+
+def _short(frame: str) -> str:
+    """``func (path/to/site-packages/pkg/mod.py:12)`` -> ``func (pkg/mod.py)``; no absolute paths in reports."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/lib/python3.11/"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+            break
+    else:
+        try:
+            where = str(Path(where).resolve().relative_to(REPO_ROOT))
+        except (ValueError, OSError):
+            where = Path(where).name
+    return f"{name} ({where})"
+
+
+# -- row 7a: memory of the customers the worker built ---------------------------------
+
+
+def memory_per_customer(r, sample: int = 2000) -> dict:
+    """MEMORY USAGE of ``cust:{id}`` + ``:seg`` + ``:hist`` over a sample, and used_memory per customer."""
+    from features import keys
+
+    ids: list[str] = []
+    total_customers = 0
+    for k in r.scan_iter(match="cust:{*}", count=1000):
+        if k.endswith("}"):
+            total_customers += 1
+            if len(ids) < sample:
+                ids.append(keys.customer_id_of(k))
+    if not ids:
+        return {"customers": 0}
+    parts = {"cust": 0, "seg": 0, "hist": 0}
+    fields = 0
+    for cid in ids:
+        parts["cust"] += r.memory_usage(keys.customer_key(cid), samples=0) or 0
+        parts["seg"] += r.memory_usage(keys.segments_key(cid), samples=0) or 0
+        parts["hist"] += r.memory_usage(keys.history_key(cid), samples=0) or 0
+        fields += r.hlen(keys.customer_key(cid))
+    info = r.info("memory")
+    per = {k: round(v / len(ids)) for k, v in parts.items()}
+    return {
+        "customers": total_customers, "sampled": len(ids),
+        "bytes_per_customer_keys": sum(per.values()), "by_key": per,
+        "avg_fields_in_cust_hash": round(fields / len(ids), 1),
+        "used_memory_dataset_per_customer": round(int(info.get("used_memory_dataset", 0)) / total_customers),
+    }
+
+
+# -- row 6: latency -----------------------------------------------------------------
+
+
+class ChangeWatcher(threading.Thread):
+    """Reads a changes topic from its end; keeps the arrival time of each customer's first change."""
+
+    def __init__(self, bootstrap: str, topic: str, key_prefix: bytes):
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.key_prefix = bootstrap, topic, key_prefix
+        self.first: dict[bytes, tuple[float, bytes]] = {}  # key -> (arrival s, value)
+        self.messages = 0
+        self.ready = threading.Event()
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        try:
+            c = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5)
+            try:
+                tps = []
+                while not tps and not self.stop.is_set():
+                    tps = [TopicPartition(self.topic, p) for p in sorted(c.partitions_for_topic(self.topic) or ())]
+                    if not tps:
+                        time.sleep(0.1)
+                c.assign(tps)
+                c.seek_to_end(*tps)
+                for tp in tps:
+                    c.position(tp)
+                self.ready.set()
+                while not self.stop.is_set():
+                    for records in c.poll(timeout_ms=50).values():
+                        now = time.time()
+                        for rec in records:
+                            self.messages += 1
+                            if rec.key and rec.key.startswith(self.key_prefix) and rec.key not in self.first:
+                                self.first[rec.key] = (now, rec.value)
+            finally:
+                c.close()
+        except BaseException as exc:  # reported by the caller
+            self.error = exc
+            self.ready.set()
+
+
+def _iso_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def fresh_logins(run: str, stop: threading.Event, sent_at: dict) -> Iterator[tuple[str, bytes, bytes]]:
+    """Login events of never-seen customers, each stamped with the wall clock when it is generated (= sent)."""
+    i = 0
+    while not stop.is_set():
+        cid = f"lat{run}-{i}"
+        ms = int(time.time() * 1000)
+        sent_at[cid] = ms
+        value = (f'{{"event_id":"{cid}","customer_id":"{cid}","occurred_at":"{_iso_ms(ms)}",'
+                 f'"type":"login","success":true,"channel":"web"}}').encode()
+        yield "login", cid.encode(), value
+        i += 1
+
+
+def run_latency(stack, procs: Procs, work: Path, rate: float, seconds: float) -> dict:
+    import redis as redis_lib
+
+    from streams.admin import ensure_topics
+    from streams.producer import produce_events
+    from streams.topics import Topics
+
+    topics = Topics(LATENCY_PREFIX)
+    ensure_topics(stack.broker.bootstrap, topics, PARTITIONS)
+    r = redis_lib.Redis.from_url(stack.redis.url, decode_responses=True)
+    r.flushall()
+    watcher = ChangeWatcher(stack.broker.bootstrap, topics.segment_changes, b"lat")
+    watcher.start()
+    p = procs.start([sys.executable, "-m", "streams.cli", "worker"], worker_env(stack, LATENCY_PREFIX, "bench-latency", work, "wall"),
+                    work / "worker-latency.log")
+    stop = threading.Event()
+    try:
+        watcher.ready.wait(30)
+        if watcher.error:
+            raise RuntimeError(f"changes watcher: {watcher.error}")
+        # Warm up: until a change comes back the worker has not joined its group yet.
+        say("  waiting for the worker to join and answer a warm-up event")
+        warm: dict = {}
+        deadline = time.monotonic() + 60
+        while not any(k.startswith(b"latwarm") for k in watcher.first) and time.monotonic() < deadline:
+            if p.poll() is not None:
+                raise RuntimeError(f"worker exited with {p.returncode}; see {work / 'worker-latency.log'}")
+            once = threading.Event()
+            gen = fresh_logins("warm", once, warm)
+            produce_events(stack.broker.bootstrap, [next(gen)], topics)
+            time.sleep(1.0)
+        say(f"  offering {rate:,.0f} ev/s of fresh customers' logins for {seconds:g}s")
+        sent_at: dict[str, int] = {}
+        stats_box: dict = {}
+
+        def feed():
+            items = fresh_logins("m", stop, sent_at)
+            stats_box["stats"] = produce_events(stack.broker.bootstrap, items, topics, rate=rate, stop=stop)
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        time.sleep(seconds)
+        stop.set()
+        feeder.join(30)
+        stats = stats_box.get("stats")
+        sent = stats.sent if stats else len(sent_at)
+        achieved = stats.rate if stats else 0.0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sum(1 for k in watcher.first if k.startswith(b"latm")) < len(sent_at):
+            time.sleep(0.2)
+        lat, decide, publish = [], [], []
+        for key, (arrived, value) in watcher.first.items():
+            if not key.startswith(b"latm"):
+                continue
+            cid = key.decode()
+            change = json.loads(value)
+            occurred = datetime.fromisoformat(change["occurred_at"].replace("Z", "+00:00")).timestamp() * 1000
+            produced = sent_at.get(cid, occurred)
+            emitted = datetime.fromisoformat(change["emitted_at"].replace("Z", "+00:00")).timestamp() * 1000
+            lat.append(arrived * 1000 - produced)
+            decide.append(emitted - produced)
+            publish.append(arrived * 1000 - emitted)
+        lat.sort()
+        decide.sort()
+        publish.sort()
+
+        def pick(xs, q):
+            return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1) if xs else None
+
+        return {
+            "offered_rate": round(rate, 1), "achieved_rate": round(achieved, 1), "seconds": seconds,
+            "sent": sent, "answered": len(lat), "p50_ms": pick(lat, 0.50), "p99_ms": pick(lat, 0.99),
+            "max_ms": round(lat[-1], 1) if lat else None, "change_messages": watcher.messages,
+            # Split at the change's emitted_at (the engine's clock when it decided):
+            "to_decision_p50_ms": pick(decide, 0.5), "to_decision_p99_ms": pick(decide, 0.99),
+            "decision_to_arrival_p50_ms": pick(publish, 0.5), "decision_to_arrival_p99_ms": pick(publish, 0.99),
+        }
+    finally:
+        stop.set()
+        watcher.stop.set()
+        procs.stop(p)
+        watcher.join(5)
+        r.close()
+
+
+# -- row 7b: scale --------------------------------------------------------------------
+
+
+def scale_test(url: str, payloads, sizes: tuple[int, ...], probe_events: int, events_per_customer: int = 4, batch: int = 2000) -> list[dict]:
+    """Populate ``sizes`` customers by calling ``segflow_apply`` directly; at each size measure memory and per-event cost."""
+    import redis as redis_lib
+    import redis.asyncio as aioredis
+
+    from features import keys
+    from features.store import load_library_sync
+
+    templates = [d for _, d in _deltas(payloads[: min(len(payloads), 5000)])]
+    day = 86_400_000
+    base = templates[0].ts_ms
+
+    def deltas_for(cid_index: int, j: int, tag: str):
+        t = templates[(cid_index * 7 + j) % len(templates)]
+        return f"s{cid_index}", dataclasses.replace(t, ts_ms=base + j * day + (cid_index % 86_400) * 1000, token=f"{tag}{cid_index}.{j}", offset=None)
+
+    sync = redis_lib.Redis.from_url(url, decode_responses=True)
+    sync.flushall(asynchronous=False)
+    load_library_sync(sync)
+    sync.memory_purge()
+    baseline = int(sync.info("memory")["used_memory"])
+    results = []
+
+    async def run_all():
+        r = aioredis.Redis.from_url(url)
+        try:
+            populated = 0
+            for size in sizes:
+                t0 = time.perf_counter()
+                pending: list = []
+                for i in range(populated, size):
+                    for j in range(events_per_customer):
+                        pending.append(deltas_for(i, j, "p"))
+                    if len(pending) >= 5000:
+                        await _apply_batches(r, [_batch_calls(pending)])
+                        pending = []
+                    if i and i % 100_000 == 0:
+                        say(f"  populated {i:,} customers")
+                if pending:
+                    await _apply_batches(r, [_batch_calls(pending)])
+                populate_s = time.perf_counter() - t0
+                populated = size
+                # Probe: events of random existing customers, a later day, batches like the worker's.
+                rng = random.Random(size)
+                probe = [deltas_for(rng.randrange(size), events_per_customer + 1 + k // size, f"q{size}.{k}.") for k in range(probe_events)]
+                batches = [_batch_calls(probe[i : i + batch]) for i in range(0, len(probe), batch)]
+                sync.config_resetstat()
+                seconds = await _apply_batches(r, batches)
+                server = fcall_server_usec(sync)
+                info = sync.info("memory")
+                sample_ids = [f"s{rng.randrange(size)}" for _ in range(min(500, size))]
+                usage = [sync.memory_usage(keys.customer_key(c), samples=0) or 0 for c in sample_ids]
+                row = {
+                    "customers": size, "events_per_customer": events_per_customer, "populate_seconds": round(populate_s, 1),
+                    "probe_events": probe_events, "usec_per_event_client": round(seconds / probe_events * 1e6, 2),
+                    "usec_per_call_server": server["usec_per_call"],
+                    "used_memory_per_customer": round((int(info["used_memory"]) - baseline) / size),
+                    "cust_key_bytes_sampled": round(sum(usage) / len(usage)),
+                }
+                say(f"  {size:,} customers: {row['usec_per_event_client']} µs/event (server {row['usec_per_call_server']} µs), "
+                    f"{row['used_memory_per_customer']} B/customer")
+                results.append(row)
+        finally:
+            await r.aclose()
+
+    try:
+        asyncio.run(run_all())
+    finally:
+        sync.flushall()
+        sync.close()
+    return results
+
+
+# -- the run --------------------------------------------------------------------------
+
+
+def run_bench(opts: BenchOptions) -> dict:
+    from streams.admin import ensure_topics
+    from streams.embedded import EmbeddedStack
+    from streams.topics import Topics
+
+    facts = machine_facts()
+    load_start = loadavg()
+    started_at = datetime.now(timezone.utc)
+    say(f"{facts['cpu_count']} CPUs ({facts['cpu_model']}), Python {facts['python']}, load average {load_start}")
+    work = Path(tempfile.mkdtemp(prefix="segflow-bench-"))
+    procs = Procs()
+    result: dict[str, Any] = {
+        "date": started_at.isoformat(timespec="seconds"), "command": command_line(opts), "machine": facts,
+        "load_average_start": load_start, "options": {"events": opts.events, "quick": opts.quick, "scale_max": opts.scale_max},
+    }
+    rows: dict[str, Any] = {}
+    result["rows"] = rows
+    n = opts.events
+    consume_timeout = 60 + n / 2000
+    try:
+        with EmbeddedStack(work_dir=work) as stack:
+            import redis as redis_lib
+
+            with redis_lib.Redis.from_url(stack.redis.url) as r0:
+                facts["redis_server"] = r0.info("server").get("redis_version")
+            say(f"embedded broker {stack.broker.bootstrap}, Redis {stack.redis.url}, work dir {work}")
+            topics = Topics(BENCH_PREFIX)
+            ensure_topics(stack.broker.bootstrap, topics, PARTITIONS)
+
+            say(f"simulating {n:,} events (pre-serialised before timing)")
+            payloads = make_payloads(n)
+            result["workload"] = {
+                "events": len(payloads), "customers": len({k for _, k, _ in payloads}),
+                "families": dict(Counter(f for f, _, _ in payloads)), "avg_bytes": round(sum(len(v) for _, _, v in payloads) / len(payloads)),
+            }
+
+            say("[1] load generator: kafka-python producer, pre-serialised payloads")
+            rows["producer"] = produce_backlog(stack.broker.bootstrap, payloads, topics)
+            say(f"    {rows['producer']['rate']:,.0f} ev/s")
+
+            say("[2] raw aiokafka consumer on the same topics")
+            rows["raw_consumer"] = asyncio.run(_raw_consume(stack.broker.bootstrap, topics.inputs, n, consume_timeout))
+            say(f"    {rows['raw_consumer']['rate']:,.0f} ev/s")
+
+            for mode, label in (("each", "async for value in stream"), ("take", "stream.take_events(2000, within=0.05)")):
+                say(f"[3] bare Faust agent ({label}), subprocess")
+                rows[f"bare_faust_{mode}"] = run_bare_faust(stack, procs, work, mode, n, consume_timeout)
+                say(f"    {rows[f'bare_faust_{mode}']['rate']:,.0f} ev/s")
+
+            say("[4] Redis ceiling: pipelined FCALL segflow_apply, batches of 2000")
+            rows["redis_ceiling"] = redis_ceiling(stack.redis.url, payloads[: min(n, 100_000)])
+            say(f"    {rows['redis_ceiling']['rate']:,.0f} ev/s (server {rows['redis_ceiling']['server_usec_per_call']} µs/call)")
+
+            say("[5] segflow worker end to end on the backlog (SEGFLOW_CLOCK=event)")
+            e2e = run_worker_e2e(stack, procs, work, n, consume_timeout + 60, opts)
+            rows["segflow_e2e"] = e2e
+            bare = rows["bare_faust_take"]["rate"] or None
+            raw = rows["raw_consumer"]["rate"] or None
+            e2e["ratio_to_bare_faust_take"] = round(e2e["rate"] / bare, 3) if bare else None
+            e2e["ratio_to_bare_faust_each"] = round(e2e["rate"] / rows["bare_faust_each"]["rate"], 3) if rows["bare_faust_each"]["rate"] else None
+            e2e["ratio_to_raw_consumer"] = round(e2e["rate"] / raw, 3) if raw else None
+            say(f"    {e2e['rate']:,.0f} ev/s; memory {e2e['memory'].get('bytes_per_customer_keys')} B/customer (keys)")
+
+            rate = opts.latency_rate or max(50.0, e2e["rate"] / 2)
+            say(f"[6] latency at {rate:,.0f} ev/s offered (SEGFLOW_CLOCK=wall, fresh customers)")
+            rows["latency"] = run_latency(stack, procs, work, rate, opts.latency_seconds)
+            say(f"    p50 {rows['latency']['p50_ms']} ms, p99 {rows['latency']['p99_ms']} ms, max {rows['latency']['max_ms']} ms")
+
+            sizes = opts.scale_sizes + ((1_000_000,) if opts.scale_max else ())
+            say(f"[7] scale: memory and per-event cost at {', '.join(f'{s:,}' for s in sizes)} customers")
+            rows["scale"] = scale_test(stack.redis.url, payloads, sizes, opts.scale_probe_events)
+    finally:
+        procs.stop_all()
+    result["load_average_end"] = loadavg()
+    result["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result["targets"] = targets(rows)
+    return result
+
+
+def targets(rows: dict) -> list[dict]:
+    out = []
+    e2e = rows.get("segflow_e2e", {})
+    out.append({"target": "segflow >= 20,000 ev/s per worker", "value": e2e.get("rate"), "reached": (e2e.get("rate") or 0) >= 20_000})
+    ratio = e2e.get("ratio_to_bare_faust_take")
+    out.append({"target": ">= 60% of bare Faust (take_events)", "value": ratio, "reached": ratio is not None and ratio >= 0.6})
+    lat = rows.get("latency", {})
+    out.append({"target": "p99 change latency < 100 ms at half rate", "value": lat.get("p99_ms"),
+                "reached": lat.get("p99_ms") is not None and lat["p99_ms"] < 100 and lat.get("answered") == lat.get("sent")})
+    mem = e2e.get("memory", {}).get("bytes_per_customer_keys")
+    out.append({"target": "< 2 KiB Redis per customer (cust + seg + hist keys)", "value": mem, "reached": mem is not None and mem < 2048})
+    scale = rows.get("scale", [])
+    if len(scale) >= 2:
+        first, last = scale[0]["usec_per_call_server"], scale[-1]["usec_per_call_server"]
+        growth = round(last / first - 1, 3) if first else None
+        out.append({"target": f"per-event cost at {scale[-1]['customers']:,} within 20% of {scale[0]['customers']:,} (server µs/call)",
+                    "value": growth, "reached": growth is not None and growth <= 0.2})
+    return out
+
+
+def command_line(opts: BenchOptions) -> str:
+    parts = ["segflow bench"]
+    if opts.quick:
+        parts.append("--quick")
+    if opts.events != (BenchOptions.quick_run() if opts.quick else BenchOptions()).events:
+        parts.append(f"--events {opts.events}")
+    if opts.scale_max:
+        parts.append("--scale-max")
+    if opts.profile:
+        parts.append("--profile FILE")
+    return " ".join(parts)
+
+
+def format_table(result: dict) -> str:
+    rows = result["rows"]
+    lines: list[tuple[str, str, str]] = []
+
+    def add(name: str, value: str, note: str = "") -> None:
+        lines.append((name, value, note))
+
+    def evs(row: dict | None) -> str:
+        return f"{row['rate']:,.0f} ev/s" if row else "-"
+
+    p = rows.get("producer")
+    if p:
+        add("1 load generator (kafka-python, pre-serialised)", evs(p), f"{p['sent']:,} events in {p['seconds']:.1f}s")
+    if "raw_consumer" in rows:
+        add("2 raw aiokafka consumer", evs(rows["raw_consumer"]), f"{rows['raw_consumer']['events']:,} events")
+    for mode, label in (("each", "async for value in stream"), ("take", "take_events(2000, 50 ms)")):
+        row = rows.get(f"bare_faust_{mode}")
+        if row:
+            add(f"3 bare Faust agent, {label}", evs(row), f"{row['events']:,} events")
+    rc = rows.get("redis_ceiling")
+    if rc:
+        add("4 Redis ceiling: pipelined FCALL segflow_apply", evs(rc), f"server {rc['server_usec_per_call']} µs/call, batches of {rc['batch']}")
+    e = rows.get("segflow_e2e")
+    if e:
+        note = f"{e.get('ratio_to_bare_faust_take', 0) or 0:.0%} of bare Faust (take), {e.get('ratio_to_bare_faust_each', 0) or 0:.0%} of (each), " \
+               f"{e.get('ratio_to_raw_consumer', 0) or 0:.1%} of raw"
+        add("5 segflow worker end to end (event clock)", evs(e), note)
+    lat = rows.get("latency")
+    if lat:
+        add(f"6 latency event -> change at {lat['offered_rate']:,.0f} ev/s offered",
+            f"p50 {lat['p50_ms']} / p99 {lat['p99_ms']} / max {lat['max_ms']} ms",
+            f"{lat['answered']:,} of {lat['sent']:,} answered, achieved {lat['achieved_rate']:,.0f} ev/s")
+    if e and e.get("memory", {}).get("customers"):
+        m = e["memory"]
+        add("7 Redis per customer after row 5 (cust+seg+hist)", f"{m['bytes_per_customer_keys']:,} B",
+            f"{m['customers']:,} customers, by key {m['by_key']}, dataset {m['used_memory_dataset_per_customer']:,} B/customer")
+    for s in rows.get("scale", []):
+        add(f"7 scale {s['customers']:,} customers", f"{s['usec_per_call_server']} µs/event server",
+            f"{s['usec_per_event_client']} µs/event client+server; {s['used_memory_per_customer']:,} B/customer used_memory, "
+            f"cust hash {s['cust_key_bytes_sampled']:,} B ({s['events_per_customer']} events each)")
+    w1 = max(len(a) for a, _, _ in lines) if lines else 10
+    w2 = max(len(b) for _, b, _ in lines) if lines else 10
+    m = result["machine"]
+    head = [
+        f"segflow bench  {result['date']}  `{result['command']}`",
+        f"machine: {m['cpu_count']} x {m['cpu_model']}, Python {m['python']}, Redis {m.get('redis_server')}; "
+        f"load average {result['load_average_start']} -> {result.get('load_average_end')}",
+        "",
+        f"{'row':<{w1}}  {'value':<{w2}}  notes",
+        f"{'-' * w1}  {'-' * w2}  -----",
+    ]
+    body = [f"{a:<{w1}}  {b:<{w2}}  {c}" for a, b, c in lines]
+    tail = ["", "targets:"] + [f"  [{'x' if t['reached'] else ' '}] {t['target']}: {t['value']}" for t in result.get("targets", [])]
+    return "\n".join(head + body + tail)
+
+
+def default_out(quick: bool) -> Path:
+    base = REPO_ROOT / "docs" / "bench" if (REPO_ROOT / "docs").is_dir() else Path("docs") / "bench"
+    return base / f"{'quick-' if quick else ''}bench-{date.today().isoformat()}.json"
+
+
+def main(opts: BenchOptions) -> int:
+    """CLI entry: run, print the table, write the JSON. SIGTERM is handled like Ctrl-C."""
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        result = run_bench(opts)
+    except KeyboardInterrupt:
+        say("interrupted; everything the bench started has been stopped")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    out = opts.out or default_out(opts.quick)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(format_table(result))
+    say(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "bare-faust":
+        mode = sys.argv[2]
+        sys.argv = [sys.argv[0], "worker"]  # what faust.Worker's command line expects
+        bare_faust_main(mode)
+    else:
+        print("usage: segflow bench (this module's own entry is for the bench's subprocesses)", file=sys.stderr)
+        sys.exit(2)
