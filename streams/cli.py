@@ -343,6 +343,23 @@ def show_config(config: Optional[Path] = ConfigOpt):
         typer.echo(f"{name:28} {str(value):40} SEGFLOW_{name.upper()}")
 
 
+@cli.command()
+def bench(
+    events: Optional[int] = typer.Option(None, help="Backlog size (default 300000; 20000 with --quick)"),
+    quick: bool = typer.Option(False, "--quick", help="Small sizes: a smoke run of about 2 minutes"),
+    out: Optional[Path] = typer.Option(None, help="JSON output (default docs/bench/bench-DATE.json)"),
+    scale_max: bool = typer.Option(False, "--scale-max", help="Also measure 1 million customers (slow)"),
+    profile: Optional[Path] = typer.Option(None, help="py-spy raw profile of the worker during the end-to-end row"),
+    latency_rate: Optional[float] = typer.Option(None, help="Offered load for the latency row (default: half the sustained rate)"),
+):
+    """Benchmark on an embedded stack: ceilings, segflow end to end, latency, scale; one table + JSON."""
+    from streams.bench import BenchOptions, main as bench_main
+
+    kw = {k: v for k, v in dict(events=events, out=out, scale_max=scale_max, profile=profile, latency_rate=latency_rate).items() if v is not None}
+    opts = BenchOptions.quick_run(**kw) if quick else BenchOptions(**kw)
+    raise typer.Exit(bench_main(opts))
+
+
 def main() -> None:
     cli()
 
