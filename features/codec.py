@@ -32,6 +32,7 @@ _INT_FIELDS = {
     "pp": "prev_purchase_ms",
     "lv": "last_visit_ms",
     "ll": "last_login_ms",
+    "df": "dedupe_floor_ms",
 }
 _COUNTERS = {"n": "events_total", "np": "purchases_total", "rv": "revenue_total_cents", "dc": "discount_total_cents"}
 _CONTROL = re.compile(r"[\x00-\x1f]")

@@ -70,7 +70,7 @@ local function apply(keys, args)
     return {status}
   end
 
-  local cur = redis.call('HMGET', cust, 'fs', 'ls', 'o:' .. family, 'r')
+  local cur = redis.call('HMGET', cust, 'fs', 'ls', 'o:' .. family, 'r', 'df')
   local first_seen, last_seen = num(cur[1]), num(cur[2])
   if partition ~= '' and cur[3] then
     local seen = split(cur[3], ':')
@@ -85,6 +85,8 @@ local function apply(keys, args)
     end
   end
   if late_before and ts < late_before then return reply('too_late') end
+  local dedupe_floor = num(cur[5])
+  if dedupe_floor and ts <= dedupe_floor then return reply('unverifiable') end
 
   local newest = last_seen
   if not newest or ts > newest then newest = ts end
@@ -164,6 +166,8 @@ local function apply(keys, args)
   for _, e in ipairs(ring) do if not late_before or e[2] >= late_before then kept[#kept + 1] = e end end
   if #kept > DEDUPE_CAP then
     table.sort(kept, function(a, b) if a[2] ~= b[2] then return a[2] < b[2] end return a[1] < b[1] end)
+    local forgotten = kept[#kept - DEDUPE_CAP][2]
+    if not dedupe_floor or forgotten > dedupe_floor then set[#set + 1] = 'df'; set[#set + 1] = fmt(forgotten) end
     local trimmed = {}
     for i = #kept - DEDUPE_CAP + 1, #kept do trimmed[#trimmed + 1] = kept[i] end
     kept = trimmed

@@ -101,6 +101,10 @@ class CustomerState:
     categories: dict[str, int] = field(default_factory=dict)
     recent: dict[str, int] = field(default_factory=dict)  # dedupe token -> ts_ms
     offsets: dict[str, tuple[int, int]] = field(default_factory=dict)  # family -> (partition, offset)
+    # Newest event time the duplicate filter had to forget while still within the
+    # lateness (a burst of more than DEDUPE_CAP events): older unknown events
+    # can no longer be told apart from duplicates.
+    dedupe_floor_ms: int | None = None
 
     @property
     def exists(self) -> bool:
@@ -123,6 +127,9 @@ def apply_delta(state: CustomerState, delta: EventDelta, late_before_ms: int | N
 
     ``'duplicate'``: the message offset or the event id was already applied.
     ``'too_late'``: older than the horizon (so never applied twice either).
+    ``'unverifiable'``: not older than the horizon, but not newer than an event
+    the capped duplicate filter had to forget: it might be a duplicate, so it
+    is refused (dead-lettered) rather than risk counting it twice.
     ``'applied'``: otherwise.
     """
     if delta.offset is not None:
@@ -133,6 +140,8 @@ def apply_delta(state: CustomerState, delta: EventDelta, late_before_ms: int | N
         return "duplicate"
     if late_before_ms is not None and delta.ts_ms < late_before_ms:
         return "too_late"
+    if state.dedupe_floor_ms is not None and delta.ts_ms <= state.dedupe_floor_ms:
+        return "unverifiable"
 
     ts = delta.ts_ms
     state.first_seen_ms = _min(state.first_seen_ms, ts)
@@ -175,7 +184,7 @@ def apply_delta(state: CustomerState, delta: EventDelta, late_before_ms: int | N
             del state.recent[token]
     while len(state.recent) > DEDUPE_CAP:
         oldest = min(state.recent, key=lambda t: (state.recent[t], t))
-        del state.recent[oldest]
+        state.dedupe_floor_ms = _max(state.dedupe_floor_ms, state.recent.pop(oldest))
     return "applied"
 
 

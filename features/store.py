@@ -21,7 +21,7 @@ LIBRARY = resources.files("features").joinpath("segflow.lua").read_text()
 
 @dataclass(frozen=True)
 class Applied:
-    """Outcome of one event: ``status`` applied/duplicate/too_late.
+    """Outcome of one event: ``status`` applied/duplicate/too_late/unverifiable.
 
     ``state``/``segments``: the customer's hashes after the event, present only
     on the customer's last event of a batch (whatever its status).

@@ -181,12 +181,9 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
         c = e.counters
         elapsed = time.monotonic() - holder["started"]
         log.warning(
-            "progress: received=%d applied=%d duplicates=%d dead_lettered=%d changes=%d deadline_evals=%d (%.0f ev/s avg)",
+            "progress (this worker): received=%d applied=%d duplicates=%d dead_lettered=%d changes=%d deadline_evals=%d (%.0f ev/s avg)",
             c.received, c.applied, c.duplicates, c.dead_lettered, c.changes, c.deadline_evaluations, c.received / max(elapsed, 1e-9),
         )
-        stats = {k: v for k, v in c.as_dict().items() if isinstance(v, int)}
-        stats.update({f"dead_lettered:{reason}": n for reason, n in c.reasons.items()})
-        await e.redis.hset("segflow:stats", mapping=stats)
 
     from streams.web import add_sizes_recorder, add_web_views
 

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Sequence
 
+from features import keys
 from features.catalogue import compute
 from features.extract import delta_of
 from features.store import FeatureStore, load_library
@@ -70,6 +71,12 @@ class Counters:
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
 
+    def flat(self) -> dict[str, int]:
+        """The counters as the fields of the ``segflow:stats`` hash."""
+        out = {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+        out.update({f"dead_lettered:{reason}": n for reason, n in self.reasons.items()})
+        return out
+
 
 @dataclass
 class BatchOutcome:
@@ -87,6 +94,7 @@ class Engine:
         self.segments = SegmentStore(redis, settings.history_cap)
         self.segmenter = segmenter
         self.counters = Counters()
+        self._published: dict[str, int] = {}
         # Newest offset processed per input (topic, partition), and a probe the
         # shell installs that says which of some partitions still have unread
         # messages: silent partitions are idle only when they have none.
@@ -156,6 +164,12 @@ class Engine:
                 if result.status == "too_late":
                     out.dead_letters.append(DeadLetter(msg, "too_late", f"older than the allowed lateness of {self.settings.lateness_seconds:g}s"))
                     continue
+                if result.status == "unverifiable":
+                    out.dead_letters.append(DeadLetter(
+                        msg, "unverifiable_duplicate",
+                        "not newer than an event this customer's duplicate filter (capped) had to forget within the lateness",
+                    ))
+                    continue
                 self.counters.applied += 1
                 latest[event.customer_id] = event
             updates = []
@@ -167,6 +181,7 @@ class Engine:
                 updates.append(self._evaluate(customer_id, feats, after.segments, now_ms, f"event:{event.event_id}"))
             out.changes = await self.segments.write(updates)
         self._count(out)
+        await self._publish_counts()
         return out
 
     # -- deadlines ------------------------------------------------------------
@@ -198,6 +213,7 @@ class Engine:
             self.counters.deadline_evaluations += len(due)
             out.changes = await self.segments.write(updates)
         self._count(out)
+        await self._publish_counts()
         return out
 
     # -- shared ---------------------------------------------------------------
@@ -218,6 +234,20 @@ class Engine:
             if name not in previous or previous[name].segment != a.segment
         }
         return CustomerUpdate(customer_id, changed, previous, evaluation.changes, evaluation.churn_propensity, evaluation.next_deadline_ms)
+
+    async def _publish_counts(self) -> None:
+        """Add the counts since the last call to the shared ``segflow:stats`` hash
+        (HINCRBY: several workers add up, and a restarted worker does not reset them)."""
+        current = self.counters.flat()
+        # Taken synchronously: the agent and the deadline timer both publish.
+        deltas = {k: v - self._published.get(k, 0) for k, v in current.items()}
+        self._published = current
+        deltas = {k: d for k, d in deltas.items() if d}
+        if deltas:
+            pipe = self.redis.pipeline(transaction=False)
+            for field_name, d in deltas.items():
+                pipe.hincrby(keys.STATS, field_name, d)
+            await pipe.execute()
 
     def _count(self, out: BatchOutcome) -> None:
         self.counters.dead_lettered += len(out.dead_letters)
