@@ -58,3 +58,10 @@ def run_both(redis_client, events):
     if ref.last_seen_ms is not None:
         newest_day = ref.last_seen_ms // DAY_MS
         assert all(newest_day - BUCKET_DAYS < d for d in stored.buckets)
+
+
+def test_lua_refuses_a_retry_after_the_duplicate_filter_overflowed(redis_client):
+    base = 20_000 * DAY_MS
+    burst = [(EventDelta(base + i, f"t{i}", "login", {9: 1}), base - DAY_MS) for i in range(80)]
+    run_both(redis_client, burst + [burst[3]])  # run_both asserts the same status ('unverifiable') and state
+    assert redis_client.hget(keys.customer_key("c"), "df") == str(base + 80 - 64 - 1)

@@ -108,6 +108,18 @@ def test_duplicate_filter_is_capped_without_a_watermark(n):
     assert len(state.recent) == min(n, DEDUPE_CAP)
 
 
+@given(burst=st.integers(DEDUPE_CAP + 1, 200), retried=st.integers(0, 200))
+def test_a_retry_is_never_counted_twice_even_after_a_burst_overflows_the_filter(burst, retried):
+    """A producer retry arriving after more than DEDUPE_CAP newer events (all within
+    the lateness) cannot be recognised by the filter: it must be refused, not applied."""
+    deltas = [EventDelta(BASE + i, f"t{i}", "login", {9: 1}) for i in range(burst)]
+    state = fold(deltas, late_before=BASE - LATENESS)
+    before = copy.deepcopy(state)
+    again = deltas[min(retried, burst - 1)]
+    assert apply_delta(state, again, BASE - LATENESS) in ("duplicate", "unverifiable")
+    assert state == before
+
+
 def test_too_late_events_are_refused_and_change_nothing():
     state = fold([EventDelta(BASE + 10 * DAY_MS, "a", "login", {9: 1}, login=True)])
     before = copy.deepcopy(state)
