@@ -1,0 +1,181 @@
+"""Shared by the fault and fuzz tests: a simulated population, its clean
+reference state (the pure fold, features.state.apply_delta), and readers for
+what the worker left in Redis and on Kafka."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+from kafka import KafkaConsumer, TopicPartition
+
+from features import keys
+from features.codec import state_from_hash, state_to_hash
+from features.extract import delta_of
+from features.state import CustomerState, apply_delta
+from streams.events import decode
+from streams.producer import produce_events
+from streams.simulate import Simulation, event_to_json
+
+# Fields of the customer hash that legitimately depend on delivery, not on the
+# events: the duplicate filter (trimmed by the lateness horizon, which moves
+# with wall-clock batching; "df", the newest time it had to forget) and the newest applied (partition, offset).
+VOLATILE = ("r", "df")
+
+
+def population(customers: int = 150, days: float = 20, seed: int = 3) -> list[tuple[str, bytes, bytes]]:
+    """A simulated population, ending two days ago (nothing is 'in the future'), as (family, key, value)."""
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=days + 2)
+    sim = Simulation(customers=customers, days=days, seed=seed, start=start)
+    return [(family, event.customer_id.encode(), event_to_json(event)) for family, event in sim.events()]
+
+
+def reference(items) -> dict[str, CustomerState]:
+    """The clean run: every event folded once, in produced order, with no lateness horizon."""
+    states: dict[str, CustomerState] = {}
+    for family, _key, value in items:
+        event = decode(family, value)
+        status = apply_delta(states.setdefault(event.customer_id, CustomerState()), delta_of(event), None)
+        assert status in ("applied", "duplicate")
+    return states
+
+
+def comparable(h: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in h.items() if k not in VOLATILE and not k.startswith("o:")}
+
+
+def expected_hashes(states: dict[str, CustomerState]) -> dict[str, dict[str, str]]:
+    return {cid: comparable(state_to_hash(s)) for cid, s in states.items()}
+
+
+def redis_hashes(client, customer_ids) -> dict[str, dict[str, str]]:
+    pipe = client.pipeline(transaction=False)
+    for cid in customer_ids:
+        pipe.hgetall(keys.customer_key(cid))
+    # Round trip through the codec so both sides are spelled the same way.
+    return {cid: comparable(state_to_hash(state_from_hash(h))) for cid, h in zip(customer_ids, pipe.execute())}
+
+
+def applied_total(client, customer_ids) -> int:
+    pipe = client.pipeline(transaction=False)
+    for cid in customer_ids:
+        pipe.hget(keys.customer_key(cid), "n")
+    return sum(int(n or 0) for n in pipe.execute())
+
+
+def wait_for_total(client, customer_ids, expected: int, timeout: float, worker_logs=(), refused=lambda: 0) -> None:
+    """Until ``expected`` events are applied, or applied + ``refused()`` (dead letters) account for all of them."""
+    deadline = time.monotonic() + timeout
+    got = -1
+    while time.monotonic() < deadline:
+        got = applied_total(client, customer_ids)
+        if got >= expected or got + refused() >= expected:
+            return
+        time.sleep(0.5)
+    tails = "\n".join(w.log()[-3000:] for w in worker_logs)
+    raise AssertionError(f"{got} of {expected} events applied after {timeout}s\n{tails}")
+
+
+def assert_features_equal(client, states: dict[str, CustomerState]) -> None:
+    want = expected_hashes(states)
+    got = redis_hashes(client, list(want))
+    diff = {cid: (got[cid], want[cid]) for cid in want if got[cid] != want[cid]}
+    assert not diff, f"{len(diff)} of {len(want)} customers differ from the clean run, e.g. {next(iter(diff.items()))}"
+
+
+def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list:
+    """Every record of ``topic`` from the beginning up to its current end offsets."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        deadline = time.monotonic() + timeout
+        tps: list[TopicPartition] = []
+        while not tps:
+            assert time.monotonic() < deadline, f"topic {topic} has no partitions"
+            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+            if not tps:
+                time.sleep(0.2)
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        records = []
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            assert time.monotonic() < deadline, f"timed out reading {topic}"
+            for batch in consumer.poll(timeout_ms=300).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+def check_changes(client, records) -> dict:
+    """No change lost: each customer's segment in Redis is the ``to`` of its last
+    change on the topic (topic order, per customer key); re-sent duplicates share
+    their change_id and content. Returns counts for the report."""
+    changes = [json.loads(r.value) for r in records]
+    by_id: dict[str, dict] = {}
+    duplicates = 0
+    last: dict[tuple[str, str], dict] = {}
+    for c in changes:
+        if c["change_id"] in by_id:
+            duplicates += 1
+            first = by_id[c["change_id"]]
+            assert {k: v for k, v in c.items() if k != "emitted_at"} == {k: v for k, v in first.items() if k != "emitted_at"}
+            continue
+        by_id[c["change_id"]] = c
+        last[(c["customer_id"], c["segmentation"])] = c
+    pipe = client.pipeline(transaction=False)
+    customers = sorted({cid for cid, _ in last})
+    for cid in customers:
+        pipe.hgetall(keys.segments_key(cid))
+    stored = dict(zip(customers, pipe.execute()))
+    mismatches = []
+    for (cid, segmentation), c in last.items():
+        held = json.loads(stored[cid][segmentation])["segment"] if segmentation in stored[cid] else None
+        if held != c["to"]:
+            mismatches.append((cid, segmentation, held, c["to"]))
+    # And the other way round: every segment Redis holds was announced.
+    unannounced = [(cid, name) for cid, h in stored.items() for name in h if not name.startswith("_") and (cid, name) not in last]
+    assert not mismatches, f"{len(mismatches)} segments in Redis differ from the last change on the topic: {mismatches[:5]}"
+    assert not unannounced, f"segments in Redis never announced on the topic: {unannounced[:5]}"
+    # Chains are unbroken: each distinct change leaves the segment the previous one entered.
+    chains: dict[tuple[str, str], str | None] = {}
+    broken = []
+    for c in by_id.values():
+        k = (c["customer_id"], c["segmentation"])
+        if chains.get(k) != c["from"]:
+            broken.append((k, chains.get(k), c["from"], c["to"]))
+        chains[k] = c["to"]
+    return {"records": len(changes), "distinct": len(by_id), "duplicates": duplicates, "broken_chains": broken}
+
+
+def all_segmented_customers(client) -> set[str]:
+    return {keys.customer_id_of(k) for k in client.scan_iter("cust:*:seg", count=1000)}
+
+
+class Background:
+    """Produce ``items`` at ``rate`` ev/s on a thread (the kafka-python producer of streams.producer)."""
+
+    def __init__(self, bootstrap: str, items, topics, rate: float):
+        self.stats = None
+        self.error: BaseException | None = None
+
+        def run():
+            try:
+                self.stats = produce_events(bootstrap, items, topics, rate)
+            except BaseException as exc:  # reported by join()
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "producer did not finish"
+        if self.error:
+            raise self.error
+        assert self.stats.failed == 0, self.stats.first_error

@@ -1,0 +1,150 @@
+"""Faults against the real broker and Redis: worker SIGKILLs, a Redis restart,
+a rebalance. After each, every customer's features equal a clean run's (the
+pure fold, features.state.apply_delta, over the same events) and no segment
+change is lost. docs/RELIABILITY.md lists what these tests show."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import pytest
+import redis as redis_lib
+
+from features import keys
+from streams.embedded import RedisServer
+from tests.conftest import WorkerProcess
+from tests.integration.reliability_helpers import (
+    Background,
+    applied_total,
+    assert_features_equal,
+    check_changes,
+    population,
+    read_all,
+    reference,
+    wait_for_total,
+)
+from tests.kafka_helpers import fresh_topics
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+# Printed on failure (pytest shows captured stdout); SEGFLOW_FAULT_SEED=<n> replays a run.
+SEED = int(os.environ.get("SEGFLOW_FAULT_SEED", random.SystemRandom().randrange(1 << 30)))
+
+ITEMS = population(customers=150, days=20, seed=3)
+STATES = reference(ITEMS)
+EXPECTED_EVENTS = sum(s.events_total for s in STATES.values())
+
+
+def wait_started(client, customer_ids, worker: WorkerProcess, above: int, timeout: float = 60.0) -> int:
+    """Wait until the worker has applied more than ``above`` events (it joined and consumes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        n = applied_total(client, customer_ids)
+        if n > above:
+            return n
+        assert worker.proc.poll() is None, f"worker exited: {worker.log()[-3000:]}"
+        time.sleep(0.2)
+    raise AssertionError(f"worker applied nothing new after {timeout}s:\n{worker.log()[-3000:]}")
+
+
+def finish(client, worker: WorkerProcess, broker, topics, timeout: float = 90.0) -> dict:
+    """Wait for all events, let deadlines and the outbox settle, stop cleanly, check the changes."""
+    try:
+        wait_for_total(client, list(STATES), EXPECTED_EVENTS, timeout, [worker], lambda: len(read_all(broker.bootstrap, topics.dead_letter)))
+        dead = read_all(broker.bootstrap, topics.dead_letter)
+        assert not dead, f"{len(dead)} events dead-lettered"
+    except AssertionError as exc:
+        dead = read_all(broker.bootstrap, topics.dead_letter)
+        reasons = [(dict(r.headers).get("segflow.reason"), dict(r.headers).get("segflow.detail"), r.value[:200]) for r in dead[:5]]
+        ends = {t: [len(read_all(broker.bootstrap, t))] for t in topics.inputs}
+        raise AssertionError(f"{str(exc)[:600]}\ninput records {ends}; {len(dead)} dead letters: {reasons}") from None
+    assert_features_equal(client, STATES)
+    quiet_since, last = time.monotonic(), None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the deadline timer and outbox are quiet for 3 s
+        now = (client.xlen(keys.OUTBOX), client.zcard(keys.DEADLINES), len(read_all(broker.bootstrap, topics.segment_changes)))
+        if now != last:
+            quiet_since, last = time.monotonic(), now
+        elif time.monotonic() - quiet_since > 3:
+            break
+        time.sleep(0.5)
+    worker.stop()
+    assert client.xlen(keys.OUTBOX) == 0, "changes left unsent in the outbox after a clean stop"
+    report = check_changes(client, read_all(broker.bootstrap, topics.segment_changes))
+    dead = read_all(broker.bootstrap, topics.dead_letter)
+    assert not dead, f"{len(dead)} events dead-lettered, e.g. {dict(dead[0].headers)}"
+    return report
+
+
+def test_worker_sigkilled_three_times_mid_stream_loses_and_double_counts_nothing(broker, redis_client, start_worker, capsys):
+    rng = random.Random(SEED)
+    print(f"SEGFLOW_FAULT_SEED={SEED}")
+    topics = fresh_topics(broker)
+    producer = Background(broker.bootstrap, ITEMS, topics, rate=900)
+    worker = start_worker(topics.prefix, app_id=f"{topics.prefix}app")
+    customers = list(STATES)
+    applied = 0
+    kills = []
+    for i in range(3):
+        applied = wait_started(redis_client, customers, worker, applied)
+        time.sleep(rng.uniform(0.5, 4.0))
+        assert worker.stop(signal.SIGKILL) == -signal.SIGKILL
+        applied = applied_total(redis_client, customers)
+        kills.append(applied)
+        # Same app id = same consumer group: the new member waits for the old one's session (4 s) to expire.
+        worker = start_worker(topics.prefix, app_id=f"{topics.prefix}app")
+    producer.join(120)
+    report = finish(redis_client, worker, broker, topics)
+    print(f"kills at applied={kills}; segment-changes: {report}")
+    assert not report["broken_chains"], report["broken_chains"][:5]
+
+
+def test_redis_restarted_mid_stream_worker_waits_and_resumes(broker, redis_server, tmp_path):
+    """A dedicated Redis with the append-only file on: stopped (SIGTERM) for ~5 s and started again on the same port and data dir."""
+    server = RedisServer(data_dir=tmp_path / "redis-aof", persistent=True).start()
+    client = redis_lib.Redis.from_url(server.url, decode_responses=True)
+    topics = fresh_topics(broker)
+    worker = WorkerProcess(broker, server, tmp_path, topics.prefix, f"{topics.prefix}app").start()
+    try:
+        producer = Background(broker.bootstrap, ITEMS, topics, rate=1200)
+        customers = list(STATES)
+        wait_started(client, customers, worker, 2000)
+        server.stop()
+        down = time.monotonic()
+        time.sleep(5)
+        server.start()
+        client = redis_lib.Redis.from_url(server.url, decode_responses=True)
+        assert worker.proc.poll() is None, f"worker died while Redis was down:\n{worker.log()[-3000:]}"
+        print(f"redis down for {time.monotonic() - down:.1f}s")
+        producer.join(120)
+        report = finish(client, worker, broker, topics)
+        print(f"segment-changes: {report}")
+        assert not report["broken_chains"], report["broken_chains"][:5]
+    finally:
+        worker.stop()
+        client.close()
+        server.stop()
+
+
+def test_two_workers_one_stopped_and_restarted_gives_the_state_of_one_worker(broker, redis_client, start_worker):
+    topics = fresh_topics(broker)
+    app_id = f"{topics.prefix}app"
+    a = start_worker(topics.prefix, app_id=app_id)
+    b = start_worker(topics.prefix, app_id=app_id)
+    producer = Background(broker.bootstrap, ITEMS, topics, rate=900)
+    customers = list(STATES)
+    applied = wait_started(redis_client, customers, a, 1000)
+    time.sleep(2)
+    assert b.stop(signal.SIGTERM) == 0, b.log()[-3000:]  # leaves the group cleanly: a takes every partition
+    wait_started(redis_client, customers, a, applied + 500)
+    b = start_worker(topics.prefix, app_id=app_id)  # joins again: a second rebalance
+    producer.join(120)
+    wait_for_total(redis_client, customers, EXPECTED_EVENTS, 90, [a, b])
+    assert a.proc.poll() is None and b.proc.poll() is None
+    b.stop()
+    report = finish(redis_client, a, broker, topics)
+    print(f"segment-changes: {report}")
+    assert not report["broken_chains"], report["broken_chains"][:5]
