@@ -103,7 +103,9 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
-        data_dir = self.data_dir or Path(tempfile.mkdtemp(prefix="segflow-redis-"))
+        # Absolute: Redis changes into --dir before opening --logfile, so a
+        # relative path (`segflow up`'s default .segflow) would be resolved twice.
+        data_dir = (self.data_dir or Path(tempfile.mkdtemp(prefix="segflow-redis-"))).resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
         args = [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(data_dir),
