@@ -139,13 +139,28 @@ def check_changes(client, records) -> dict:
     unannounced = [(cid, name) for cid, h in stored.items() for name in h if not name.startswith("_") and (cid, name) not in last]
     assert not mismatches, f"{len(mismatches)} segments in Redis differ from the last change on the topic: {mismatches[:5]}"
     assert not unannounced, f"segments in Redis never announced on the topic: {unannounced[:5]}"
-    # Chains are unbroken: each distinct change leaves the segment the previous one entered.
+    # Chains are unbroken: each distinct change leaves the segment the previous one
+    # (in topic order) entered. A break is "reordered" when the missing move is on
+    # the topic later, "forked" when two changes left the same segment (two
+    # evaluations from the same stale state), else "missing".
     chains: dict[tuple[str, str], str | None] = {}
     broken = []
+    moves = {(c["customer_id"], c["segmentation"], c["from"], c["to"]) for c in by_id.values()}
+    leaves: dict[tuple, int] = {}
+    for c in by_id.values():
+        k = (c["customer_id"], c["segmentation"], c["from"])
+        leaves[k] = leaves.get(k, 0) + 1
     for c in by_id.values():
         k = (c["customer_id"], c["segmentation"])
-        if chains.get(k) != c["from"]:
-            broken.append((k, chains.get(k), c["from"], c["to"]))
+        prev = chains.get(k)
+        if prev != c["from"]:
+            if (*k, prev, c["from"]) in moves:
+                kind = "reordered"
+            elif leaves.get((*k, prev), 0) > 1 or leaves.get((*k, c["from"]), 0) > 1:
+                kind = "forked"
+            else:
+                kind = "missing"
+            broken.append((kind, k, prev, c["from"], c["to"]))
         chains[k] = c["to"]
     return {"records": len(changes), "distinct": len(by_id), "duplicates": duplicates, "broken_chains": broken}
 
