@@ -1,0 +1,46 @@
+"""`segflow bench --quick` end to end: every row yields a positive number and the JSON is written.
+
+No timing thresholds: the machines are shared; the numbers are for docs/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from streams import bench
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_faust_settings_match_the_real_app():
+    from streams.app import create_app
+    from streams.cli import _segmenter_factory
+    from streams.settings import Settings
+
+    settings = Settings(web_enabled=False)
+    conf = create_app(settings, _segmenter_factory(settings)).conf
+    for name, value in bench.faust_app_kwargs(settings).items():
+        if name == "store":
+            continue
+        assert getattr(conf, name) == value, name
+
+
+def test_quick_bench_writes_every_row(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(bench.BenchOptions.quick_run(events=6000, latency_seconds=3.0, scale_sizes=(500, 2000), scale_probe_events=1000, out=out)) == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    for name in ("producer", "raw_consumer", "bare_faust_each", "bare_faust_take", "redis_ceiling", "segflow_e2e"):
+        assert rows[name]["rate"] > 0, name
+    assert rows["segflow_e2e"]["events"] == 6000
+    lat = rows["latency"]
+    assert lat["answered"] > 0 and lat["p50_ms"] > 0 and lat["p99_ms"] > 0 and lat["max_ms"] > 0
+    assert rows["segflow_e2e"]["memory"]["bytes_per_customer_keys"] > 0
+    assert [s["customers"] for s in rows["scale"]] == [500, 2000]
+    for s in rows["scale"]:
+        assert s["usec_per_event_client"] > 0 and s["usec_per_call_server"] > 0 and s["cust_key_bytes_sampled"] > 0
+    assert result["machine"]["cpu_count"] >= 1 and len(result["load_average_start"]) == 3 and len(result["load_average_end"]) == 3
+    assert {t["target"] for t in result["targets"]}
+    assert "segflow worker end to end" in capsys.readouterr().out
