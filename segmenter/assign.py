@@ -66,6 +66,28 @@ def first_event_of_day(features: Features) -> bool:
     return sum(features.get(name) or 0.0 for name in DAILY_EVENT_COUNTS) <= 1
 
 
+def first_session_of_day(features: Features) -> bool:
+    """True while the customer is in their first session of the day (UTC).
+
+    The models learn from these evaluations only. The engine evaluates a
+    customer once per *batch*, on the state after the batch's last event:
+    replaying a backlog, a whole session lands in one batch, so the first
+    evaluation of a day rarely follows exactly one event and a
+    :func:`first_event_of_day` gate starves the models (measured with
+    ``segflow evaluate``: 4 points learned from 300 customers x 45 days).
+    Gating on the first *session* keeps busy customers from outvoting quiet
+    ones (later sessions never count) under any batching; live, with small
+    batches, each evaluation during that session counts.
+    Vectors without daily counters (tests, batch loads) always count.
+
+    >>> first_session_of_day({"sessions_1d": 1.0, "page_views_1d": 7.0})
+    True
+    >>> first_session_of_day({"sessions_1d": 2.0, "page_views_1d": 1.0})
+    False
+    """
+    return (features.get("sessions_1d") or 0.0) <= 1
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """The outcome of evaluating one customer at ``now_ms``.
@@ -108,10 +130,10 @@ class Segmenter:
     def learn_one(self, features: Features) -> bool:
         """Feed one customer's features (after an event) to the learned models.
 
-        Only a customer's first event of each day is learned (see
-        :func:`first_event_of_day`); returns whether this one was.
+        Only evaluations during a customer's first session of each day are
+        learned (see :func:`first_session_of_day`); returns whether this one was.
         """
-        if not first_event_of_day(features):
+        if not first_session_of_day(features):
             return False
         self.behaviour.learn_one(features)
         self.value.learn_one(features)

@@ -335,6 +335,42 @@ def docs(docs_dir: Path = typer.Option(Path("docs"), help="Folder of the Markdow
     _echo(f"updated: {', '.join(map(str, changed)) or 'nothing (all current)'}")
 
 
+@cli.command()
+def evaluate(
+    customers: int = typer.Option(2000, help="Simulated customers"),
+    days: float = typer.Option(120, help="Event-time span simulated"),
+    seed: int = typer.Option(1),
+    segments_config: Optional[Path] = typer.Option(None, "--segments", help="Segmentation YAML (default: the shipped one)"),
+    settle_days: int = typer.Option(30, help="Clustering is scored over these last days"),
+    detect_days: float = typer.Option(21, help="at_risk must follow a customer's silence within this many days"),
+    revert_days: float = typer.Option(7, help="A->B->A within this many days counts as a flap"),
+    out: Optional[Path] = typer.Option(None, help="JSON output (default docs/quality/quality-DATE-CxD-sSEED.json)"),
+    no_write: bool = typer.Option(False, "--no-write", help="Print only"),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON instead of the tables"),
+):
+    """Replay a simulated population in-process (no broker, no Redis) and score the segments against its hidden truth."""
+    from datetime import date
+
+    from segmenter.config import ConfigError, default_config, load_config
+    from streams.evaluate import evaluate as run_evaluation, format_report, to_json
+
+    try:
+        config = load_config(segments_config) if segments_config else default_config()
+    except ConfigError as exc:
+        typer.secho(f"bad segments config: {exc}", fg="red", err=True)
+        raise typer.Exit(2)
+    report = run_evaluation(customers, days, seed, config, settle_days=settle_days, detect_within_days=detect_days,
+                            revert_days=revert_days, progress=_echo)
+    report["command"] = "segflow evaluate " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "segflow evaluate"
+    report["date"] = date.today().isoformat()
+    typer.echo(to_json(report) if as_json else format_report(report))
+    if not no_write:
+        path = out or Path("docs/quality") / f"quality-{report['date']}-{customers}x{days:g}-s{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(to_json(report))
+        _echo(f"wrote {path}")
+
+
 @cli.command("config")
 def show_config(config: Optional[Path] = ConfigOpt):
     """Effective settings (secrets masked) and the environment variable of each."""

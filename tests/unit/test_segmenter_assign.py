@@ -144,13 +144,15 @@ def test_never_moves_before_min_dwell_except_into_urgent(seq):
 # -- learning and snapshots ---------------------------------------------------------------------
 
 
-def test_learns_from_the_first_event_of_a_day_only():
+def test_learns_from_the_first_session_of_a_day_only():
     assert first_event_of_day({"sessions_1d": 1.0})
     assert not first_event_of_day({"sessions_1d": 1.0, "logins_1d": 1.0})
     seg = Segmenter.from_config(CONFIG)
     assert seg.learn_one({**ACTIVE, "sessions_1d": 1.0}) is True
-    assert seg.learn_one({**ACTIVE, "sessions_1d": 1.0, "page_views_1d": 3.0}) is False
-    assert seg.n_learned == 1
+    # a whole first session folded in one batch (a backlog replay) still counts
+    assert seg.learn_one({**ACTIVE, "sessions_1d": 1.0, "page_views_1d": 3.0}) is True
+    assert seg.learn_one({**ACTIVE, "sessions_1d": 2.0, "page_views_1d": 9.0}) is False
+    assert seg.n_learned == 2
 
 
 def test_snapshot_and_restore():
