@@ -32,7 +32,6 @@ _INT_FIELDS = {
     "pp": "prev_purchase_ms",
     "lv": "last_visit_ms",
     "ll": "last_login_ms",
-    "df": "dedupe_floor_ms",
 }
 _COUNTERS = {"n": "events_total", "np": "purchases_total", "rv": "revenue_total_cents", "dc": "discount_total_cents"}
 _CONTROL = re.compile(r"[\x00-\x1f]")
@@ -64,6 +63,8 @@ def state_from_hash(h: Mapping[str, str]) -> CustomerState:
             for entry in filter(None, value.split(";")):
                 token, _, at = entry.rpartition(":")
                 s.recent[token] = int(at)
+        elif field.startswith("df:"):
+            s.dedupe_floor[field[3:]] = int(value)
         elif field.startswith("o:"):
             partition, _, offset = value.partition(":")
             s.offsets[field[2:]] = (int(partition), int(offset))
@@ -86,6 +87,8 @@ def state_to_hash(s: CustomerState) -> dict[str, str]:
         h[f"c:{cat}"] = str(qty)
     if s.recent:
         h["r"] = ";".join(f"{t}:{at}" for t, at in s.recent.items())
+    for initial, at in s.dedupe_floor.items():
+        h[f"df:{initial}"] = str(at)
     for family, (p, o) in s.offsets.items():
         h[f"o:{family}"] = f"{p}:{o}"
     return h

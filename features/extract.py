@@ -35,6 +35,9 @@ def cents(amount: Decimal) -> int:
     return int((amount * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
+_FAMILY_INITIAL = {ClickstreamEvent: "c", PurchaseEvent: "p", LoginEvent: "l"}
+
+
 def delta_of(event: Event, offset: tuple[int, int] | None = None) -> EventDelta:
     """What ``event`` adds to its customer's state.
 
@@ -47,7 +50,9 @@ def delta_of(event: Event, offset: tuple[int, int] | None = None) -> EventDelta:
     ({6: 1, 7: 1999, 8: 500}, {'books': 2})
     """
     ts_ms = int(round(event.ts * 1000))
-    token = dedupe_token(event.event_id)
+    # The first character names the family: the duplicate filter keeps its
+    # overflow floor per family (features.state.apply_delta).
+    token = _FAMILY_INITIAL[type(event)] + dedupe_token(event.event_id)
     if isinstance(event, ClickstreamEvent):
         return EventDelta(ts_ms, token, "clickstream", {_CLICK_METRIC[event.type]: 1}, visit=True, offset=offset)
     if isinstance(event, PurchaseEvent):

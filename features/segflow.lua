@@ -70,7 +70,8 @@ local function apply(keys, args)
     return {status}
   end
 
-  local cur = redis.call('HMGET', cust, 'fs', 'ls', 'o:' .. family, 'r', 'df')
+  local initial = string.sub(token, 1, 1)
+  local cur = redis.call('HMGET', cust, 'fs', 'ls', 'o:' .. family, 'r', 'df:' .. initial)
   local first_seen, last_seen = num(cur[1]), num(cur[2])
   if partition ~= '' and cur[3] then
     local seen = split(cur[3], ':')
@@ -166,8 +167,17 @@ local function apply(keys, args)
   for _, e in ipairs(ring) do if not late_before or e[2] >= late_before then kept[#kept + 1] = e end end
   if #kept > DEDUPE_CAP then
     table.sort(kept, function(a, b) if a[2] ~= b[2] then return a[2] < b[2] end return a[1] < b[1] end)
-    local forgotten = kept[#kept - DEDUPE_CAP][2]
-    if not dedupe_floor or forgotten > dedupe_floor then set[#set + 1] = 'df'; set[#set + 1] = fmt(forgotten) end
+    -- Remember, per family (a token's first character), the newest time forgotten.
+    local floors = {}
+    for i = 1, #kept - DEDUPE_CAP do
+      local c = string.sub(kept[i][1], 1, 1)
+      if not floors[c] or kept[i][2] > floors[c] then floors[c] = kept[i][2] end
+    end
+    for c, at in pairs(floors) do
+      local f = 'df:' .. c
+      local old = (c == initial) and dedupe_floor or num(redis.call('HGET', cust, f))
+      if not old or at > old then set[#set + 1] = f; set[#set + 1] = fmt(at) end
+    end
     local trimmed = {}
     for i = #kept - DEDUPE_CAP + 1, #kept do trimmed[#trimmed + 1] = kept[i] end
     kept = trimmed

@@ -101,10 +101,13 @@ class CustomerState:
     categories: dict[str, int] = field(default_factory=dict)
     recent: dict[str, int] = field(default_factory=dict)  # dedupe token -> ts_ms
     offsets: dict[str, tuple[int, int]] = field(default_factory=dict)  # family -> (partition, offset)
-    # Newest event time the duplicate filter had to forget while still within the
-    # lateness (a burst of more than DEDUPE_CAP events): older unknown events
-    # can no longer be told apart from duplicates.
-    dedupe_floor_ms: int | None = None
+    # Per token class (a token's first character: its family, see
+    # features.extract), the newest event time the duplicate filter had to
+    # forget while still within the lateness (a burst of more than DEDUPE_CAP
+    # events): older unknown events of that family can no longer be told apart
+    # from duplicates. Per family, because the topics of one customer are
+    # legitimately skewed against each other; one topic's partition is ordered.
+    dedupe_floor: dict[str, int] = field(default_factory=dict)
 
     @property
     def exists(self) -> bool:
@@ -128,8 +131,8 @@ def apply_delta(state: CustomerState, delta: EventDelta, late_before_ms: int | N
     ``'duplicate'``: the message offset or the event id was already applied.
     ``'too_late'``: older than the horizon (so never applied twice either).
     ``'unverifiable'``: not older than the horizon, but not newer than an event
-    the capped duplicate filter had to forget: it might be a duplicate, so it
-    is refused (dead-lettered) rather than risk counting it twice.
+    of its family the capped duplicate filter had to forget: it might be a
+    duplicate, so it is refused (dead-lettered) rather than risk counting it twice.
     ``'applied'``: otherwise.
     """
     if delta.offset is not None:
@@ -140,7 +143,8 @@ def apply_delta(state: CustomerState, delta: EventDelta, late_before_ms: int | N
         return "duplicate"
     if late_before_ms is not None and delta.ts_ms < late_before_ms:
         return "too_late"
-    if state.dedupe_floor_ms is not None and delta.ts_ms <= state.dedupe_floor_ms:
+    floor = state.dedupe_floor.get(delta.token[:1])
+    if floor is not None and delta.ts_ms <= floor:
         return "unverifiable"
 
     ts = delta.ts_ms
@@ -184,7 +188,8 @@ def apply_delta(state: CustomerState, delta: EventDelta, late_before_ms: int | N
             del state.recent[token]
     while len(state.recent) > DEDUPE_CAP:
         oldest = min(state.recent, key=lambda t: (state.recent[t], t))
-        state.dedupe_floor_ms = _max(state.dedupe_floor_ms, state.recent.pop(oldest))
+        forgotten = state.recent.pop(oldest)
+        state.dedupe_floor[oldest[:1]] = _max(state.dedupe_floor.get(oldest[:1]), forgotten)
     return "applied"
 
 

@@ -114,8 +114,8 @@ def up(
 @cli.command()
 def demo(
     seconds: float = typer.Option(float(os.environ.get("DEMO_SECONDS", 60)), help="How long to run (env DEMO_SECONDS)"),
-    customers: int = typer.Option(500, help="Simulated customers"),
-    days: float = typer.Option(60, help="Event-time span simulated"),
+    customers: int = typer.Option(300, help="Simulated customers"),
+    days: float = typer.Option(45, help="Event-time span simulated"),
     seed: int = typer.Option(7),
 ):
     """Everything at once: embedded stack, worker, simulated customers, then a report."""

@@ -56,7 +56,7 @@ def read_changes(bootstrap: str, topic: str, limit: int = 100_000, timeout_s: fl
         consumer.close()
 
 
-def run_demo(seconds: float = 60, customers: int = 500, days: float = 60, seed: int = 7) -> int:
+def run_demo(seconds: float = 60, customers: int = 300, days: float = 45, seed: int = 7) -> int:
     from streams.producer import produce_simulation
     from streams.simulate import Simulation
 

@@ -64,4 +64,4 @@ def test_lua_refuses_a_retry_after_the_duplicate_filter_overflowed(redis_client)
     base = 20_000 * DAY_MS
     burst = [(EventDelta(base + i, f"t{i}", "login", {9: 1}), base - DAY_MS) for i in range(80)]
     run_both(redis_client, burst + [burst[3]])  # run_both asserts the same status ('unverifiable') and state
-    assert redis_client.hget(keys.customer_key("c"), "df") == str(base + 80 - 64 - 1)
+    assert redis_client.hget(keys.customer_key("c"), "df:t") == str(base + 80 - 64 - 1)
