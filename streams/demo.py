@@ -67,19 +67,20 @@ def run_demo(seconds: float = 60, customers: int = 300, days: float = 45, seed: 
         _say(f"[1/4] embedded broker on {stack.broker.bootstrap}, Redis on {stack.redis.url} (work dir {work})")
         settings = Settings(kafka_url=stack.broker.url, redis_url=stack.redis.url, clock="event")
         ensure_topics(stack.broker.bootstrap, TOPICS, settings.partitions)
+        web_port = free_port()
         env = {
             **os.environ,
             "SEGFLOW_KAFKA_URL": stack.broker.url,
             "SEGFLOW_REDIS_URL": stack.redis.url,
             "SEGFLOW_CLOCK": "event",
             "SEGFLOW_APP_ID": "segflow-demo",
-            "SEGFLOW_WEB_PORT": str(free_port()),
+            "SEGFLOW_WEB_PORT": str(web_port),
             "SEGFLOW_DATA_DIR": str(work / "worker"),
             "SEGFLOW_SESSION_TIMEOUT_SECONDS": "6",
         }
         log_path = work / "worker.log"
         worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
-        _say(f"[2/4] worker started (pid {worker.pid}, log {log_path})")
+        _say(f"[2/4] worker started (pid {worker.pid}, log {log_path}); dashboard while it runs: http://127.0.0.1:{web_port}/dashboard")
         r = redis_lib.Redis.from_url(stack.redis.url, decode_responses=True)
         try:
             sim = Simulation(customers=customers, days=days, seed=seed)
