@@ -50,17 +50,26 @@ def wait_started(client, customer_ids, worker: WorkerProcess, above: int, timeou
     raise AssertionError(f"worker applied nothing new after {timeout}s:\n{worker.log()[-3000:]}")
 
 
-def finish(client, worker: WorkerProcess, broker, topics, timeout: float = 90.0) -> dict:
-    """Wait for all events, let deadlines and the outbox settle, stop cleanly, check the changes."""
+def wait_all_applied(client, workers, broker, topics, timeout: float = 90.0) -> None:
+    """Every event applied, none dead-lettered (else: why, with the dead letters' reasons)."""
     try:
-        wait_for_total(client, list(STATES), EXPECTED_EVENTS, timeout, [worker], lambda: len(read_all(broker.bootstrap, topics.dead_letter)))
+        wait_for_total(client, list(STATES), EXPECTED_EVENTS, timeout, workers, lambda: len(read_all(broker.bootstrap, topics.dead_letter)))
         dead = read_all(broker.bootstrap, topics.dead_letter)
         assert not dead, f"{len(dead)} events dead-lettered"
     except AssertionError as exc:
         dead = read_all(broker.bootstrap, topics.dead_letter)
         reasons = [(dict(r.headers).get("segflow.reason"), dict(r.headers).get("segflow.detail"), r.value[:200]) for r in dead[:5]]
         ends = {t: [len(read_all(broker.bootstrap, t))] for t in topics.inputs}
-        raise AssertionError(f"{str(exc)[:600]}\ninput records {ends}; {len(dead)} dead letters: {reasons}") from None
+        counts = {}
+        for r in dead:
+            reason = dict(r.headers).get("segflow.reason", b"?").decode()
+            counts[reason] = counts.get(reason, 0) + 1
+        raise AssertionError(f"{str(exc)[:600]}\ninput records {ends}; {len(dead)} dead letters {counts}, e.g. {reasons}") from None
+
+
+def finish(client, worker: WorkerProcess, broker, topics, timeout: float = 90.0) -> dict:
+    """Wait for all events, let deadlines and the outbox settle, stop cleanly, check the changes."""
+    wait_all_applied(client, [worker], broker, topics, timeout)
     assert_features_equal(client, STATES)
     quiet_since, last = time.monotonic(), None
     deadline = time.monotonic() + 30
@@ -142,7 +151,7 @@ def test_two_workers_one_stopped_and_restarted_gives_the_state_of_one_worker(bro
     wait_started(redis_client, customers, a, applied + 500)
     b = start_worker(topics.prefix, app_id=app_id)  # joins again: a second rebalance
     producer.join(120)
-    wait_for_total(redis_client, customers, EXPECTED_EVENTS, 90, [a, b])
+    wait_all_applied(redis_client, [a, b], broker, topics)
     assert a.proc.poll() is None and b.proc.poll() is None
     b.stop()
     report = finish(redis_client, a, broker, topics)

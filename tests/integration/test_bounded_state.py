@@ -1,0 +1,86 @@
+"""A flood of events for one customer through the real worker: the customer's
+hash stays bounded (daily buckets within the 90-day window, 8 categories plus
+``~other``, a duplicate filter of at most 64 entries, a history of at most
+``history_cap`` changes) and stops growing once the window is full."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from features import keys
+from features.state import BUCKET_DAYS, CATEGORY_CAP, DEDUPE_CAP
+from tests.integration.reliability_helpers import read_all
+from tests.kafka_helpers import fresh_topics, send
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+START = NOW - timedelta(days=250)
+CID = "flood"
+
+
+def click(i: int, when: datetime) -> tuple[bytes, bytes]:
+    doc = {"event_id": f"click-{i}", "customer_id": CID, "occurred_at": when.isoformat(), "type": "page_view", "session_id": f"s{i // 20}", "page": "/"}
+    return CID.encode(), json.dumps(doc).encode()
+
+
+def purchase(i: int, when: datetime) -> tuple[bytes, bytes]:
+    items = [{"product_id": f"p{i}", "category": f"cat-{i % 25}", "quantity": 1, "unit_price": "9.99"}]
+    doc = {"event_id": f"order-{i}", "customer_id": CID, "occurred_at": when.isoformat(), "order_id": f"o{i}", "amount": "9.99", "currency": "USD", "items": items}
+    return CID.encode(), json.dumps(doc).encode()
+
+
+def footprint(r) -> dict:
+    h = r.hgetall(keys.customer_key(CID))
+    return {
+        "events": int(h.get("n", 0)),
+        "hlen": r.hlen(keys.customer_key(CID)),
+        "buckets": sum(1 for f in h if f.startswith("d:")),
+        "categories": sum(1 for f in h if f.startswith("c:")),
+        "ring": len([e for e in h.get("r", "").split(";") if e]),
+        "memory": r.memory_usage(keys.customer_key(CID)),
+        "history": r.xlen(keys.history_key(CID)),
+    }
+
+
+def test_a_flood_for_one_customer_keeps_its_state_bounded(broker, redis_client, start_worker):
+    topics = fresh_topics(broker)
+    worker = start_worker(topics.prefix, SEGFLOW_IDLE_PARTITION_SECONDS=2)
+
+    def fed(total: int, timeout: float = 90) -> dict:
+        deadline = time.monotonic() + timeout
+        while (f := footprint(redis_client))["events"] < total:
+            assert worker.proc.poll() is None, worker.log()[-3000:]
+            assert time.monotonic() < deadline, f"{f['events']} of {total} applied\n{worker.log()[-2000:]}"
+            time.sleep(0.3)
+        return f
+
+    # 300 orders over 100 days in 25 categories, then 3000 page views over the next 140 days.
+    send(broker, topics.purchases, [purchase(i, START + timedelta(hours=8 * i)) for i in range(300)])
+    fed(300)
+    clicks = [click(i, START + timedelta(days=100) + timedelta(minutes=67 * i)) for i in range(3000)]
+    send(broker, topics.clickstream, clicks)
+    window_full = fed(3300)
+    # Then a burst: 2000 page views within the last hour, all inside the lateness (6 h).
+    burst_start = NOW - timedelta(hours=1)
+    send(broker, topics.clickstream, [click(3000 + i, burst_start + timedelta(seconds=1.5 * i)) for i in range(2000)])
+    after = fed(5300)
+    print(f"after 3300 events: {window_full}; after 5300: {after}")
+
+    for f in (window_full, after):
+        assert f["buckets"] <= BUCKET_DAYS
+        assert f["categories"] <= CATEGORY_CAP + 1  # + ~other
+        assert f["ring"] <= DEDUPE_CAP
+        assert f["history"] <= 50  # SEGFLOW_HISTORY_CAP default
+        assert f["hlen"] <= BUCKET_DAYS + CATEGORY_CAP + 1 + 20  # + the fixed fields
+    assert after["ring"] == DEDUPE_CAP  # the burst filled the filter to its cap, no further
+    assert after["hlen"] <= window_full["hlen"] + 2
+    assert after["memory"] <= window_full["memory"] * 1.25 + 1024, (window_full, after)
+    assert after["memory"] < 16 * 1024
+    h = redis_client.hgetall(keys.customer_key(CID))
+    assert int(h["np"]) == 300 and sum(int(v) for f, v in h.items() if f.startswith("c:")) == 300
+    assert not read_all(broker.bootstrap, topics.dead_letter)
