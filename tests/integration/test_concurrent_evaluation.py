@@ -1,0 +1,86 @@
+"""Two workers evaluating one customer at once (found by the two-worker fault
+test, reproduced here deterministically): worker B's deadline timer claims a
+customer whose partition worker A owns, reads its state, and writes its
+decision after A has applied and evaluated a fresh event. Nothing makes the
+write conditional on the segments B read, so B's stale decision wins."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from features import keys
+from segmenter.assign import Segmenter
+from segmenter.config import default_config
+from streams.app import redis_client as async_redis
+from streams.engine import Engine, InboundMessage
+from streams.settings import Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+DAY_MS = 86_400_000
+T0_MS = (int(time.time() * 1000) // DAY_MS - 40) * DAY_MS + 12 * 3_600_000
+
+
+def purchase(n: int, ts_ms: int) -> bytes:
+    when = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).isoformat()
+    return json.dumps({"event_id": f"race-{n}", "customer_id": "race", "occurred_at": when, "order_id": f"o{n}", "amount": "40", "currency": "USD"}).encode()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG (streams/engine.py + streams/segment_store.py): segment writes are not conditional on the "
+        "segments an evaluation read, and Engine.lock is per process; every worker's deadline timer claims "
+        "any customer (segflow:deadlines is shared), so a deadline evaluation from stale state can overwrite "
+        "a fresher event evaluation of another worker: both changes leave the same segment (a fork on "
+        "segment-changes, two change ids) and Redis keeps the stale one (a customer who just bought is at_risk)"
+    ),
+)
+def test_a_deadline_evaluation_in_another_worker_does_not_overwrite_a_fresher_event_evaluation(redis_server, redis_client):
+    settings = Settings(redis_url=redis_server.url, clock="event", lateness_seconds=0)
+    topic = settings.topics.purchases
+
+    async def scenario():
+        a = Engine(settings, async_redis(redis_server.url), Segmenter.from_config(default_config()))
+        b = Engine(settings, async_redis(redis_server.url), Segmenter.from_config(default_config()))
+        await a.start()
+        await b.start()
+        a.assign({(topic, 0)}, now=time.time())
+        first = await a.process([InboundMessage(topic, 0, 0, b"race", purchase(1, T0_MS))], now=time.time())
+        # The event-time watermark moves 20 days on (other customers' events): race is due.
+        await a.features.advance_watermark(T0_MS + 20 * DAY_MS)
+        b_has_read, a_done = asyncio.Event(), asyncio.Event()
+        read = b.features.read
+
+        async def read_then_wait(ids):
+            rows = await read(ids)
+            b_has_read.set()
+            await a_done.wait()
+            return rows
+
+        b.features.read = read_then_wait
+        deadline = asyncio.create_task(b.fire_deadlines())
+        await b_has_read.wait()
+        # Meanwhile race buys again, 20 days on: A applies and evaluates the fresh state.
+        fresh = await a.process([InboundMessage(topic, 0, 1, b"race", purchase(2, T0_MS + 20 * DAY_MS))], now=time.time())
+        a_done.set()
+        stale = await deadline
+        for e in (a, b):
+            await e.redis.aclose()
+        return first, fresh, stale
+
+    first, fresh, stale = asyncio.run(scenario())
+    moves = [json.loads(p) for _, p in first.changes + fresh.changes + stale.changes]
+    lifecycle = [(c["from"], c["to"], c["reason"]) for c in moves if c["segmentation"] == "lifecycle"]
+    print(lifecycle)
+    held = json.loads(redis_client.hget(keys.segments_key("race"), "lifecycle"))["segment"]
+    fresh_to = [c["to"] for c in (json.loads(p) for _, p in fresh.changes) if c["segmentation"] == "lifecycle"]
+    # Redis must hold what the freshest state says; and no two changes may leave the same segment.
+    assert not fresh_to or held == fresh_to[-1], (held, lifecycle)
+    froms = [f for f, _, _ in lifecycle]
+    assert len(froms) == len(set(froms)), f"forked: {lifecycle}"
