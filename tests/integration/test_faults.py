@@ -160,3 +160,23 @@ def test_two_workers_one_stopped_and_restarted_gives_the_state_of_one_worker(bro
     # race between two workers' evaluations of one customer, reproduced
     # deterministically (and marked xfail) in test_concurrent_evaluation.py.
     assert not [b for b in report["broken_chains"] if b[0] == "missing"], report["broken_chains"][:5]
+
+
+def test_broker_paused_mid_stream_worker_reconnects_and_resumes(broker, redis_client, start_worker):
+    """The broker frozen (SIGSTOP) for 8 s, then resumed (SIGCONT): unreachable without losing
+    its data (the embedded Tansu broker keeps topics in memory, so a restart would empty it)."""
+    topics = fresh_topics(broker)
+    worker = start_worker(topics.prefix, app_id=f"{topics.prefix}app")
+    producer = Background(broker.bootstrap, ITEMS, topics, rate=1200)
+    customers = list(STATES)
+    wait_started(redis_client, customers, worker, 3000)
+    broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(8)
+        assert worker.proc.poll() is None, f"worker died while the broker was away:\n{worker.log()[-3000:]}"
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+    producer.join(120)
+    report = finish(redis_client, worker, broker, topics)
+    print(f"segment-changes: {report}")
+    assert not report["broken_chains"], report["broken_chains"][:5]
