@@ -5,6 +5,7 @@ change is lost. docs/RELIABILITY.md lists what these tests show."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -26,7 +27,7 @@ from tests.integration.reliability_helpers import (
     reference,
     wait_for_total,
 )
-from tests.kafka_helpers import fresh_topics
+from tests.kafka_helpers import fresh_topics, read_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -180,3 +181,26 @@ def test_broker_paused_mid_stream_worker_reconnects_and_resumes(broker, redis_cl
     report = finish(redis_client, worker, broker, topics)
     print(f"segment-changes: {report}")
     assert not report["broken_chains"], report["broken_chains"][:5]
+
+
+def test_changes_left_in_the_outbox_by_a_crash_are_relayed_on_start(broker, redis_client, start_worker):
+    """The window the SIGKILL test rarely hits, forced: a change written to Redis with
+    its outbox entry, the worker dead before the Kafka send. The next worker sends it."""
+    from segmenter.changes import SegmentChange
+
+    topics = fresh_topics(broker)
+    change = SegmentChange.create(
+        customer_id="olivia", segmentation="lifecycle", from_segment="active", to_segment="at_risk",
+        reason="buyer_silent_14d", model_version=None, occurred_at_ms=1_790_000_000_000,
+        cause="deadline:1790000000000", features={"days_since_last_activity": 14.0},
+    )
+    payload = change.model_dump_json(by_alias=True)
+    redis_client.xadd(keys.OUTBOX, {"change": payload})
+    worker = start_worker(topics.prefix)
+    records = read_until(broker, topics.segment_changes, lambda rs: any(json.loads(r.value)["change_id"] == change.change_id for r in rs), timeout=60)
+    assert [r.key for r in records if json.loads(r.value)["change_id"] == change.change_id] == [b"olivia"]
+    deadline = time.monotonic() + 10
+    while redis_client.xlen(keys.OUTBOX):
+        assert time.monotonic() < deadline, "relayed change never left the outbox"
+        time.sleep(0.2)
+    assert "relaying 1 segment changes" in worker.log()
