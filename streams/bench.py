@@ -59,6 +59,7 @@ class BenchOptions:
     profile_seconds: float = 20.0
     latency_rate: float | None = None  # default: half the measured sustained rate
     latency_seconds: float = 20.0
+    latency_low_rate: float = 100.0  # a second point, well below what fresh customers cost
     scale_sizes: tuple[int, ...] = (10_000, 100_000)
     scale_probe_events: int = 20_000
 
@@ -486,6 +487,7 @@ def summarise_profile(path: Path, top: int = 15) -> dict:
     """py-spy ``raw`` (collapsed stacks) -> share of samples by leaf function and by frame anywhere on the stack."""
     leaf: Counter = Counter()
     inclusive: Counter = Counter()
+    ours: Counter = Counter()  # segflow's own frames (streams/, features/, segmenter/), inclusive
     total = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
@@ -497,8 +499,10 @@ def summarise_profile(path: Path, top: int = 15) -> dict:
         leaf[_short(frames[-1])] += n
         for f in {_short(f) for f in frames}:
             inclusive[f] += n
+            if f.endswith(".py)") and f.split(" (")[-1].startswith(("streams/", "features/", "segmenter/")) and "cli.py" not in f:
+                ours[f] += n
     pct = lambda c: [(name, round(100.0 * n / total, 1)) for name, n in c.most_common(top)] if total else []  # noqa: E731
-    return {"samples": total, "self_pct": pct(leaf), "inclusive_pct": pct(inclusive)}
+    return {"samples": total, "self_pct": pct(leaf), "inclusive_pct": pct(inclusive), "segflow_inclusive_pct": pct(ours)}
 
 
 def _short(frame: str) -> str:
@@ -612,21 +616,23 @@ def fresh_logins(run: str, stop: threading.Event, sent_at: dict) -> Iterator[tup
         i += 1
 
 
-def run_latency(stack, procs: Procs, work: Path, rate: float, seconds: float) -> dict:
+def run_latency(stack, procs: Procs, work: Path, rate: float, seconds: float, tag: str = "a") -> dict:
+    """One latency point on its own topics, consumer group and customer ids (``tag``), so an
+    earlier point's backlog cannot leak into it."""
     import redis as redis_lib
 
     from streams.admin import ensure_topics
     from streams.producer import produce_events
     from streams.topics import Topics
 
-    topics = Topics(LATENCY_PREFIX)
+    topics = Topics(f"{LATENCY_PREFIX}{tag}-")
     ensure_topics(stack.broker.bootstrap, topics, PARTITIONS)
     r = redis_lib.Redis.from_url(stack.redis.url, decode_responses=True)
     r.flushall()
     watcher = ChangeWatcher(stack.broker.bootstrap, topics.segment_changes, b"lat")
     watcher.start()
-    p = procs.start([sys.executable, "-m", "streams.cli", "worker"], worker_env(stack, LATENCY_PREFIX, "bench-latency", work, "wall"),
-                    work / "worker-latency.log")
+    p = procs.start([sys.executable, "-m", "streams.cli", "worker"], worker_env(stack, topics.prefix, f"bench-latency-{tag}", work, "wall"),
+                    work / f"worker-latency-{tag}.log")
     stop = threading.Event()
     try:
         watcher.ready.wait(30)
@@ -638,7 +644,7 @@ def run_latency(stack, procs: Procs, work: Path, rate: float, seconds: float) ->
         deadline = time.monotonic() + 60
         while not any(k.startswith(b"latwarm") for k in watcher.first) and time.monotonic() < deadline:
             if p.poll() is not None:
-                raise RuntimeError(f"worker exited with {p.returncode}; see {work / 'worker-latency.log'}")
+                raise RuntimeError(f"worker exited with {p.returncode}; see {work / f'worker-latency-{tag}.log'}")
             once = threading.Event()
             gen = fresh_logins("warm", once, warm)
             produce_events(stack.broker.bootstrap, [next(gen)], topics)
@@ -717,7 +723,7 @@ def scale_test(url: str, payloads, sizes: tuple[int, ...], probe_events: int, ev
         return f"s{cid_index}", dataclasses.replace(t, ts_ms=base + j * day + (cid_index % 86_400) * 1000, token=f"{tag}{cid_index}.{j}", offset=None)
 
     sync = redis_lib.Redis.from_url(url, decode_responses=True)
-    sync.flushall(asynchronous=False)
+    sync.execute_command("FLUSHALL", "SYNC")  # plain FLUSHALL may free lazily, after the baseline
     load_library_sync(sync)
     sync.memory_purge()
     baseline = int(sync.info("memory")["used_memory"])
@@ -843,6 +849,10 @@ def run_bench(opts: BenchOptions) -> dict:
             say(f"[6] latency at {rate:,.0f} ev/s offered (SEGFLOW_CLOCK=wall, fresh customers)")
             rows["latency"] = run_latency(stack, procs, work, rate, opts.latency_seconds)
             say(f"    p50 {rows['latency']['p50_ms']} ms, p99 {rows['latency']['p99_ms']} ms, max {rows['latency']['max_ms']} ms")
+            if opts.latency_low_rate and opts.latency_low_rate < rate:
+                say(f"[6] latency at a low {opts.latency_low_rate:,.0f} ev/s offered")
+                rows["latency_low"] = run_latency(stack, procs, work, opts.latency_low_rate, opts.latency_seconds, tag="b")
+                say(f"    p50 {rows['latency_low']['p50_ms']} ms, p99 {rows['latency_low']['p99_ms']} ms, max {rows['latency_low']['max_ms']} ms")
 
             sizes = opts.scale_sizes + ((1_000_000,) if opts.scale_max else ())
             say(f"[7] scale: memory and per-event cost at {', '.join(f'{s:,}' for s in sizes)} customers")
@@ -915,11 +925,13 @@ def format_table(result: dict) -> str:
         note = f"{e.get('ratio_to_bare_faust_take', 0) or 0:.0%} of bare Faust (take), {e.get('ratio_to_bare_faust_each', 0) or 0:.0%} of (each), " \
                f"{e.get('ratio_to_raw_consumer', 0) or 0:.1%} of raw"
         add("5 segflow worker end to end (event clock)", evs(e), note)
-    lat = rows.get("latency")
-    if lat:
-        add(f"6 latency event -> change at {lat['offered_rate']:,.0f} ev/s offered",
-            f"p50 {lat['p50_ms']} / p99 {lat['p99_ms']} / max {lat['max_ms']} ms",
-            f"{lat['answered']:,} of {lat['sent']:,} answered, achieved {lat['achieved_rate']:,.0f} ev/s")
+    for key in ("latency", "latency_low"):
+        lat = rows.get(key)
+        if lat:
+            add(f"6 latency event -> change at {lat['offered_rate']:,.0f} ev/s offered",
+                f"p50 {lat['p50_ms']} / p99 {lat['p99_ms']} / max {lat['max_ms']} ms",
+                f"{lat['answered']:,} of {lat['sent']:,} answered, achieved {lat['achieved_rate']:,.0f} ev/s; "
+                f"to decision p50 {lat['to_decision_p50_ms']} ms, decision to arrival p50 {lat['decision_to_arrival_p50_ms']} ms")
     if e and e.get("memory", {}).get("customers"):
         m = e["memory"]
         add("7 Redis per customer after row 5 (cust+seg+hist)", f"{m['bytes_per_customer_keys']:,} B",
