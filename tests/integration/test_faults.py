@@ -5,6 +5,7 @@ change is lost. docs/RELIABILITY.md lists what these tests show."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -34,9 +35,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 # Printed on failure (pytest shows captured stdout); SEGFLOW_FAULT_SEED=<n> replays a run.
 SEED = int(os.environ.get("SEGFLOW_FAULT_SEED", random.SystemRandom().randrange(1 << 30)))
 
-ITEMS = population(customers=150, days=20, seed=3)
-STATES = reference(ITEMS)
-EXPECTED_EVENTS = sum(s.events_total for s in STATES.values())
+@functools.cache
+def traffic():
+    """The simulated population (~22k events) and its clean reference, built once, when first needed."""
+    items = population(customers=150, days=20, seed=3)
+    states = reference(items)
+    return items, states, sum(s.events_total for s in states.values())
 
 
 def wait_started(client, customer_ids, worker: WorkerProcess, above: int, timeout: float = 60.0) -> int:
@@ -54,7 +58,8 @@ def wait_started(client, customer_ids, worker: WorkerProcess, above: int, timeou
 def wait_all_applied(client, workers, broker, topics, timeout: float = 90.0) -> None:
     """Every event applied, none dead-lettered (else: why, with the dead letters' reasons)."""
     try:
-        wait_for_total(client, list(STATES), EXPECTED_EVENTS, timeout, workers, lambda: len(read_all(broker.bootstrap, topics.dead_letter)))
+        _, states, expected = traffic()
+        wait_for_total(client, list(states), expected, timeout, workers, lambda: len(read_all(broker.bootstrap, topics.dead_letter)))
         dead = read_all(broker.bootstrap, topics.dead_letter)
         assert not dead, f"{len(dead)} events dead-lettered"
     except AssertionError as exc:
@@ -71,7 +76,7 @@ def wait_all_applied(client, workers, broker, topics, timeout: float = 90.0) -> 
 def finish(client, worker: WorkerProcess, broker, topics, timeout: float = 90.0) -> dict:
     """Wait for all events, let deadlines and the outbox settle, stop cleanly, check the changes."""
     wait_all_applied(client, [worker], broker, topics, timeout)
-    assert_features_equal(client, STATES)
+    assert_features_equal(client, traffic()[1])
     quiet_since, last = time.monotonic(), None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # the deadline timer and outbox are quiet for 3 s
@@ -93,9 +98,9 @@ def test_worker_sigkilled_three_times_mid_stream_loses_and_double_counts_nothing
     rng = random.Random(SEED)
     print(f"SEGFLOW_FAULT_SEED={SEED}")
     topics = fresh_topics(broker)
-    producer = Background(broker.bootstrap, ITEMS, topics, rate=900)
+    producer = Background(broker.bootstrap, traffic()[0], topics, rate=900)
     worker = start_worker(topics.prefix, app_id=f"{topics.prefix}app")
-    customers = list(STATES)
+    customers = list(traffic()[1])
     applied = 0
     kills = []
     for i in range(3):
@@ -119,8 +124,8 @@ def test_redis_restarted_mid_stream_worker_waits_and_resumes(broker, redis_serve
     topics = fresh_topics(broker)
     worker = WorkerProcess(broker, server, tmp_path, topics.prefix, f"{topics.prefix}app").start()
     try:
-        producer = Background(broker.bootstrap, ITEMS, topics, rate=1200)
-        customers = list(STATES)
+        producer = Background(broker.bootstrap, traffic()[0], topics, rate=1200)
+        customers = list(traffic()[1])
         wait_started(client, customers, worker, 2000)
         server.stop()
         down = time.monotonic()
@@ -144,8 +149,8 @@ def test_two_workers_one_stopped_and_restarted_gives_the_state_of_one_worker(bro
     app_id = f"{topics.prefix}app"
     a = start_worker(topics.prefix, app_id=app_id)
     b = start_worker(topics.prefix, app_id=app_id)
-    producer = Background(broker.bootstrap, ITEMS, topics, rate=900)
-    customers = list(STATES)
+    producer = Background(broker.bootstrap, traffic()[0], topics, rate=900)
+    customers = list(traffic()[1])
     applied = wait_started(redis_client, customers, a, 1000)
     time.sleep(2)
     assert b.stop(signal.SIGTERM) == 0, b.log()[-3000:]  # leaves the group cleanly: a takes every partition
@@ -168,8 +173,8 @@ def test_broker_paused_mid_stream_worker_reconnects_and_resumes(broker, redis_cl
     its data (the embedded Tansu broker keeps topics in memory, so a restart would empty it)."""
     topics = fresh_topics(broker)
     worker = start_worker(topics.prefix, app_id=f"{topics.prefix}app")
-    producer = Background(broker.bootstrap, ITEMS, topics, rate=1200)
-    customers = list(STATES)
+    producer = Background(broker.bootstrap, traffic()[0], topics, rate=1200)
+    customers = list(traffic()[1])
     wait_started(redis_client, customers, worker, 3000)
     broker.proc.send_signal(signal.SIGSTOP)
     try:
