@@ -206,6 +206,56 @@ local function claim_due(keys, args)
   return due
 end
 
+-- Commit one customer's evaluation, only if nobody committed another since it
+-- read the segments (compare-and-set on the `_v` field): with several workers,
+-- a deadline re-evaluation on one could otherwise overwrite a fresher
+-- decision made on another from a newer event.
+-- KEYS: cust:{id}:seg, cust:{id}:hist, outbox, deadlines, then the member-set
+--       and flow keys that ARGV refers to by position.
+-- ARGV: customer_id, expected_version, churn ('' none), deadline_ms ('' none),
+--       history_cap, flow_ttl_s, retry_at_ms, n_assign, then per assignment:
+--       field, json, old_set_key# (0 none), new_set_key#; n_changes, then per
+--       change: payload, flow_key#, flow_field.
+-- Returns {'ok', outbox ids...} or {'conflict'} (the customer is then queued
+-- for an immediate re-evaluation at retry_at_ms).
+local function commit(keys, args)
+  local seg, hist, outbox, deadlines = keys[1], keys[2], keys[3], keys[4]
+  local cid = args[1]
+  local expected = tonumber(args[2])
+  local current = tonumber(redis.call('HGET', seg, '_v') or '0')
+  if current ~= expected then
+    redis.call('ZADD', deadlines, 'LT', tonumber(args[7]), cid)
+    return {'conflict'}
+  end
+  local i = 8
+  local n_assign = tonumber(args[i]); i = i + 1
+  local fields = {}
+  for _ = 1, n_assign do
+    local field, json, old_k, new_k = args[i], args[i + 1], tonumber(args[i + 2]), tonumber(args[i + 3])
+    i = i + 4
+    fields[#fields + 1] = field; fields[#fields + 1] = json
+    if old_k > 0 then redis.call('SREM', keys[old_k], cid) end
+    redis.call('SADD', keys[new_k], cid)
+  end
+  if n_assign > 0 then redis.call('HINCRBY', seg, '_v', 1) end
+  if args[3] ~= '' then fields[#fields + 1] = '_churn'; fields[#fields + 1] = args[3] end
+  if #fields > 0 then redis.call('HSET', seg, unpack(fields)) end
+  local out = {'ok'}
+  local n_changes = tonumber(args[i]); i = i + 1
+  local cap, ttl = tonumber(args[5]), tonumber(args[6])
+  for _ = 1, n_changes do
+    local payload, flow_k, flow_field = args[i], tonumber(args[i + 1]), args[i + 2]
+    i = i + 3
+    redis.call('XADD', hist, 'MAXLEN', cap, '*', 'change', payload)
+    out[#out + 1] = redis.call('XADD', outbox, '*', 'change', payload)
+    redis.call('HINCRBY', keys[flow_k], flow_field, 1)
+    redis.call('EXPIRE', keys[flow_k], ttl)
+  end
+  if args[4] == '' then redis.call('ZREM', deadlines, cid) else redis.call('ZADD', deadlines, tonumber(args[4]), cid) end
+  return out
+end
+
 redis.register_function('segflow_apply', apply)
 redis.register_function('segflow_advance_watermark', advance_watermark)
 redis.register_function('segflow_claim_due', claim_due)
+redis.register_function('segflow_commit', commit)

@@ -20,7 +20,7 @@ from features.extract import delta_of
 from features.store import FeatureStore, load_library
 from segmenter.assign import Segmenter
 from streams.events import InvalidEvent, check_not_future, decode
-from streams.segment_store import CustomerUpdate, SegmentStore, StoredAssignment, parse_segments
+from streams.segment_store import CustomerUpdate, SegmentStore, StoredAssignment, parse_segments, version_of
 from streams.settings import Settings
 from streams.topics import Topics
 from streams.watermark import Watermark
@@ -66,6 +66,7 @@ class Counters:
     dead_lettered: int = 0
     changes: int = 0
     deadline_evaluations: int = 0
+    conflicts: int = 0  # evaluations dropped because another committed first (re-queued)
     reasons: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -179,7 +180,9 @@ class Engine:
                 feats = compute(after.state, now_ms)
                 self.segmenter.learn_one(feats)
                 updates.append(self._evaluate(customer_id, feats, after.segments, now_ms, f"event:{event.event_id}"))
-            out.changes = await self.segments.write(updates)
+            written = await self.segments.write(updates)
+            out.changes = written.changes
+            self.counters.conflicts += len(written.conflicts)
         self._count(out)
         await self._publish_counts()
         return out
@@ -211,7 +214,9 @@ class Engine:
                 feats = compute(state, now_ms)
                 updates.append(self._evaluate(cid, feats, seg_hash, now_ms, f"deadline:{now_ms}"))
             self.counters.deadline_evaluations += len(due)
-            out.changes = await self.segments.write(updates)
+            written = await self.segments.write(updates)
+            out.changes = written.changes
+            self.counters.conflicts += len(written.conflicts)
         self._count(out)
         await self._publish_counts()
         return out
@@ -233,7 +238,10 @@ class Engine:
             for name, a in evaluation.assignments.items()
             if name not in previous or previous[name].segment != a.segment
         }
-        return CustomerUpdate(customer_id, changed, previous, evaluation.changes, evaluation.churn_propensity, evaluation.next_deadline_ms)
+        return CustomerUpdate(
+            customer_id, changed, previous, evaluation.changes, evaluation.churn_propensity, evaluation.next_deadline_ms,
+            version=version_of(seg_hash), evaluated_at_ms=now_ms,
+        )
 
     async def _publish_counts(self) -> None:
         """Add the counts since the last call to the shared ``segflow:stats`` hash

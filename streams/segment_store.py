@@ -53,52 +53,70 @@ class CustomerUpdate:
     changes: Sequence  # SegmentChange models
     churn_propensity: float | None
     next_deadline_ms: int | None
+    version: int = 0  # the ``_v`` of the segments the evaluation read
+    evaluated_at_ms: int = 0  # when a conflict re-queues the customer
+
+
+def version_of(h: dict[str, str]) -> int:
+    """The compare-and-set version of a ``cust:{id}:seg`` hash."""
+    return int(h.get("_v", 0))
+
+
+@dataclass
+class WriteOutcome:
+    changes: list[tuple[str, str]]  # (outbox id, change json) of committed changes
+    conflicts: list[str]  # customers re-queued: another evaluation committed first
 
 
 class SegmentStore:
-    """Writes evaluation outcomes; one MULTI/EXEC pipeline per batch of customers."""
+    """Writes evaluation outcomes: one ``segflow_commit`` call per customer, pipelined."""
 
     def __init__(self, redis, history_cap: int = 50):
         self.redis = redis
         self.history_cap = history_cap
 
-    async def write(self, updates: Iterable[CustomerUpdate]) -> list[tuple[str, str]]:
-        """Persist updates atomically with their outbox entries; return (outbox id, change json)."""
-        pipe = self.redis.pipeline(transaction=True)
-        outbox: list[tuple[int, str]] = []  # (position in the pipeline, payload)
-        flow_keys: set[str] = set()
+    async def write(self, updates: Iterable[CustomerUpdate]) -> WriteOutcome:
+        """Commit each customer's update atomically with its outbox entries, unless
+        its segments changed since they were read (then it is re-queued)."""
+        pipe = self.redis.pipeline(transaction=False)
+        batch: list[tuple[CustomerUpdate, list[str]]] = []
         for u in updates:
-            seg_key = keys.segments_key(u.customer_id)
-            fields = {name: a.to_json() for name, a in u.assignments.items()}
-            if u.churn_propensity is not None:
-                fields["_churn"] = f"{u.churn_propensity:.4f}"
-            if fields:
-                pipe.hset(seg_key, mapping=fields)
+            key_list = [keys.segments_key(u.customer_id), keys.history_key(u.customer_id), keys.OUTBOX, keys.DEADLINES]
+
+            def key_no(k: str) -> int:
+                key_list.append(k)
+                return len(key_list)
+
+            argv: list = [u.customer_id, u.version,
+                          "" if u.churn_propensity is None else f"{u.churn_propensity:.4f}",
+                          "" if u.next_deadline_ms is None else u.next_deadline_ms,
+                          self.history_cap, FLOWS_TTL_SECONDS, u.evaluated_at_ms]
+            moved = [(name, a) for name, a in u.assignments.items()
+                     if u.previous.get(name) is None or u.previous[name].segment != a.segment]
+            argv.append(len(u.assignments))
             for name, a in u.assignments.items():
                 old = u.previous.get(name)
-                if old is not None and old.segment == a.segment:
-                    continue
-                if old is not None:
-                    pipe.srem(keys.member_set(name, old.segment), u.customer_id)
-                pipe.sadd(keys.member_set(name, a.segment), u.customer_id)
+                old_no = key_no(keys.member_set(name, old.segment)) if old is not None and (name, a) in moved else 0
+                argv += [name, a.to_json(), old_no, key_no(keys.member_set(name, a.segment))]
+            payloads = []
+            argv.append(len(u.changes))
             for change in u.changes:
                 payload = change.model_dump_json(by_alias=True)
-                pipe.xadd(keys.history_key(u.customer_id), {"change": payload}, maxlen=self.history_cap, approximate=False)
-                outbox.append((len(pipe), payload))
-                pipe.xadd(keys.OUTBOX, {"change": payload})
+                payloads.append(payload)
                 flow_key = f"{keys.FLOWS}:{int(change.emitted_at.timestamp()) // 3600}"
-                pipe.hincrby(flow_key, f"{change.segmentation}|{change.from_segment or ''}|{change.to_segment}", 1)
-                flow_keys.add(flow_key)
-            if u.next_deadline_ms is None:
-                pipe.zrem(keys.DEADLINES, u.customer_id)
-            else:
-                pipe.zadd(keys.DEADLINES, {u.customer_id: u.next_deadline_ms})
-        for flow_key in flow_keys:
-            pipe.expire(flow_key, FLOWS_TTL_SECONDS)
-        if not len(pipe):
-            return []
+                argv += [payload, key_no(flow_key), f"{change.segmentation}|{change.from_segment or ''}|{change.to_segment}"]
+            pipe.fcall("segflow_commit", len(key_list), *key_list, *argv)
+            batch.append((u, payloads))
+        if not batch:
+            return WriteOutcome([], [])
         replies = await pipe.execute()
-        return [(_text(replies[pos]), payload) for pos, payload in outbox]
+        out = WriteOutcome([], [])
+        for (u, payloads), reply in zip(batch, replies):
+            if _text(reply[0]) == "conflict":
+                out.conflicts.append(u.customer_id)
+                continue
+            out.changes.extend(zip((_text(i) for i in reply[1:]), payloads))
+        return out
 
     async def confirm_sent(self, outbox_ids: Sequence[str]) -> None:
         if outbox_ids:

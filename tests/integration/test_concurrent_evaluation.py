@@ -1,8 +1,10 @@
 """Two workers evaluating one customer at once (found by the two-worker fault
 test, reproduced here deterministically): worker B's deadline timer claims a
 customer whose partition worker A owns, reads its state, and writes its
-decision after A has applied and evaluated a fresh event. Nothing makes the
-write conditional on the segments B read, so B's stale decision wins."""
+decision after A has applied and evaluated a fresh event. Before segment
+commits became compare-and-set (``segflow_commit`` checks the ``_v`` version
+of the segments an evaluation read), B's stale decision won: a customer who had
+just bought was left at_risk."""
 
 from __future__ import annotations
 
@@ -31,17 +33,6 @@ def purchase(n: int, ts_ms: int) -> bytes:
     return json.dumps({"event_id": f"race-{n}", "customer_id": "race", "occurred_at": when, "order_id": f"o{n}", "amount": "40", "currency": "USD"}).encode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG (streams/engine.py + streams/segment_store.py): segment writes are not conditional on the "
-        "segments an evaluation read, and Engine.lock is per process; every worker's deadline timer claims "
-        "any customer (segflow:deadlines is shared), so a deadline evaluation from stale state can overwrite "
-        "a fresher event evaluation of another worker: both changes leave the same segment (a fork on "
-        "segment-changes, two change ids) and Redis keeps the stale one (a customer who just bought is at_risk)"
-    ),
-)
 def test_a_deadline_evaluation_in_another_worker_does_not_overwrite_a_fresher_event_evaluation(redis_server, redis_client):
     settings = Settings(redis_url=redis_server.url, clock="event", lateness_seconds=0)
     topic = settings.topics.purchases
@@ -85,3 +76,5 @@ def test_a_deadline_evaluation_in_another_worker_does_not_overwrite_a_fresher_ev
     assert not fresh_to or held == fresh_to[-1], (held, lifecycle)
     froms = [f for f, _, _ in lifecycle]
     assert len(froms) == len(set(froms)), f"forked: {lifecycle}"
+    # The stale evaluation lost the compare-and-set: it was re-queued, not written.
+    assert stale.changes == [] and redis_client.zscore(keys.DEADLINES, "race") is not None
