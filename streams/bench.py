@@ -668,8 +668,10 @@ def run_latency(stack, procs: Procs, work: Path, rate: float, seconds: float, ta
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and sum(1 for k in watcher.first if k.startswith(b"latm")) < len(sent_at):
             time.sleep(0.2)
+        watcher.stop.set()
+        watcher.join(5)
         lat, decide, publish = [], [], []
-        for key, (arrived, value) in watcher.first.items():
+        for key, (arrived, value) in list(watcher.first.items()):
             if not key.startswith(b"latm"):
                 continue
             cid = key.decode()
