@@ -213,7 +213,8 @@ end
 -- KEYS: cust:{id}:seg, cust:{id}:hist, outbox, deadlines, then the member-set
 --       and flow keys that ARGV refers to by position.
 -- ARGV: customer_id, expected_version, churn ('' none), deadline_ms ('' none),
---       history_cap, flow_ttl_s, retry_at_ms, n_assign, then per assignment:
+--       history_cap, flow_ttl_s, retry_at_ms, seen_ms (newest event time the
+--       evaluation saw, '' from a deadline), n_assign, then per assignment:
 --       field, json, old_set_key# (0 none), new_set_key#; n_changes, then per
 --       change: payload, flow_key#, flow_field.
 -- Returns {'ok', outbox ids...} or {'conflict'} (the customer is then queued
@@ -227,7 +228,7 @@ local function commit(keys, args)
     redis.call('ZADD', deadlines, 'LT', tonumber(args[7]), cid)
     return {'conflict'}
   end
-  local i = 8
+  local i = 9
   local n_assign = tonumber(args[i]); i = i + 1
   local fields = {}
   for _ = 1, n_assign do
@@ -239,6 +240,7 @@ local function commit(keys, args)
   end
   if n_assign > 0 then redis.call('HINCRBY', seg, '_v', 1) end
   if args[3] ~= '' then fields[#fields + 1] = '_churn'; fields[#fields + 1] = args[3] end
+  if args[8] ~= '' then fields[#fields + 1] = '_e'; fields[#fields + 1] = args[8] end
   if #fields > 0 then redis.call('HSET', seg, unpack(fields)) end
   local out = {'ok'}
   local n_changes = tonumber(args[i]); i = i + 1

@@ -20,7 +20,7 @@ from features.extract import delta_of
 from features.store import FeatureStore, load_library
 from segmenter.assign import Segmenter
 from streams.events import InvalidEvent, check_not_future, decode
-from streams.segment_store import CustomerUpdate, SegmentStore, StoredAssignment, parse_segments, version_of
+from streams.segment_store import CustomerUpdate, SegmentStore, StoredAssignment, evaluated_upto, parse_segments, version_of
 from streams.settings import Settings
 from streams.topics import Topics
 from streams.watermark import Watermark
@@ -157,10 +157,12 @@ class Engine:
             # the batch's last event: segments are written once the batch is
             # folded, so evaluating each event would compare against stale segments.
             latest: dict[str, tuple] = {}
+            redelivered: dict[str, tuple] = {}
             final = {r.customer_id: r for r in results if r.state is not None}
             for (msg, event), result in zip(sources, results):
                 if result.status == "duplicate":
                     self.counters.duplicates += 1
+                    redelivered[event.customer_id] = event
                     continue
                 if result.status == "too_late":
                     out.dead_letters.append(DeadLetter(msg, "too_late", f"older than the allowed lateness of {self.settings.lateness_seconds:g}s"))
@@ -174,12 +176,23 @@ class Engine:
                 self.counters.applied += 1
                 latest[event.customer_id] = event
             updates = []
-            for customer_id, event in latest.items():
+            # A redelivery (after a crash between the feature update and the
+            # segment commit) re-evaluates too, without teaching the models twice:
+            # otherwise that customer's segments would wait for a new event.
+            evaluate = [(cid, ev, True) for cid, ev in latest.items()]
+            evaluate += [(cid, ev, False) for cid, ev in redelivered.items() if cid not in latest]
+            for customer_id, event, learn in evaluate:
                 after = final[customer_id]
+                if not after.state.exists:
+                    continue
+                upto = evaluated_upto(after.segments)
+                if not learn and upto is not None and upto >= after.state.last_seen_ms:
+                    continue  # this state was evaluated and committed before the redelivery
                 now_ms = after.state.last_seen_ms
                 feats = compute(after.state, now_ms)
-                self.segmenter.learn_one(feats)
-                updates.append(self._evaluate(customer_id, feats, after.segments, now_ms, f"event:{event.event_id}"))
+                if learn:
+                    self.segmenter.learn_one(feats)
+                updates.append(self._evaluate(customer_id, feats, after.segments, now_ms, f"event:{event.event_id}", seen_ms=now_ms))
             written = await self.segments.write(updates)
             out.changes = written.changes
             self.counters.conflicts += len(written.conflicts)
@@ -230,7 +243,7 @@ class Engine:
             pending = {by_topic[tp] for tp in await self.backlog_probe(set(by_topic))}
         return self.watermark.value(now, pending)
 
-    def _evaluate(self, customer_id: str, feats: dict, seg_hash: dict[str, str], now_ms: int, cause: str) -> CustomerUpdate:
+    def _evaluate(self, customer_id: str, feats: dict, seg_hash: dict[str, str], now_ms: int, cause: str, seen_ms: int | None = None) -> CustomerUpdate:
         previous = parse_segments(seg_hash)
         evaluation = self.segmenter.evaluate(customer_id, feats, previous, now_ms, cause, emitted_at_ms=int(time.time() * 1000))
         changed = {
@@ -240,7 +253,7 @@ class Engine:
         }
         return CustomerUpdate(
             customer_id, changed, previous, evaluation.changes, evaluation.churn_propensity, evaluation.next_deadline_ms,
-            version=version_of(seg_hash), evaluated_at_ms=now_ms,
+            version=version_of(seg_hash), evaluated_at_ms=now_ms, seen_ms=seen_ms,
         )
 
     async def _publish_counts(self) -> None:

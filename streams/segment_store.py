@@ -55,6 +55,12 @@ class CustomerUpdate:
     next_deadline_ms: int | None
     version: int = 0  # the ``_v`` of the segments the evaluation read
     evaluated_at_ms: int = 0  # when a conflict re-queues the customer
+    seen_ms: int | None = None  # newest event time evaluated (event path), stored as ``_e``
+
+
+def evaluated_upto(h: dict[str, str]) -> int | None:
+    """Newest event time whose state was evaluated and committed (``_e``)."""
+    return int(h["_e"]) if "_e" in h else None
 
 
 def version_of(h: dict[str, str]) -> int:
@@ -90,7 +96,8 @@ class SegmentStore:
             argv: list = [u.customer_id, u.version,
                           "" if u.churn_propensity is None else f"{u.churn_propensity:.4f}",
                           "" if u.next_deadline_ms is None else u.next_deadline_ms,
-                          self.history_cap, FLOWS_TTL_SECONDS, u.evaluated_at_ms]
+                          self.history_cap, FLOWS_TTL_SECONDS, u.evaluated_at_ms,
+                          "" if u.seen_ms is None else u.seen_ms]
             moved = [(name, a) for name, a in u.assignments.items()
                      if u.previous.get(name) is None or u.previous[name].segment != a.segment]
             argv.append(len(u.assignments))

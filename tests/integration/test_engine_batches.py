@@ -54,3 +54,33 @@ def test_events_of_one_batch_are_judged_against_the_watermark_before_the_batch(r
     assert [dl.reason for dl in first.dead_letters] == []
     assert redis_client.hget("cust:{c0}", "n") == "10" and redis_client.hget("cust:{c1}", "n") == "10"
     assert [dl.reason for dl in late.dead_letters] == ["too_late"]
+
+
+def test_a_redelivery_after_a_crash_before_the_segment_commit_still_moves_the_customer(redis_server, redis_client):
+    """Features applied, then the worker died before committing segments: the
+    redelivered events are duplicates, yet the customer must get its segments."""
+    settings = Settings(redis_url=redis_server.url, clock="event")
+    topic = settings.topics.purchases
+
+    async def scenario():
+        engine = Engine(settings, async_redis(redis_server.url), Segmenter.from_config(default_config()))
+        await engine.start()
+        engine.assign({(topic, 0)}, now=time.time())
+        batch = [InboundMessage(topic, 0, n, b"crash", purchase("crash", n, T0_MS + n * 3_600_000)) for n in range(3)]
+        commit = engine.segments.write
+
+        async def die(updates):
+            raise ConnectionError("worker killed before the segment commit")
+
+        engine.segments.write = die
+        with pytest.raises(ConnectionError):
+            await engine.process(batch, now=time.time())
+        engine.segments.write = commit
+        again = await engine.process(batch, now=time.time())  # redelivered from the last committed offset
+        await engine.redis.aclose()
+        return again
+
+    again = run(scenario())
+    assert redis_client.hget("cust:{crash}", "n") == "3"  # applied once
+    assert {json.loads(p)["segmentation"] for _, p in again.changes} >= {"lifecycle"}
+    assert redis_client.hget("cust:{crash}:seg", "lifecycle") is not None
