@@ -89,7 +89,14 @@ def machine_facts() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        head, dirty = "", False
     return {
+        "git_commit": head or None,
+        "git_tree_dirty": dirty,
         "cpu_count": os.cpu_count(),
         "cpu_model": model,
         "python": platform.python_version(),
