@@ -51,7 +51,27 @@ def broker_credentials(settings: Settings):
     return faust.SASLCredentials(username=settings.kafka_username, password=password, ssl_context=ctx)
 
 
+def _shorten_fetch_wait(max_wait_ms: int) -> None:
+    """Faust hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer, and
+    the embedded broker answers a waiting fetch only when that wait runs out:
+    every quiet-time event waited up to 1.5 s (measured p50 521 ms at 100 ev/s,
+    docs/PERFORMANCE.md). Set the wait on the consumer Faust builds."""
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    thread_cls = faust_aiokafka.AIOKafkaConsumerThread
+    original = getattr(thread_cls, "_segflow_original_create_worker_consumer", thread_cls._create_worker_consumer)
+
+    def create_worker_consumer(self, transport):
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = max_wait_ms  # read by AIOKafkaConsumer.start() when it builds its Fetcher
+        return consumer
+
+    thread_cls._segflow_original_create_worker_consumer = original
+    thread_cls._create_worker_consumer = create_worker_consumer
+
+
 def create_app(settings: Settings, segmenter_factory) -> faust.App:
+    _shorten_fetch_wait(settings.fetch_max_wait_ms)
     topics = settings.topics
     app = faust.App(
         settings.app_id,
