@@ -396,6 +396,26 @@ def bench(
     raise typer.Exit(bench_main(opts))
 
 
+@cli.command()
+def soak(
+    minutes: float = typer.Option(60, help="Minutes of traffic (make soak: SOAK_MINUTES, default 60)"),
+    rate: float = typer.Option(1500, help="Events per second, fixed"),
+    fault_every: float = typer.Option(60, help="Seconds between faults (worker SIGKILL, worker SIGTERM, Redis SIGTERM, in turn; 0: none)"),
+    customers: int = typer.Option(2000, help="Simulated customers"),
+    seed: int = typer.Option(1),
+    drain_timeout: float = typer.Option(300, help="At most this many seconds for the worker to catch up at the end"),
+    out: Optional[Path] = typer.Option(None, help="Also write the report here (JSON)"),
+):
+    """Fixed-rate traffic with periodic faults on an embedded stack, then: sent - applied - dead-lettered (must be 0) and features vs the reference."""
+    from streams.soak import SoakOptions, run_soak
+
+    command = "segflow soak " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "segflow soak"
+    opts = SoakOptions(minutes=minutes, rate=rate, fault_every=fault_every, customers=customers, seed=seed,
+                       drain_timeout=drain_timeout, out=out, command=command)
+    code, _ = run_soak(opts, say=_echo)
+    raise typer.Exit(code)
+
+
 def main() -> None:
     cli()
 
