@@ -165,22 +165,28 @@ local function apply(keys, args)
   ring[#ring + 1] = {token, ts}
   local kept = {}
   for _, e in ipairs(ring) do if not late_before or e[2] >= late_before then kept[#kept + 1] = e end end
-  if #kept > DEDUPE_CAP then
-    table.sort(kept, function(a, b) if a[2] ~= b[2] then return a[2] < b[2] end return a[1] < b[1] end)
-    -- Remember, per family (a token's first character), the newest time forgotten.
+  local excess = #kept - DEDUPE_CAP
+  if excess > 0 then
+    -- Forget the oldest (by time, then token) one at a time: usually just one,
+    -- and a linear scan is much cheaper than sorting the ring on every event
+    -- (283 us per call with a full ring, docs/PERFORMANCE.md). Remember, per
+    -- family (a token's first character), the newest time forgotten.
     local floors = {}
-    for i = 1, #kept - DEDUPE_CAP do
-      local c = string.sub(kept[i][1], 1, 1)
-      if not floors[c] or kept[i][2] > floors[c] then floors[c] = kept[i][2] end
+    for _ = 1, excess do
+      local m = 1
+      for j = 2, #kept do
+        local a, b = kept[j], kept[m]
+        if a[2] < b[2] or (a[2] == b[2] and a[1] < b[1]) then m = j end
+      end
+      local c = string.sub(kept[m][1], 1, 1)
+      if not floors[c] or kept[m][2] > floors[c] then floors[c] = kept[m][2] end
+      table.remove(kept, m)
     end
     for c, at in pairs(floors) do
       local f = 'df:' .. c
       local old = (c == initial) and dedupe_floor or num(redis.call('HGET', cust, f))
       if not old or at > old then set[#set + 1] = f; set[#set + 1] = fmt(at) end
     end
-    local trimmed = {}
-    for i = #kept - DEDUPE_CAP + 1, #kept do trimmed[#trimmed + 1] = kept[i] end
-    kept = trimmed
   end
   local parts = {}
   for i, e in ipairs(kept) do parts[i] = e[1] .. ':' .. fmt(e[2]) end
@@ -216,7 +222,7 @@ end
 --       history_cap, flow_ttl_s, retry_at_ms, seen_ms (newest event time the
 --       evaluation saw, '' from a deadline), n_assign, then per assignment:
 --       field, json, old_set_key# (0 none), new_set_key#; n_changes, then per
---       change: payload, flow_key#, flow_field.
+--       change: payload (outbox), history entry, flow_key#, flow_field.
 -- Returns {'ok', outbox ids...} or {'conflict'} (the customer is then queued
 -- for an immediate re-evaluation at retry_at_ms).
 local function commit(keys, args)
@@ -246,9 +252,9 @@ local function commit(keys, args)
   local n_changes = tonumber(args[i]); i = i + 1
   local cap, ttl = tonumber(args[5]), tonumber(args[6])
   for _ = 1, n_changes do
-    local payload, flow_k, flow_field = args[i], tonumber(args[i + 1]), args[i + 2]
-    i = i + 3
-    redis.call('XADD', hist, 'MAXLEN', cap, '*', 'change', payload)
+    local payload, entry, flow_k, flow_field = args[i], args[i + 1], tonumber(args[i + 2]), args[i + 3]
+    i = i + 4
+    redis.call('XADD', hist, 'MAXLEN', cap, '*', 'change', entry)
     out[#out + 1] = redis.call('XADD', outbox, '*', 'change', payload)
     redis.call('HINCRBY', keys[flow_k], flow_field, 1)
     redis.call('EXPIRE', keys[flow_k], ttl)

@@ -77,7 +77,7 @@ class WriteOutcome:
 class SegmentStore:
     """Writes evaluation outcomes: one ``segflow_commit`` call per customer, pipelined."""
 
-    def __init__(self, redis, history_cap: int = 50):
+    def __init__(self, redis, history_cap: int = 20):
         self.redis = redis
         self.history_cap = history_cap
 
@@ -110,8 +110,12 @@ class SegmentStore:
             for change in u.changes:
                 payload = change.model_dump_json(by_alias=True)
                 payloads.append(payload)
+                # History keeps the move, not the feature snapshot (that is on the
+                # topic, by change_id): the snapshot made history 80 % of a
+                # customer's Redis memory (docs/PERFORMANCE.md).
+                entry = change.model_dump_json(by_alias=True, exclude={"features"})
                 flow_key = f"{keys.FLOWS}:{int(change.emitted_at.timestamp()) // 3600}"
-                argv += [payload, key_no(flow_key), f"{change.segmentation}|{change.from_segment or ''}|{change.to_segment}"]
+                argv += [payload, entry, key_no(flow_key), f"{change.segmentation}|{change.from_segment or ''}|{change.to_segment}"]
             pipe.fcall("segflow_commit", len(key_list), *key_list, *argv)
             batch.append((u, payloads))
         if not batch:

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(2000, ge=1, description="Events taken from the stream per Redis pipeline")
     batch_within: float = Field(0.05, gt=0, description="Seconds to wait for a batch to fill")
     fetch_max_wait_ms: int = Field(20, ge=1, le=1500, description="Longest a Kafka fetch waits for data (Faust hard-codes 1500 ms; it bounds quiet-time latency)")
-    history_cap: int = Field(50, ge=1, description="Segment changes kept per customer")
+    history_cap: int = Field(20, ge=1, description="Segment changes kept per customer (without their feature snapshot)")
     snapshot_interval_seconds: float = Field(30.0, gt=0, description="How often the behaviour model is snapshotted to Redis")
     deadline_interval_seconds: float = Field(1.0, gt=0, description="How often due deadlines are claimed and re-evaluated")
     sizes_interval_seconds: float = Field(5.0, gt=0, description="How often segment sizes are appended to the segflow:sizes stream (dashboard, /sizes)")
