@@ -36,7 +36,7 @@ from typing import Mapping
 
 from segmenter.changes import SegmentChange
 from segmenter.churn import churn_propensity
-from segmenter.clustering import BehaviourModel
+from segmenter.clustering import WARMUP_POINTS, BehaviourModel
 from segmenter.config import CHURN_FEATURE, SEGMENTATIONS, HysteresisPolicy, SegmentationConfig
 from segmenter.hysteresis import Assignment, AssignmentLike, decide, margin_ok
 from segmenter.rules import Features, LifecycleRules
@@ -96,7 +96,9 @@ class Evaluation:
     ``since_ms``); ``changes`` only real moves, after hysteresis;
     ``next_deadline_ms`` is when to re-evaluate without an event (None: no
     pending time-driven change); ``targets`` is what each segmentation would
-    pick without hysteresis (for explanations and measurements).
+    pick without hysteresis (for explanations and measurements);
+    ``behaviour_distance`` is the point's distance to its nearest centroid
+    (None while the model warms up), a drift signal (:mod:`segmenter.drift`).
     """
 
     assignments: dict[str, Assignment]
@@ -105,6 +107,7 @@ class Evaluation:
     next_deadline_ms: int | None
     model_version: int
     targets: dict[str, str] = field(default_factory=dict)
+    behaviour_distance: float | None = None
 
 
 class Segmenter:
@@ -208,6 +211,7 @@ class Segmenter:
             next_deadline_ms=min(pending) if pending else None,
             model_version=self.model_version,
             targets={name: t[0] for name, t in targets.items()},
+            behaviour_distance=distances[behaviour_segment] if self.behaviour.n_learned > WARMUP_POINTS else None,
         )
 
     # -- snapshots --------------------------------------------------------------------
@@ -231,6 +235,24 @@ class Segmenter:
         )
         self._learned_at_snapshot = self.n_learned
         return self.behaviour.version, blob
+
+    def reseed_behaviour(self, seed: int | None = None) -> tuple[int, bytes]:
+        """Re-initialise the behaviour clusters (centres back on the prototypes,
+        nothing learned; the RFM value model is kept) and return the snapshot
+        to store: a new model version, like :meth:`snapshot_model`.
+
+        An explicit operator decision (``segflow reseed``), never automatic:
+        clusters that start over move customers between behaviour segments.
+        ``seed`` replaces the config's k-means seed.
+        """
+        b = self.config.behaviour
+        fresh = BehaviourModel.from_config(b if seed is None else b.model_copy(update={"kmeans": b.kmeans.model_copy(update={"seed": seed})}))
+        fresh.version = self.behaviour.version
+        self.behaviour = fresh
+        self._learned_at_snapshot = -1  # a snapshot is due even if nothing was learned
+        snap = self.snapshot_model()
+        assert snap is not None
+        return snap
 
     def restore_model(self, version: int, blob: bytes) -> bool:
         """Adopt a snapshot from :meth:`snapshot_model`; False (and fresh

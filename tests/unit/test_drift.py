@@ -62,3 +62,20 @@ def test_segments_the_config_does_not_know_are_ignored():
     monitor = DriftMonitor({"lifecycle": ("active", "at_risk")})
     assert monitor.update(1, segments={"lifecycle": "gone", "other": "x"}) == []
     assert monitor.detectors == {}
+
+
+def test_reseeding_the_behaviour_clusters_is_a_new_model_version():
+    from segmenter.assign import Segmenter
+
+    seg = Segmenter.from_config(CONFIG)
+    rng = random.Random(3)
+    for _ in range(200):
+        seg.learn_one({"sessions_30d": rng.uniform(0, 40), "page_views_30d": rng.uniform(0, 300), "purchases_90d": rng.uniform(0, 10)})
+    v1, _ = seg.snapshot_model()
+    learned = seg.behaviour.n_learned
+    v2, blob = seg.reseed_behaviour(seed=7)
+    assert (learned, v2, seg.model_version, seg.behaviour.n_learned) == (200, v1 + 1, v1 + 1, 0)
+    assert seg.behaviour.kmeans.seed == 7
+    assert seg.snapshot_model() is None  # nothing learned since the reseed's snapshot
+    other = Segmenter.from_config(CONFIG)
+    assert other.restore_model(v2, blob) and other.model_version == v2 and other.behaviour.n_learned == 0
