@@ -575,6 +575,7 @@ class ChangeWatcher(threading.Thread):
         self.ready = threading.Event()
         self.stop = threading.Event()
         self.error: BaseException | None = None
+        self.on_record = None  # optional callback(arrival s, record) for every matching record
 
     def run(self) -> None:
         from kafka import KafkaConsumer, TopicPartition
@@ -599,6 +600,8 @@ class ChangeWatcher(threading.Thread):
                             self.messages += 1
                             if rec.key and rec.key.startswith(self.key_prefix) and rec.key not in self.first:
                                 self.first[rec.key] = (now, rec.value)
+                            if self.on_record is not None and rec.key and rec.key.startswith(self.key_prefix):
+                                self.on_record(now, rec)
             finally:
                 c.close()
         except BaseException as exc:  # reported by the caller
@@ -706,6 +709,89 @@ def run_latency(stack, procs: Procs, work: Path, rate: float, seconds: float, ta
         }
     finally:
         stop.set()
+        watcher.stop.set()
+        procs.stop(p)
+        watcher.join(5)
+        r.close()
+
+
+# -- row 6b: deadline latency ---------------------------------------------------------
+
+
+DEADLINE_PREFIX = "benchdl-"
+
+
+def deadline_config(work: Path, silence_s: float) -> Path:
+    """The default segments config with the 30-day dormancy rule shortened to
+    ``silence_s`` and no lifecycle dwell, so a deadline comes due within the run."""
+    from importlib import resources
+
+    text = resources.files("segmenter").joinpath("default_segments.yaml").read_text()
+    dormant = '- {feature: days_since_last_activity, op: ">=", value: 30}'
+    dwell = "min_dwell_seconds: 86400"
+    if dormant not in text or dwell not in text:
+        raise RuntimeError("default_segments.yaml changed: update bench.deadline_config")
+    text = text.replace(dormant, dormant.replace("value: 30", f"value: {silence_s / 86400:.8f}"))
+    text = text.replace(dwell, "min_dwell_seconds: 0", 1)
+    path = work / "segments-deadline.yaml"
+    path.write_text(text)
+    return path
+
+
+def run_deadline_latency(stack, procs: Procs, work: Path, customers: int = 200, silence_s: float = 15.0) -> dict:
+    """From a silent customer's deadline (last activity + the dormancy threshold) to
+    the lifecycle -> dormant change on the topic, with no event from them: the
+    worker's deadline timer (wall clock) must notice the silence by itself."""
+    import redis as redis_lib
+
+    from streams.admin import ensure_topics
+    from streams.producer import produce_events
+    from streams.topics import Topics
+
+    topics = Topics(DEADLINE_PREFIX)
+    ensure_topics(stack.broker.bootstrap, topics, PARTITIONS)
+    r = redis_lib.Redis.from_url(stack.redis.url, decode_responses=True)
+    r.flushall()
+    arrivals: dict[str, float] = {}
+    watcher = ChangeWatcher(stack.broker.bootstrap, topics.segment_changes, b"latd")
+
+    # Keep the arrival of each customer's *dormant* change, not its first change.
+    def on_records(now, rec):
+        change = json.loads(rec.value)
+        if change["segmentation"] == "lifecycle" and change["to"] == "dormant":
+            arrivals.setdefault(change["customer_id"], now)
+
+    watcher.on_record = on_records
+    watcher.start()
+    env = worker_env(stack, topics.prefix, "bench-deadline", work, "wall", SEGFLOW_SEGMENTS_CONFIG=deadline_config(work, silence_s))
+    p = procs.start([sys.executable, "-m", "streams.cli", "worker"], env, work / "worker-deadline.log")
+    try:
+        watcher.ready.wait(30)
+        say("  waiting for the worker to join and answer a warm-up event")
+        warm: dict = {}
+        until = time.monotonic() + 60
+        while not any(k.startswith(b"latdwarm") for k in watcher.first) and time.monotonic() < until:
+            if p.poll() is not None:
+                raise RuntimeError(f"worker exited with {p.returncode}; see {work / 'worker-deadline.log'}")
+            produce_events(stack.broker.bootstrap, [next(fresh_logins("dwarm", threading.Event(), warm))], topics)
+            time.sleep(1.0)
+        say(f"  {customers} customers log in once, then stay silent; dormant after {silence_s:g}s")
+        sent_at: dict[str, int] = {}
+        stop = threading.Event()
+        items = fresh_logins("dm", stop, sent_at)
+        produce_events(stack.broker.bootstrap, (next(items) for _ in range(customers)), topics, rate=customers / 5.0)
+        until = time.monotonic() + silence_s + 40
+        while time.monotonic() < until and sum(1 for c in arrivals if c.startswith("latdm")) < len(sent_at):
+            time.sleep(0.2)
+        lat = sorted(arrivals[c] * 1000 - (ms + silence_s * 1000) for c, ms in sent_at.items() if c in arrivals)
+
+        def pick(xs, q):
+            return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1) if xs else None
+
+        return {"customers": len(sent_at), "answered": len(lat), "silence_s": silence_s,
+                "p50_ms": pick(lat, 0.5), "p99_ms": pick(lat, 0.99), "max_ms": round(lat[-1], 1) if lat else None,
+                "early": sum(1 for x in lat if x < 0)}
+    finally:
         watcher.stop.set()
         procs.stop(p)
         watcher.join(5)
@@ -862,6 +948,11 @@ def run_bench(opts: BenchOptions) -> dict:
                 say(f"[6] latency at a low {opts.latency_low_rate:,.0f} ev/s offered")
                 rows["latency_low"] = run_latency(stack, procs, work, opts.latency_low_rate, opts.latency_seconds, tag="b")
                 say(f"    p50 {rows['latency_low']['p50_ms']} ms, p99 {rows['latency_low']['p99_ms']} ms, max {rows['latency_low']['max_ms']} ms")
+
+            say("[6b] deadline latency: silent customers moved by the deadline timer (SEGFLOW_CLOCK=wall)")
+            rows["deadline_latency"] = run_deadline_latency(stack, procs, work, customers=50 if opts.quick else 200)
+            dl = rows["deadline_latency"]
+            say(f"    {dl['answered']}/{dl['customers']} moved; p50 {dl['p50_ms']} ms, p99 {dl['p99_ms']} ms after their deadline")
 
             sizes = opts.scale_sizes + ((1_000_000,) if opts.scale_max else ())
             say(f"[7] scale: memory and per-event cost at {', '.join(f'{s:,}' for s in sizes)} customers")

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(20, ge=1, le=1500, description="Longest a Kafka fetch waits for data (Faust hard-codes 1500 ms; it bounds quiet-time latency)")
     history_cap: int = Field(20, ge=1, description="Segment changes kept per customer (without their feature snapshot)")
     snapshot_interval_seconds: float = Field(30.0, gt=0, description="How often the behaviour model is snapshotted to Redis")
-    deadline_interval_seconds: float = Field(1.0, gt=0, description="How often due deadlines are claimed and re-evaluated")
+    deadline_interval_seconds: float = Field(0.25, gt=0, description="How often due deadlines are claimed and re-evaluated (bounds deadline-to-change latency)")
     sizes_interval_seconds: float = Field(5.0, gt=0, description="How often segment sizes are appended to the segflow:sizes stream (dashboard, /sizes)")
     sizes_history_len: int = Field(5000, ge=10, description="Entries kept in segflow:sizes (about; 5000 at 5 s = 7 h)")
     web_enabled: bool = True
