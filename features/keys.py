@@ -14,6 +14,8 @@ FLOWS = "segflow:flows"
 SIZES_HISTORY = "segflow:sizes"
 STATS = "segflow:stats"
 MODEL = "segflow:model:behaviour"
+DRIFT = "segflow:drift"
+RESEED = "segflow:reseed"
 
 
 def customer_key(customer_id: str) -> str:

@@ -165,6 +165,26 @@ def produce(file: Path = typer.Argument(..., exists=True, dir_okay=False), confi
     _echo(f"done: {stats}")
 
 
+@cli.command()
+def reseed(
+    reason: str = typer.Option(..., "--reason", help="Why the clusters start over (recorded with the new model version)"),
+    seed: Optional[int] = typer.Option(None, help="k-means seed for the fresh clusters (default: the segments config's)"),
+    config: Optional[Path] = ConfigOpt,
+):
+    """Request fresh behaviour clusters: the worker's next snapshot tick re-seeds, saves a new model version and records it in segflow:drift."""
+    from features import keys
+
+    settings = _settings(config)
+    request = {"reason": reason, "requested_at_ms": int(time.time() * 1000)}
+    if seed is not None:
+        request["seed"] = seed
+    pipe = _sync_redis(settings).pipeline(transaction=True)  # replaces a request not yet applied
+    pipe.delete(keys.RESEED)
+    pipe.hset(keys.RESEED, mapping=request)
+    pipe.execute()
+    _echo(f"reseed requested; a worker applies it within {settings.snapshot_interval_seconds:g}s (see XREVRANGE {keys.DRIFT} + - COUNT 5)")
+
+
 # -- querying ----------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from features.catalogue import compute
 from features.extract import delta_of
 from features.store import FeatureStore, load_library
 from segmenter.assign import Segmenter
+from segmenter.drift import DriftEvent, DriftMonitor
 from streams.events import InvalidEvent, check_not_future, decode
 from streams.segment_store import CustomerUpdate, SegmentStore, StoredAssignment, evaluated_upto, parse_segments, version_of
 from streams.settings import Settings
@@ -26,6 +27,7 @@ from streams.topics import Topics
 from streams.watermark import Watermark
 
 log = logging.getLogger("segflow.engine")
+DRIFT_STREAM_LEN = 1000  # entries kept in segflow:drift (about: XADD MAXLEN ~)
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class Counters:
     changes: int = 0
     deadline_evaluations: int = 0
     conflicts: int = 0  # evaluations dropped because another committed first (re-queued)
+    drift_detected: int = 0
+    reseeds: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -95,6 +99,7 @@ class Engine:
         self.segments = SegmentStore(redis, settings.history_cap)
         self.segmenter = segmenter
         self.counters = Counters()
+        self.drift = DriftMonitor.from_config(segmenter.config)
         self._published: dict[str, int] = {}
         # Newest offset processed per input (topic, partition), and a probe the
         # shell installs that says which of some partitions still have unread
@@ -176,6 +181,7 @@ class Engine:
                 self.counters.applied += 1
                 latest[event.customer_id] = event
             updates = []
+            drift: list[DriftEvent] = []
             # A redelivery (after a crash between the feature update and the
             # segment commit) re-evaluates too, without teaching the models twice:
             # otherwise that customer's segments would wait for a new event.
@@ -190,12 +196,12 @@ class Engine:
                     continue  # this state was evaluated and committed before the redelivery
                 now_ms = after.state.last_seen_ms
                 feats = compute(after.state, now_ms)
-                if learn:
-                    self.segmenter.learn_one(feats)
-                updates.append(self._evaluate(customer_id, feats, after.segments, now_ms, f"event:{event.event_id}", seen_ms=now_ms))
+                learned = learn and self.segmenter.learn_one(feats)
+                updates.append(self._evaluate(customer_id, feats, after.segments, now_ms, f"event:{event.event_id}", seen_ms=now_ms, drift=drift, learned=learned))
             written = await self.segments.write(updates)
             out.changes = written.changes
             self.counters.conflicts += len(written.conflicts)
+            await self._record_drift(drift)
         self._count(out)
         await self._publish_counts()
         return out
@@ -243,9 +249,13 @@ class Engine:
             pending = {by_topic[tp] for tp in await self.backlog_probe(set(by_topic))}
         return self.watermark.value(now, pending)
 
-    def _evaluate(self, customer_id: str, feats: dict, seg_hash: dict[str, str], now_ms: int, cause: str, seen_ms: int | None = None) -> CustomerUpdate:
+    def _evaluate(self, customer_id: str, feats: dict, seg_hash: dict[str, str], now_ms: int, cause: str, seen_ms: int | None = None,
+                  drift: list[DriftEvent] | None = None, learned: bool = False) -> CustomerUpdate:
         previous = parse_segments(seg_hash)
         evaluation = self.segmenter.evaluate(customer_id, feats, previous, now_ms, cause, emitted_at_ms=int(time.time() * 1000))
+        if drift is not None:  # event-driven evaluations feed the drift monitor (deadline ones would skew the shares)
+            segments = {name: a.segment for name, a in evaluation.assignments.items()}
+            drift += self.drift.update(now_ms, segments=segments, distance=evaluation.behaviour_distance if learned else None)
         changed = {
             name: StoredAssignment(a.segment, a.since_ms, a.reason, evaluation.model_version)
             for name, a in evaluation.assignments.items()
@@ -282,6 +292,46 @@ class Engine:
     async def confirm_sent(self, outbox_ids: Sequence[str]) -> None:
         await self.segments.confirm_sent(outbox_ids)
 
+    async def _record_drift(self, events: Sequence[DriftEvent]) -> None:
+        """Log and append drift events to the capped ``segflow:drift`` stream."""
+        if not events:
+            return
+        self.counters.drift_detected += len(events)
+        version = self.segmenter.model_version
+        pipe = self.redis.pipeline(transaction=False)
+        for e in events:
+            log.warning("drift detected: %s (%s) at %d, model v%d", e.signal, e.detail, e.at_ms, version)
+            fields = {"kind": "drift", "signal": e.signal, "detail": e.detail, "at_ms": e.at_ms, "model_version": version}
+            pipe.xadd(keys.DRIFT, fields, maxlen=DRIFT_STREAM_LEN, approximate=True)
+        await pipe.execute()
+
+    async def reseed_if_requested(self) -> int | None:
+        """Apply a pending ``segflow reseed`` request (hash ``segflow:reseed``):
+        fresh behaviour clusters, a new model version saved as a snapshot, a
+        ``reseed`` entry in ``segflow:drift``. Returns the new version, or None
+        when nothing was requested. The request is deleted only once recorded
+        (a crash in between re-seeds again at the next run: harmless)."""
+        raw = await self.redis.hgetall(keys.RESEED)
+        if not raw:
+            return None
+        request = {_str(k): _str(v) for k, v in raw.items()}
+        reason = request.get("reason", "")
+        seed = int(request["seed"]) if request.get("seed") else None
+        async with self.lock:
+            version, blob = self.segmenter.reseed_behaviour(seed)
+            self.drift.reset("fit:")  # distances to the old centroids say nothing about the new ones
+        await self.segments.save_model(version, blob)
+        self.counters.reseeds += 1
+        log.warning("behaviour clusters re-seeded: model v%d, reason %r, requested at %s", version, reason, request.get("requested_at_ms"))
+        entry = {"kind": "reseed", "signal": "reseed", "detail": reason, "at_ms": int(time.time() * 1000),
+                 "requested_at_ms": request.get("requested_at_ms", ""), "model_version": version}
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xadd(keys.DRIFT, entry, maxlen=DRIFT_STREAM_LEN, approximate=True)
+        pipe.delete(keys.RESEED)
+        await pipe.execute()
+        await self._publish_counts()
+        return version
+
     async def snapshot_model(self) -> int | None:
         snap = self.segmenter.snapshot_model()
         if snap is None:
@@ -289,3 +339,7 @@ class Engine:
         version, blob = snap
         await self.segments.save_model(version, blob)
         return version
+
+
+def _str(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
