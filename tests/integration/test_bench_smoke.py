@@ -37,6 +37,9 @@ def test_quick_bench_writes_every_row(tmp_path, capsys):
     assert rows["segflow_e2e"]["events"] == 6000
     lat = rows["latency"]
     assert lat["answered"] > 0 and lat["p50_ms"] > 0 and lat["p99_ms"] > 0 and lat["max_ms"] > 0
+    dl = rows["deadline_latency"]
+    # Every silent customer moved, none before its deadline.
+    assert dl["answered"] == dl["customers"] > 0 and dl["early"] == 0 and dl["p99_ms"] > 0
     assert rows["segflow_e2e"]["memory"]["bytes_per_customer_keys"] > 0
     assert [s["customers"] for s in rows["scale"]] == [500, 2000]
     for s in rows["scale"]:
