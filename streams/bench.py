@@ -1032,6 +1032,10 @@ def format_table(result: dict) -> str:
                 f"p50 {lat['p50_ms']} / p99 {lat['p99_ms']} / max {lat['max_ms']} ms",
                 f"{lat['answered']:,} of {lat['sent']:,} answered, achieved {lat['achieved_rate']:,.0f} ev/s; "
                 f"to decision p50 {lat['to_decision_p50_ms']} ms, decision to arrival p50 {lat['decision_to_arrival_p50_ms']} ms")
+    dl = rows.get("deadline_latency")
+    if dl:
+        add(f"6b latency deadline -> change ({dl['silence_s']:g}s silence)", f"p50 {dl['p50_ms']} / p99 {dl['p99_ms']} / max {dl['max_ms']} ms",
+            f"{dl['answered']} of {dl['customers']} silent customers moved with no event from them, {dl['early']} early")
     if e and e.get("memory", {}).get("customers"):
         m = e["memory"]
         add("7 Redis per customer after row 5 (cust+seg+hist)", f"{m['bytes_per_customer_keys']:,} B",
