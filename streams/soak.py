@@ -45,7 +45,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
@@ -281,8 +281,8 @@ def run_soak(opts: SoakOptions, say: Callable[[str], None] = lambda m: print(m, 
         "faults": [], "unexpected_worker_exits": [],
     }
     code = 1
-    say(f"segflow soak: {opts.minutes:g} min at {opts.rate:g} ev/s, a fault every {opts.fault_every:g}s "
-        f"({', '.join(FAULTS)} in turn), {opts.customers} customers over {days:g} days of event time; work dir {work}")
+    faults = f"a fault every {opts.fault_every:g}s ({', '.join(FAULTS)} in turn)" if opts.fault_every > 0 else "no faults"
+    say(f"segflow soak: {opts.minutes:g} min at {opts.rate:g} ev/s, {faults}, {opts.customers} customers over {days:g} days of event time; work dir {work}")
     stack = EmbeddedStack(work_dir=work, redis=RedisServer(persistent=True))
     worker: Worker | None = None
     feed: Feed | None = None
