@@ -63,21 +63,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Iterable, Literal
 
-import yaml
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError
 
 from segmenter.changes import SegmentChange, datetime_to_ms
-from segmenter.config import (
-    Condition,
-    ConfigError,
-    ConfigIssue,
-    SegmentationConfig,
-    _dotted,
-    _duplicate_keys,
-    _issue,
-    _line_of,
-)
+from segmenter.config import Condition, SegmentationConfig, _issue, read_config_text, validate_yaml
 
 TRIGGER_SCHEMA_VERSION = 1
 DAY_MS = 86_400_000
@@ -478,41 +468,14 @@ def parse_campaigns(text: str, source_name: str = "<campaigns>", segments: Segme
     ...
     segmenter.config.ConfigError: campaigns.yaml line 5: campaigns[0].enter[0]: 'champion' is not a value segment ['champions', 'loyal', 'need_attention', 'at_risk', 'lost']
     """
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        problem = " ".join(p for p in (exc.context, exc.problem) if p)
-        raise ConfigError([ConfigIssue(source_name, line, "", f"YAML syntax error: {problem}")]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([ConfigIssue(source_name, 1, "", f"YAML error: {exc}")]) from None
-    if root is not None:
-        duplicates = list(_duplicate_keys(root, ()))
-        if duplicates:
-            raise ConfigError([ConfigIssue(source_name, line, _dotted(path), f"duplicate key '{path[-1]}'") for path, line in duplicates])
-    if not isinstance(data, dict):
-        line = root.start_mark.line + 1 if root is not None else 1
-        raise ConfigError([ConfigIssue(source_name, line, "", "the campaigns file must be a YAML mapping with a 'campaigns' list")])
-    try:
-        return CampaignConfig.model_validate(data, context={"segments": segments})
-    except ValidationError as exc:
-        issues = []
-        for err in exc.errors(include_url=False, include_input=False):
-            path = tuple(err["loc"]) + tuple((err.get("ctx") or {}).get("path", ()))
-            issues.append(ConfigIssue(source_name, _line_of(root, path), _dotted(path), err["msg"]))
-        raise ConfigError(issues) from None
+    return validate_yaml(text, source_name, CampaignConfig, "the campaigns file must be a YAML mapping with a 'campaigns' list",
+                         context={"segments": segments})
 
 
 def load_campaigns(path: str | Path, segments: SegmentationConfig | None = None) -> CampaignConfig:
     """Read and validate the campaigns file at ``path``."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError([ConfigIssue(str(path), 0, "", f"cannot read: {exc.strerror or exc}")]) from None
-    return parse_campaigns(text, path.name, segments)
+    return parse_campaigns(read_config_text(path), path.name, segments)
 
 
 DEFAULT_CAMPAIGNS_NAME = "default_campaigns.yaml"

@@ -355,8 +355,10 @@ def _matches(text: str, pattern: str) -> bool:
 # -- loading, with line numbers ------------------------------------------------------
 
 
-def parse_config(text: str, source_name: str = "<config>") -> SegmentationConfig:
-    """Validate the YAML ``text``; raise :class:`ConfigError` naming lines."""
+def validate_yaml(text: str, source_name: str, model, shape_hint: str, context: dict | None = None):
+    """Parse YAML ``text`` and validate it with the pydantic ``model``; every
+    problem becomes a :class:`ConfigIssue` naming its line (syntax errors,
+    duplicate keys, a top level that is not a mapping, validation errors)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -373,9 +375,9 @@ def parse_config(text: str, source_name: str = "<config>") -> SegmentationConfig
             raise ConfigError([ConfigIssue(source_name, line, _dotted(path), f"duplicate key '{path[-1]}'") for path, line in duplicates])
     if not isinstance(data, dict):
         line = root.start_mark.line + 1 if root is not None else 1
-        raise ConfigError([ConfigIssue(source_name, line, "", "the config must be a YAML mapping (lifecycle, behaviour, value, hysteresis)")])
+        raise ConfigError([ConfigIssue(source_name, line, "", shape_hint)])
     try:
-        return SegmentationConfig.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         issues = []
         for err in exc.errors(include_url=False, include_input=False):
@@ -384,14 +386,22 @@ def parse_config(text: str, source_name: str = "<config>") -> SegmentationConfig
         raise ConfigError(issues) from None
 
 
+def read_config_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(str(path), 0, "", f"cannot read: {exc.strerror or exc}")]) from None
+
+
+def parse_config(text: str, source_name: str = "<config>") -> SegmentationConfig:
+    """Validate the YAML ``text``; raise :class:`ConfigError` naming lines."""
+    return validate_yaml(text, source_name, SegmentationConfig, "the config must be a YAML mapping (lifecycle, behaviour, value, hysteresis)")
+
+
 def load_config(path: str | Path) -> SegmentationConfig:
     """Read and validate the YAML config at ``path``."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError([ConfigIssue(str(path), 0, "", f"cannot read: {exc.strerror or exc}")]) from None
-    return parse_config(text, path.name)
+    return parse_config(read_config_text(path), path.name)
 
 
 DEFAULT_CONFIG_NAME = "default_segments.yaml"
