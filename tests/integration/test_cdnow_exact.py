@@ -43,6 +43,9 @@ def wait_applied(redis_client, expected: int, timeout: float = 600) -> None:
     raise AssertionError(f"worker applied {applied} of {expected} events in {timeout}s")
 
 
+# ~70k events in event time over 18 months: every customer also moves through
+# lifecycle and value segments (~3 changes per event), 2.5-4 minutes here.
+@pytest.mark.timeout(900)
 def test_cdnow_replay_matches_batch_computation(broker, redis_client, start_worker):
     topics = fresh_topics(broker, partitions=4)
     start_worker(topics.prefix, SEGFLOW_LATENESS_SECONDS=0, SEGFLOW_PARTITIONS=4, SEGFLOW_CLOCK="event")
