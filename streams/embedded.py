@@ -102,11 +102,13 @@ class RedisServer:
     port: int = field(default_factory=free_port)
     data_dir: Path | None = None
     persistent: bool = False
+    password: str | None = None  # requirepass; ``url`` then carries it
     proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
         # Absolute: Redis changes into --dir before opening --logfile, so a
@@ -118,6 +120,8 @@ class RedisServer:
                 "--save", "", "--logfile", str(data_dir / "redis.log"), "--protected-mode", "no",
                 *REDIS_TUNING]
         args += ["--appendonly", "yes", "--appendfsync", "everysec"] if self.persistent else ["--appendonly", "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         wait_for_port(self.port, proc=self.proc)
         return self
