@@ -16,7 +16,7 @@ import pytest
 
 from features import keys
 from tests.integration.reliability_helpers import read_all
-from tests.kafka_helpers import fresh_topics, send
+from tests.kafka_helpers import fresh_topics, read_until, send
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -101,6 +101,9 @@ def test_fuzzed_messages_are_each_applied_dropped_or_dead_lettered(broker, redis
     assert received == sent
     assert received == applied + duplicates + dead
     assert 0 < applied < sent and dead > sent // 3 and duplicates > 0
+    # The counters are published when the batch is decided, the dead letters
+    # sent right after: wait for them, then check there are exactly as many.
+    read_until(broker, topics.dead_letter, lambda rs: len(rs) >= dead, timeout=30)
     letters = read_all(broker.bootstrap, topics.dead_letter)
     assert len(letters) == dead
     reasons = {}
