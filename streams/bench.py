@@ -127,14 +127,9 @@ class Procs:
 
     @staticmethod
     def stop(p: subprocess.Popen | None, timeout: float = 20.0) -> None:
-        if p is None or p.poll() is not None:
-            return
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        from streams.embedded import stop_process
+
+        stop_process(p, timeout)
 
     def stop_all(self) -> None:
         for p in reversed(self.procs):
