@@ -4,8 +4,9 @@ Starts an embedded broker and a Redis with the append-only file on, one worker
 process and a producer thread publishing a simulated population at ``rate``
 events per second for ``minutes``. Every ``fault_every`` seconds one fault, in
 turn: the worker SIGKILLed and restarted, the worker SIGTERMed and restarted
-(the same app id, so the same consumer group), Redis SIGTERMed and started
-again after ~3 s on the same port and data dir. A progress line every 10 s.
+(the same app id, so the same consumer group), Redis SIGTERMed, Redis
+SIGKILLed (each started again after ~3 s on the same port and data dir). A
+progress line every 10 s.
 
 At the end the producer stops, the worker drains, and the run is audited:
 
@@ -56,7 +57,7 @@ from streams.admin import ensure_topics
 from streams.embedded import EmbeddedStack, RedisServer, free_port
 from streams.topics import TOPICS
 
-FAULTS = ("worker_sigkill", "worker_sigterm", "redis_sigterm")
+FAULTS = ("worker_sigkill", "worker_sigterm", "redis_sigterm", "redis_sigkill")
 EVENTS_PER_CUSTOMER_DAY = 8.0  # measured for the default persona mix (streams/simulate.py)
 VOLATILE = ("r", "df")  # as in tests/integration/reliability_helpers.py
 
@@ -413,14 +414,18 @@ def _fault(kind: str, worker: Worker, stack: EmbeddedStack, opts: SoakOptions, t
         worker.start()
     else:
         proc = stack.redis.proc
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-            rec["had_to_sigkill"] = False
-        except subprocess.TimeoutExpired:
+        if kind == "redis_sigkill":  # no shutdown: what is on disk is what was fsynced
             proc.kill()
             proc.wait()
-            rec["had_to_sigkill"] = True
+        else:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+                rec["had_to_sigkill"] = False
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                rec["had_to_sigkill"] = True
         rec["exit_code"] = proc.returncode
         stack.redis.proc = None
         time.sleep(opts.redis_down_s)

@@ -1,7 +1,7 @@
 """The short version of `segflow soak` (`make soak` runs the hour): 75 s of
-traffic at 1000 ev/s with a worker SIGKILL, a worker SIGTERM and a Redis
-restart (SIGTERM, append-only file, same port and data dir), each followed by a
-restart; then sent - applied - dead-lettered must be 0 and every customer's
+traffic at 1000 ev/s with a worker SIGKILL, a worker SIGTERM, a Redis SIGTERM
+and a Redis SIGKILL (append-only file, same port and data dir), each followed
+by a restart; then sent - applied - dead-lettered must be 0 and every customer's
 features must equal the pure reference fold. docs/RELIABILITY.md, "Soak"."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from streams.soak import FAULTS, SoakOptions, run_soak
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
-def test_short_soak_with_three_faults_accounts_for_every_event(tmp_path):
+def test_short_soak_with_four_faults_accounts_for_every_event(tmp_path):
     out = tmp_path / "soak.json"
-    opts = SoakOptions(minutes=1.25, rate=1000, fault_every=20, customers=300, seed=5, drain_timeout=90,
+    opts = SoakOptions(minutes=1.25, rate=1000, fault_every=15, customers=300, seed=5, drain_timeout=90,
                        out=out, work_dir=tmp_path / "work", command="tests/integration/test_soak.py")
     code, report = run_soak(opts)
     assert json.loads(out.read_text())["events_sent"] == report["events_sent"]
