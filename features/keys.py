@@ -16,6 +16,7 @@ STATS = "segflow:stats"
 MODEL = "segflow:model:behaviour"
 DRIFT = "segflow:drift"
 RESEED = "segflow:reseed"
+CUSTOMERS = "segflow:customers"  # count of customers with state (the max_customers limit)
 
 
 def customer_key(customer_id: str) -> str:

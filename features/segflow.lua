@@ -52,11 +52,12 @@ end
 
 local function fmt(n) return string.format('%d', n) end
 
--- KEYS: cust:{id}, cust:{id}:seg
+-- KEYS: cust:{id}, cust:{id}:seg, segflow:customers (how many customers have state)
 -- ARGV: ts_ms, token, family, partition ('' if none), offset, late_before_ms ('' if unknown),
 --       flags (p=purchase v=visit l=login), increments "i:n,i:n", categories "cat\31qty\30...",
 --       want_state ('1': also return the hashes; the worker asks only for a customer's
---       last event in a batch, since decoding every event's state was a quarter of its CPU)
+--       last event in a batch, since decoding every event's state was a quarter of its CPU),
+--       max_customers ('0': no limit; a customer not yet known is refused once that many are)
 -- Returns {status} or {status, <customer hash as flat list>, <segment hash as flat list>}
 local function apply(keys, args)
   local cust, seg = keys[1], keys[2]
@@ -88,6 +89,14 @@ local function apply(keys, args)
   if late_before and ts < late_before then return reply('too_late') end
   local dedupe_floor = num(cur[5])
   if dedupe_floor and ts <= dedupe_floor then return reply('unverifiable') end
+
+  if not first_seen then
+    -- A new customer: counted, and refused past the limit, so a flood of made-up
+    -- ids cannot grow Redis without bound (the event goes to the dead-letter topic).
+    local limit = tonumber(args[11]) or 0
+    if limit > 0 and tonumber(redis.call('GET', keys[3]) or '0') >= limit then return reply('over_capacity') end
+    redis.call('INCR', keys[3])
+  end
 
   local newest = last_seen
   if not newest or ts > newest then newest = ts end

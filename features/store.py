@@ -21,7 +21,7 @@ LIBRARY = resources.files("features").joinpath("segflow.lua").read_text()
 
 @dataclass(frozen=True)
 class Applied:
-    """Outcome of one event: ``status`` applied/duplicate/too_late/unverifiable.
+    """Outcome of one event: ``status`` applied/duplicate/too_late/unverifiable/over_capacity.
 
     ``state``/``segments``: the customer's hashes after the event, present only
     on the customer's last event of a batch (whatever its status).
@@ -31,6 +31,15 @@ class Applied:
     status: str
     state: CustomerState | None = None
     segments: dict[str, str] | None = None
+
+
+def apply_call(customer_id: str, delta: EventDelta, late_before_ms: int | None, want_state: bool = True,
+               max_customers: int = 0) -> tuple:
+    """The arguments of one ``FCALL segflow_apply`` (KEYS and ARGV, see segflow.lua), for
+    ``pipe.fcall(*apply_call(...))``. ``max_customers`` > 0 refuses customers not yet
+    known once that many have state (status ``over_capacity``)."""
+    return ("segflow_apply", 3, keys.customer_key(customer_id), keys.segments_key(customer_id), keys.CUSTOMERS,
+            *delta_args(delta, late_before_ms, want_state), max_customers)
 
 
 async def load_library(redis) -> None:
@@ -45,8 +54,9 @@ def load_library_sync(redis) -> None:
 class FeatureStore:
     """Applies event deltas and reads customer state (redis.asyncio client)."""
 
-    def __init__(self, redis):
+    def __init__(self, redis, max_customers: int = 0):
         self.redis = redis
+        self.max_customers = max_customers
 
     async def apply_batch(
         self, items: Sequence[tuple[str, EventDelta]], late_before_ms: int | None, watermark_ms: int | None
@@ -61,10 +71,7 @@ class FeatureStore:
         last = {customer_id: i for i, (customer_id, _) in enumerate(items)}
         pipe = self.redis.pipeline(transaction=False)
         for i, (customer_id, delta) in enumerate(items):
-            pipe.fcall(
-                "segflow_apply", 2, keys.customer_key(customer_id), keys.segments_key(customer_id),
-                *delta_args(delta, late_before_ms, want_state=last[customer_id] == i),
-            )
+            pipe.fcall(*apply_call(customer_id, delta, late_before_ms, last[customer_id] == i, self.max_customers))
         if watermark_ms is not None:
             pipe.fcall("segflow_advance_watermark", 1, keys.WATERMARK, watermark_ms)
         replies = await pipe.execute()

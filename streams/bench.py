@@ -339,14 +339,10 @@ def _deltas(payloads) -> list[tuple[str, Any]]:
 
 def _batch_calls(items, late_before_ms=None):
     """FCALL arguments of one batch, asking for state on each customer's last event (as the worker does)."""
-    from features import keys
-    from features.codec import delta_args
+    from features.store import apply_call
 
     last = {cid: i for i, (cid, _) in enumerate(items)}
-    return [
-        (keys.customer_key(cid), keys.segments_key(cid), delta_args(d, late_before_ms, want_state=last[cid] == i))
-        for i, (cid, d) in enumerate(items)
-    ]
+    return [apply_call(cid, d, late_before_ms, last[cid] == i) for i, (cid, d) in enumerate(items)]
 
 
 def worker_like_batches(deltas, batch: int, lateness_ms: int = 6 * 3600 * 1000) -> list:
@@ -365,8 +361,8 @@ async def _apply_batches(r, batches) -> float:
     t0 = time.perf_counter()
     for calls in batches:
         pipe = r.pipeline(transaction=False)
-        for ck, sk, args in calls:
-            pipe.fcall("segflow_apply", 2, ck, sk, *args)
+        for call in calls:
+            pipe.fcall(*call)
         await pipe.execute()
     return time.perf_counter() - t0
 

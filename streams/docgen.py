@@ -49,7 +49,16 @@ def campaigns_table() -> str:
     return "\n".join(rows)
 
 
-GENERATORS = {"features": features_table, "topics": topics_table, "settings": settings_table, "campaigns": campaigns_table}
+def dead_letter_reasons_table() -> str:
+    from streams.events import DEAD_LETTER_REASONS
+
+    rows = ["| `segflow.reason` | meaning |", "|---|---|"]
+    rows += [f"| `{reason}` | {meaning} |" for reason, meaning in DEAD_LETTER_REASONS.items()]
+    return "\n".join(rows)
+
+
+GENERATORS = {"features": features_table, "topics": topics_table, "settings": settings_table, "campaigns": campaigns_table,
+              "dead_letter_reasons": dead_letter_reasons_table}
 _BLOCK = re.compile(r"(<!-- BEGIN GENERATED: (\w+) -->\n)(.*?)(<!-- END GENERATED -->)", re.S)
 
 

@@ -94,7 +94,7 @@ class Engine:
         self.settings = settings
         self.topics: Topics = settings.topics
         self.redis = redis
-        self.features = FeatureStore(redis)
+        self.features = FeatureStore(redis, settings.max_customers)
         self.watermark = Watermark(settings.idle_partition_seconds)
         self.segments = SegmentStore(redis, settings.history_cap)
         self.segmenter = segmenter
@@ -176,6 +176,11 @@ class Engine:
                     out.dead_letters.append(DeadLetter(
                         msg, "unverifiable_duplicate",
                         "not newer than an event this customer's duplicate filter (capped) had to forget within the lateness",
+                    ))
+                    continue
+                if result.status == "over_capacity":
+                    out.dead_letters.append(DeadLetter(
+                        msg, "customer_limit", f"{self.settings.max_customers} customers already have state (SEGFLOW_MAX_CUSTOMERS)",
                     ))
                     continue
                 self.counters.applied += 1

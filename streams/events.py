@@ -44,6 +44,23 @@ Money = Annotated[Decimal, Field(ge=0, le=Decimal("10000000"), max_digits=14, de
 Label = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
+# Every ``segflow.reason`` a dead-lettered message can carry, and what it means
+# (docs/OPERATIONS.md is generated from this; a test checks the code uses no other).
+DEAD_LETTER_REASONS = {
+    "empty": "the message has no value",
+    "bad_json": "the value is not JSON (or not a JSON object)",
+    "invalid": "JSON that breaks the event schema (`segflow schemas`); the detail names the fields",
+    "unknown_event_type": "a `type` the topic's family does not know",
+    "unknown_family": "no event family for the topic (internal)",
+    "unknown_topic": "the message came from a topic that is not an input",
+    "absurd_timestamp": "`occurred_at` before 1990, or further in the future than `SEGFLOW_MAX_FUTURE_SKEW_SECONDS`",
+    "key_mismatch": "the Kafka key is not the event's `customer_id`",
+    "too_late": "older than the event-time watermark minus `SEGFLOW_LATENESS_SECONDS`",
+    "unverifiable_duplicate": "not newer than an event the customer's (capped) duplicate filter had to forget within the lateness",
+    "customer_limit": "a customer not yet known while `SEGFLOW_MAX_CUSTOMERS` customers have state; replay it after raising the limit",
+}
+
+
 class InvalidEvent(ValueError):
     """A message that cannot become an event; ``reason`` is a short machine code."""
 

@@ -84,3 +84,43 @@ def test_a_flood_for_one_customer_keeps_its_state_bounded(broker, redis_client, 
     h = redis_client.hgetall(keys.customer_key(CID))
     assert int(h["np"]) == 300 and sum(int(v) for f, v in h.items() if f.startswith("c:")) == 300
     assert not read_all(broker.bootstrap, topics.dead_letter)
+
+
+def test_a_flood_of_new_customer_ids_stops_at_the_limit_and_loses_nothing(broker, redis_client, start_worker):
+    """A cardinality explosion (a producer bug sending made-up ids): past
+    SEGFLOW_MAX_CUSTOMERS, events of customers not yet known are dead-lettered as
+    ``customer_limit`` (with their bytes, so they can be replayed after raising
+    the limit); customers already known keep being updated."""
+    limit, flood = 40, 100
+    topics = fresh_topics(broker)
+    worker = start_worker(topics.prefix, SEGFLOW_MAX_CUSTOMERS=limit, SEGFLOW_IDLE_PARTITION_SECONDS=2)
+
+    def page_view(cid: str, i: int) -> tuple[bytes, bytes]:
+        doc = {"event_id": f"{cid}-{i}", "customer_id": cid, "occurred_at": (NOW - timedelta(minutes=30 - i)).isoformat(),
+               "type": "page_view", "session_id": f"{cid}-s", "page": "/"}
+        return cid.encode(), json.dumps(doc).encode()
+
+    known = [f"known-{i}" for i in range(10)]
+    send(broker, topics.clickstream, [page_view(c, 0) for c in known])
+    deadline = time.monotonic() + 60
+    while sum(redis_client.exists(keys.customer_key(c)) for c in known) < len(known):
+        assert worker.proc.poll() is None and time.monotonic() < deadline, worker.log()[-3000:]
+        time.sleep(0.2)
+    # Then 100 made-up ids, two events each, and a second event for every known customer.
+    made_up = [f"bot-{i}" for i in range(flood)]
+    send(broker, topics.clickstream, [page_view(c, i) for i in (1, 2) for c in made_up] + [page_view(c, 3) for c in known])
+    expected_dead = 2 * (flood - (limit - len(known)))
+    deadline = time.monotonic() + 90
+    while len(dead := read_all(broker.bootstrap, topics.dead_letter)) < expected_dead:
+        assert worker.proc.poll() is None and time.monotonic() < deadline, f"{len(dead)} dead letters\n{worker.log()[-3000:]}"
+        time.sleep(0.5)
+    time.sleep(1)
+    dead = read_all(broker.bootstrap, topics.dead_letter)
+    assert len(dead) == expected_dead
+    assert {dict(r.headers)["segflow.reason"] for r in dead} == {b"customer_limit"}
+    assert int(redis_client.get(keys.CUSTOMERS)) == limit
+    stored = {c for c in made_up if redis_client.exists(keys.customer_key(c))}
+    assert len(stored) == limit - len(known)
+    assert all(int(redis_client.hget(keys.customer_key(c), "n")) == 2 for c in stored)  # admitted ones keep all their events
+    assert {json.loads(r.value)["customer_id"] for r in dead} == set(made_up) - stored
+    assert all(int(redis_client.hget(keys.customer_key(c), "n")) == 2 for c in known)

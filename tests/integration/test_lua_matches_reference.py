@@ -7,9 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from features import keys
-from features.codec import delta_args, state_from_hash
+from features.codec import state_from_hash
 from features.state import BUCKET_DAYS, DAY_MS, METRICS, CustomerState, EventDelta, apply_delta
-from features.store import load_library_sync
+from features.store import apply_call, load_library_sync
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ def run_both(redis_client, events):
     ref = CustomerState()
     for delta, late_before in events:
         expected = apply_delta(ref, delta, late_before)
-        reply = redis_client.fcall("segflow_apply", 2, keys.customer_key("c"), keys.segments_key("c"), *delta_args(delta, late_before))
+        reply = redis_client.fcall(*apply_call("c", delta, late_before))
         assert reply[0] == expected
     stored = state_from_hash(redis_client.hgetall(keys.customer_key("c")))
     assert stored == ref
