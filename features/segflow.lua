@@ -260,10 +260,13 @@ local function commit(keys, args)
   local out = {'ok'}
   local n_changes = tonumber(args[i]); i = i + 1
   local cap, ttl = tonumber(args[5]), tonumber(args[6])
+  -- History was a stream before it became a list: drop an old one rather than fail.
+  if n_changes > 0 and redis.call('TYPE', hist).ok == 'stream' then redis.call('DEL', hist) end
   for _ = 1, n_changes do
     local payload, entry, flow_k, flow_field = args[i], args[i + 1], tonumber(args[i + 2]), args[i + 3]
     i = i + 4
-    redis.call('XADD', hist, 'MAXLEN', cap, '*', 'change', entry)
+    redis.call('LPUSH', hist, entry)
+    redis.call('LTRIM', hist, 0, cap - 1)
     out[#out + 1] = redis.call('XADD', outbox, '*', 'change', payload)
     redis.call('HINCRBY', keys[flow_k], flow_field, 1)
     redis.call('EXPIRE', keys[flow_k], ttl)

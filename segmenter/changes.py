@@ -109,3 +109,32 @@ class SegmentChange(BaseModel):
 def segment_change_json_schema() -> dict:
     """JSON Schema of the change message as it is on the wire (``from`` / ``to``)."""
     return SegmentChange.model_json_schema(by_alias=True, mode="serialization")
+
+
+# Per-customer history in Redis keeps each move in a compact form: the full
+# change (with its feature snapshot) is on the segment-changes topic, by
+# change_id. As a capped Redis LIST of these, 20 entries take ~1.8 KB; as a
+# stream of the change JSON they took 8.3 KB (a stream node alone reserves
+# ~4 KB), see docs/PERFORMANCE.md.
+HISTORY_FIELDS = ("change_id", "occurred_at_ms", "segmentation", "from", "to", "reason", "model_version")
+
+
+def history_entry(change: SegmentChange) -> str:
+    """One history entry: a JSON array in :data:`HISTORY_FIELDS` order.
+
+    >>> c = SegmentChange.create(customer_id="c1", segmentation="lifecycle", from_segment="active", to_segment="at_risk",
+    ...     reason="buyer_silent_14d", model_version=3, occurred_at_ms=1_790_000_000_000, cause="deadline", features={})
+    >>> entry = history_entry(c)
+    >>> read_history_entry(entry)["to"], read_history_entry(entry)["occurred_at"]
+    ('at_risk', '2026-09-21T14:13:20Z')
+    """
+    values = [change.change_id, change.occurred_at_ms, change.segmentation, change.from_segment, change.to_segment,
+              change.reason, change.model_version]
+    return json.dumps(values, separators=(",", ":"))
+
+
+def read_history_entry(entry: str | bytes) -> dict:
+    """An entry as a dict of :data:`HISTORY_FIELDS`, plus ``occurred_at`` as ISO 8601 (UTC)."""
+    out = dict(zip(HISTORY_FIELDS, json.loads(entry)))
+    out["occurred_at"] = ms_to_datetime(out["occurred_at_ms"]).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return out

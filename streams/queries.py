@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime, timezone
 
 from features import keys
 from features.catalogue import BY_NAME, compute, top_categories
 from features.codec import state_from_hash
+from segmenter.changes import read_history_entry
 from streams.segment_store import parse_segments
 from streams.settings import Settings
 
@@ -31,7 +31,7 @@ def customer_view(redis, customer_id: str, settings: Settings, history: int = 10
     pipe = redis.pipeline(transaction=False)
     pipe.hgetall(keys.customer_key(customer_id))
     pipe.hgetall(keys.segments_key(customer_id))
-    pipe.xrevrange(keys.history_key(customer_id), count=history)
+    pipe.lrange(keys.history_key(customer_id), 0, history - 1)
     pipe.zscore(keys.DEADLINES, customer_id)
     raw, seg_hash, hist, deadline = pipe.execute()
     if not raw:
@@ -54,7 +54,7 @@ def customer_view(redis, customer_id: str, settings: Settings, history: int = 10
         "first_seen": _iso(state.first_seen_ms),
         "last_seen": _iso(state.last_seen_ms),
         "events_applied": state.events_total,
-        "history": [json.loads(fields["change"]) for _, fields in hist],
+        "history": [read_history_entry(entry) for entry in hist] if history > 0 else [],
     }
 
 

@@ -1,7 +1,7 @@
 """Redis persistence of segment state: the imperative shell of the segmenter.
 
 Per customer: ``cust:{id}:seg`` (hash, one JSON field per segmentation plus
-``_churn``), ``cust:{id}:hist`` (capped stream of changes). Population:
+``_churn``), ``cust:{id}:hist`` (capped list of compact changes, newest first). Population:
 ``seg:<segmentation>:<segment>`` membership sets, ``segflow:deadlines``
 (time-based re-evaluations), ``segflow:outbox`` (changes not yet confirmed
 on Kafka), ``segflow:flows:<hour>`` (transition counts) and the behaviour
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from features import keys
+from segmenter.changes import history_entry
 
 FLOWS_TTL_SECONDS = 8 * 86_400
 
@@ -77,7 +78,7 @@ class WriteOutcome:
 class SegmentStore:
     """Writes evaluation outcomes: one ``segflow_commit`` call per customer, pipelined."""
 
-    def __init__(self, redis, history_cap: int = 20):
+    def __init__(self, redis, history_cap: int = 10):
         self.redis = redis
         self.history_cap = history_cap
 
@@ -110,10 +111,7 @@ class SegmentStore:
             for change in u.changes:
                 payload = change.model_dump_json(by_alias=True)
                 payloads.append(payload)
-                # History keeps the move, not the feature snapshot (that is on the
-                # topic, by change_id): the snapshot made history 80 % of a
-                # customer's Redis memory (docs/PERFORMANCE.md).
-                entry = change.model_dump_json(by_alias=True, exclude={"features"})
+                entry = history_entry(change)  # the move only; the snapshot is on the topic
                 flow_key = f"{keys.FLOWS}:{int(change.emitted_at.timestamp()) // 3600}"
                 argv += [payload, entry, key_no(flow_key), f"{change.segmentation}|{change.from_segment or ''}|{change.to_segment}"]
             pipe.fcall("segflow_commit", len(key_list), *key_list, *argv)

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     batch_within: float = Field(0.05, gt=0, description="Seconds to wait for a batch to fill")
     fetch_max_wait_ms: int = Field(20, ge=1, le=1500, description="Longest a Kafka fetch waits for data (Faust hard-codes 1500 ms; it bounds quiet-time latency)")
     max_customers: int = Field(10_000_000, ge=0, description="Customers with state in Redis at most (about 6 KB each); events of further new customers are dead-lettered as customer_limit. 0: no limit")
-    history_cap: int = Field(20, ge=1, description="Segment changes kept per customer (without their feature snapshot)")
+    history_cap: int = Field(10, ge=1, description="Segment changes kept per customer in Redis, compact (about 90 B each; the full changes are on the topic)")
     snapshot_interval_seconds: float = Field(30.0, gt=0, description="How often the behaviour model is snapshotted to Redis")
     deadline_interval_seconds: float = Field(0.25, gt=0, description="How often due deadlines are claimed and re-evaluated (bounds deadline-to-change latency)")
     sizes_interval_seconds: float = Field(5.0, gt=0, description="How often segment sizes are appended to the segflow:sizes stream (dashboard, /sizes)")

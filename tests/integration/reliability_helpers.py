@@ -15,6 +15,7 @@ from features import keys
 from features.codec import state_from_hash, state_to_hash
 from features.extract import delta_of
 from features.state import CustomerState, apply_delta
+from segmenter.changes import read_history_entry
 from streams.events import decode
 from streams.producer import produce_events
 from streams.simulate import Simulation, event_to_json
@@ -148,8 +149,8 @@ def check_changes(client, records) -> dict:
     historied = sorted({keys.customer_id_of(k) for k in client.scan_iter("cust:*:hist", count=1000)})
     pipe = client.pipeline(transaction=False)
     for cid in historied:
-        pipe.xrange(keys.history_key(cid))
-    recorded = [json.loads(fields["change"]) for entries in pipe.execute() for _, fields in entries]
+        pipe.lrange(keys.history_key(cid), 0, -1)
+    recorded = [read_history_entry(entry) for entries in pipe.execute() for entry in entries]
     lost = [c for c in recorded if c["change_id"] not in by_id]
     assert not lost, f"{len(lost)} of {len(recorded)} changes in Redis histories never reached the topic, e.g. {lost[:2]}"
     assert not mismatches, f"{len(mismatches)} segments in Redis differ from the last change on the topic: {mismatches[:5]}"
@@ -209,3 +210,13 @@ class Background:
         if self.error:
             raise self.error
         assert self.stats.failed == 0, self.stats.first_error
+
+
+DAY_MS = 86_400_000
+
+
+def purchase_json(customer_id: str, n: int, ts_ms: int) -> bytes:
+    """A purchase event of 40 USD at ``ts_ms``, event id ``<customer_id>-<n>``."""
+    when = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).isoformat()
+    return json.dumps({"event_id": f"{customer_id}-{n}", "customer_id": customer_id, "occurred_at": when,
+                       "order_id": f"o{n}", "amount": "40", "currency": "USD"}).encode()

@@ -43,7 +43,7 @@ def footprint(r) -> dict:
         "categories": sum(1 for f in h if f.startswith("c:")),
         "ring": len([e for e in h.get("r", "").split(";") if e]),
         "memory": r.memory_usage(keys.customer_key(CID)),
-        "history": r.xlen(keys.history_key(CID)),
+        "history": r.llen(keys.history_key(CID)),
     }
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import datetime, timezone
 
 import pytest
 
@@ -21,16 +20,11 @@ from segmenter.config import default_config
 from streams.app import redis_client as async_redis
 from streams.engine import Engine, InboundMessage
 from streams.settings import Settings
+from tests.integration.reliability_helpers import DAY_MS, purchase_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-DAY_MS = 86_400_000
 T0_MS = (int(time.time() * 1000) // DAY_MS - 40) * DAY_MS + 12 * 3_600_000
-
-
-def purchase(n: int, ts_ms: int) -> bytes:
-    when = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).isoformat()
-    return json.dumps({"event_id": f"race-{n}", "customer_id": "race", "occurred_at": when, "order_id": f"o{n}", "amount": "40", "currency": "USD"}).encode()
 
 
 def test_a_deadline_evaluation_in_another_worker_does_not_overwrite_a_fresher_event_evaluation(redis_server, redis_client):
@@ -43,7 +37,7 @@ def test_a_deadline_evaluation_in_another_worker_does_not_overwrite_a_fresher_ev
         await a.start()
         await b.start()
         a.assign({(topic, 0)}, now=time.time())
-        first = await a.process([InboundMessage(topic, 0, 0, b"race", purchase(1, T0_MS))], now=time.time())
+        first = await a.process([InboundMessage(topic, 0, 0, b"race", purchase_json("race", 1, T0_MS))], now=time.time())
         # The event-time watermark moves 20 days on (other customers' events): race is due.
         await a.features.advance_watermark(T0_MS + 20 * DAY_MS)
         b_has_read, a_done = asyncio.Event(), asyncio.Event()
@@ -59,7 +53,7 @@ def test_a_deadline_evaluation_in_another_worker_does_not_overwrite_a_fresher_ev
         deadline = asyncio.create_task(b.fire_deadlines())
         await b_has_read.wait()
         # Meanwhile race buys again, 20 days on: A applies and evaluates the fresh state.
-        fresh = await a.process([InboundMessage(topic, 0, 1, b"race", purchase(2, T0_MS + 20 * DAY_MS))], now=time.time())
+        fresh = await a.process([InboundMessage(topic, 0, 1, b"race", purchase_json("race", 2, T0_MS + 20 * DAY_MS))], now=time.time())
         a_done.set()
         stale = await deadline
         for e in (a, b):

@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from segmenter.changes import SegmentChange, change_id_of, segment_change_json_schema
+from segmenter.changes import SegmentChange, change_id_of, history_entry, read_history_entry, segment_change_json_schema
 from segmenter.flaps import flap_rate, flaps
 
 DAY = 86_400_000
@@ -73,3 +73,13 @@ def test_flap_rate():
     other = [make(customer="c2", a=None, b="a", t=0), make(customer="c2", segmentation="value", a="b", b="a", t=DAY)]
     assert flap_rate(other) == 0.0
     assert flap_rate([]) == 0.0
+
+
+@given(identity, st.none() | st.integers(0, 10_000), texts)
+def test_a_history_entry_keeps_the_move(ident, model_version, reason):
+    customer, segmentation, a, b, t, cause = ident
+    change = make(customer, segmentation, a, b, t, cause, reason=reason, model_version=model_version)
+    entry = read_history_entry(history_entry(change).encode())
+    assert (entry["change_id"], entry["segmentation"], entry["from"], entry["to"], entry["reason"], entry["model_version"]) == (
+        change.change_id, segmentation, a, b, reason, model_version)
+    assert entry["occurred_at_ms"] == t and entry["occurred_at"] == change.occurred_at.strftime("%Y-%m-%dT%H:%M:%SZ")
