@@ -61,14 +61,30 @@ def state_from_hash(h: Mapping[str, str]) -> CustomerState:
             s.categories[field[2:]] = int(value)
         elif field == "r":
             for entry in filter(None, value.split(";")):
-                token, _, at = entry.rpartition(":")
-                s.recent[token] = int(at)
+                sep = "." if "." in entry else ":"  # token:<decimal ms> from older versions
+                token, _, at = entry.rpartition(sep)
+                s.recent[token] = int(at, 36 if sep == "." else 10)
         elif field.startswith("df:"):
             s.dedupe_floor[field[3:]] = int(value)
         elif field.startswith("o:"):
             partition, _, offset = value.partition(":")
             s.offsets[field[2:]] = (int(partition), int(offset))
     return s
+
+
+def base36(n: int) -> str:
+    """``n`` >= 0 in base 36, lower case, as segflow.lua writes the duplicate filter's times.
+
+    >>> base36(1_790_000_000_000), int(base36(1_790_000_000_000), 36)
+    ('mubbs7i8', 1790000000000)
+    """
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, d = divmod(n, 36)
+        out = digits[d] + out
+        if n == 0:
+            return out
 
 
 def state_to_hash(s: CustomerState) -> dict[str, str]:
@@ -86,7 +102,7 @@ def state_to_hash(s: CustomerState) -> dict[str, str]:
     for cat, qty in s.categories.items():
         h[f"c:{cat}"] = str(qty)
     if s.recent:
-        h["r"] = ";".join(f"{t}:{at}" for t, at in s.recent.items())
+        h["r"] = ";".join(f"{t}.{base36(at)}" for t, at in s.recent.items())
     for initial, at in s.dedupe_floor.items():
         h[f"df:{initial}"] = str(at)
     for family, (p, o) in s.offsets.items():

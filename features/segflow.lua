@@ -52,6 +52,19 @@ end
 
 local function fmt(n) return string.format('%d', n) end
 
+-- The duplicate filter's times in base 36: 8 characters instead of 13 (the filter
+-- is the largest part of a customer's hash, docs/PERFORMANCE.md).
+local DIGITS36 = '0123456789abcdefghijklmnopqrstuvwxyz'
+local function base36(n)
+  local out = {}
+  repeat
+    local d = n % 36
+    out[#out + 1] = string.sub(DIGITS36, d + 1, d + 1)
+    n = (n - d) / 36
+  until n == 0
+  return string.reverse(table.concat(out))
+end
+
 -- KEYS: cust:{id}, cust:{id}:seg, segflow:customers (how many customers have state)
 -- ARGV: ts_ms, token, family, partition ('' if none), offset, late_before_ms ('' if unknown),
 --       flags (p=purchase v=visit l=login), increments "i:n,i:n", categories "cat\31qty\30...",
@@ -81,9 +94,10 @@ local function apply(keys, args)
   local ring = {}
   if cur[4] then
     for _, entry in ipairs(split(cur[4], ';')) do
-      local t, at = string.match(entry, '^([^:]+):(%d+)$')
+      -- token.<ms in base 36>; token:<ms in decimal> from older versions
+      local t, sep, at = string.match(entry, '^([^:.]+)([:.])(%w+)$')
       if t == token then return reply('duplicate') end
-      ring[#ring + 1] = {t, tonumber(at)}
+      ring[#ring + 1] = {t, tonumber(at, sep == '.' and 36 or 10), entry}
     end
   end
   if late_before and ts < late_before then return reply('too_late') end
@@ -171,7 +185,7 @@ local function apply(keys, args)
   end
 
   -- Duplicate filter: remember this event; forget what the lateness rules out anyway.
-  ring[#ring + 1] = {token, ts}
+  ring[#ring + 1] = {token, ts, token .. '.' .. base36(ts)}
   local kept = {}
   for _, e in ipairs(ring) do if not late_before or e[2] >= late_before then kept[#kept + 1] = e end end
   local excess = #kept - DEDUPE_CAP
@@ -198,7 +212,7 @@ local function apply(keys, args)
     end
   end
   local parts = {}
-  for i, e in ipairs(kept) do parts[i] = e[1] .. ':' .. fmt(e[2]) end
+  for i, e in ipairs(kept) do parts[i] = e[3] end
   set[#set + 1] = 'r'; set[#set + 1] = table.concat(parts, ';')
 
   redis.call('HSET', cust, unpack(set))

@@ -17,6 +17,7 @@ streams.events.InvalidEvent: invalid: ...
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -192,8 +193,14 @@ def check_not_future(event: Envelope, now: float, max_skew_seconds: float) -> No
 
 
 def dedupe_token(event_id: str) -> str:
-    """A short, fixed-size stand-in for an event id, kept per customer to drop duplicates."""
-    return hashlib.blake2b(event_id.encode(), digest_size=6).hexdigest()
+    """A short, fixed-size stand-in for an event id, kept per customer to drop duplicates:
+    48 bits of a hash, in 8 URL-safe base64 characters (never ``:``, ``.`` or ``;``,
+    the separators of the filter in Redis).
+
+    >>> dedupe_token("order-1"), len(dedupe_token("x" * 1000))
+    ('AC0ieY3W', 8)
+    """
+    return base64.urlsafe_b64encode(hashlib.blake2b(event_id.encode(), digest_size=6).digest()).decode()
 
 
 def json_schemas() -> dict[str, dict]:

@@ -28,15 +28,24 @@ class StoredAssignment:
     model_version: int | None = None
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"segment": self.segment, "since_ms": self.since_ms, "reason": self.reason, "model_version": self.model_version},
-            separators=(",", ":"),
-        )
+        """``[segment, since_ms, reason, model_version]``: an array, not an object, since
+        the key names were a third of a customer's segment hash (docs/PERFORMANCE.md).
+
+        >>> a = StoredAssignment("at_risk", 1790000000000, "buyer_silent_14d", 3)
+        >>> a.to_json()
+        '["at_risk",1790000000000,"buyer_silent_14d",3]'
+        >>> StoredAssignment.from_json(a.to_json()) == a
+        True
+        """
+        return json.dumps([self.segment, self.since_ms, self.reason, self.model_version], separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> "StoredAssignment":
         d = json.loads(text)
-        return cls(d["segment"], int(d["since_ms"]), d["reason"], d.get("model_version"))
+        if isinstance(d, dict):  # written by an older segflow
+            return cls(d["segment"], int(d["since_ms"]), d["reason"], d.get("model_version"))
+        segment, since_ms, reason, model_version = d
+        return cls(segment, int(since_ms), reason, model_version)
 
 
 def parse_segments(h: dict[str, str]) -> dict[str, StoredAssignment]:

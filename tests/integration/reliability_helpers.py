@@ -19,6 +19,7 @@ from segmenter.changes import read_history_entry
 from streams.events import decode
 from streams.producer import produce_events
 from streams.simulate import Simulation, event_to_json
+from streams.segment_store import StoredAssignment
 
 # Fields of the customer hash that legitimately depend on delivery, not on the
 # events: the duplicate filter (trimmed by the lateness horizon, which moves
@@ -139,7 +140,7 @@ def check_changes(client, records) -> dict:
     stored = dict(zip(customers, pipe.execute()))
     mismatches = []
     for (cid, segmentation), c in last.items():
-        held = json.loads(stored[cid][segmentation])["segment"] if segmentation in stored[cid] else None
+        held = StoredAssignment.from_json(stored[cid][segmentation]).segment if segmentation in stored[cid] else None
         if held != c["to"]:
             mismatches.append((cid, segmentation, held, c["to"]))
     # And the other way round: every segment Redis holds was announced.

@@ -25,6 +25,7 @@ import pytest
 
 from streams.producer import produce_simulation
 from streams.simulate import Simulation
+from streams.segment_store import StoredAssignment
 from tests.kafka_helpers import fresh_topics
 
 pytestmark = pytest.mark.integration
@@ -181,7 +182,7 @@ def test_dashboard_renders_charts_and_customer_lookup(broker, redis_client, star
     wait_until_quiet(base, worker, feeder)
     cid = redis_client.srandmember("seg:lifecycle:active") or redis_client.srandmember("seg:lifecycle:new")
     assert cid, "no customer in lifecycle active/new"
-    lifecycle = json.loads(redis_client.hget(f"cust:{{{cid}}}:seg", "lifecycle"))["segment"]
+    lifecycle = StoredAssignment.from_json(redis_client.hget(f"cust:{{{cid}}}:seg", "lifecycle")).segment
 
     url = f"{base}/dashboard?customer={cid}&since=1h"
     out = run_chromium(tmp_path, "--dump-dom", url)

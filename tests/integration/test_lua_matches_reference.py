@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from features import keys
-from features.codec import state_from_hash
+from features.codec import base36, state_from_hash
 from features.state import BUCKET_DAYS, DAY_MS, METRICS, CustomerState, EventDelta, apply_delta
 from features.store import apply_call, load_library_sync
 
@@ -65,3 +65,16 @@ def test_lua_refuses_a_retry_after_the_duplicate_filter_overflowed(redis_client)
     burst = [(EventDelta(base + i, f"t{i}", "login", {9: 1}), base - DAY_MS) for i in range(80)]
     run_both(redis_client, burst + [burst[3]])  # run_both asserts the same status ('unverifiable') and state
     assert redis_client.hget(keys.customer_key("c"), "df:t") == str(base + 80 - 64 - 1)
+
+
+def test_a_duplicate_filter_written_by_an_older_version_still_catches_duplicates(redis_client):
+    """Older versions wrote ``token:<decimal ms>`` (now ``token.<base 36 ms>``): both are read."""
+    load_library_sync(redis_client)
+    day = 20_000 * DAY_MS
+    redis_client.delete(keys.customer_key("c"))
+    redis_client.hset(keys.customer_key("c"), mapping={"fs": day, "ls": day, "n": 1, "r": f"cold:{day}"})
+    assert redis_client.fcall(*apply_call("c", EventDelta(day, "cold", "clickstream", {1: 1}), None))[0] == "duplicate"
+    assert redis_client.fcall(*apply_call("c", EventDelta(day + 5, "cnew", "clickstream", {1: 1}), None))[0] == "applied"
+    ring = redis_client.hget(keys.customer_key("c"), "r")
+    assert ring.split(";") == [f"cold:{day}", "cnew." + base36(day + 5)]
+    assert state_from_hash(redis_client.hgetall(keys.customer_key("c"))).recent == {"cold": day, "cnew": day + 5}
