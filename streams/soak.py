@@ -65,7 +65,7 @@ VOLATILE = ("r", "df")  # as in tests/integration/reliability_helpers.py
 @dataclass
 class SoakOptions:
     minutes: float = 60.0
-    rate: float = 1500.0
+    rate: float = 1000.0  # about half the sustained end-to-end rate (docs/PERFORMANCE.md)
     fault_every: float = 60.0
     customers: int = 2000
     seed: int = 1
@@ -74,7 +74,16 @@ class SoakOptions:
     progress_every: float = 10.0
     redis_down_s: float = 3.0
     session_timeout_s: float = 4.0
-    partitions: int = 4
+    # The embedded broker (Tansu 0.6, memory storage) keeps every produced batch as
+    # its own object and lists all of a partition's objects on each fetch, so its
+    # fetch cost grows with the batches written; once a listing outlasts the
+    # consumer's fetch wait, fetches come back empty (the 15- and 45-minute soaks
+    # collapsed that way, docs/RELIABILITY.md). One partition per topic, a long
+    # producer linger (fewer, larger batches) and a long fetch wait keep an hour
+    # within reach; latency is not what a soak measures.
+    partitions: int = 1
+    linger_ms: int = 250
+    fetch_max_wait_ms: int = 250
     work_dir: Path | None = None
     keep_work_dir: bool = False
     command: str = ""
@@ -133,7 +142,7 @@ class Worker:
 class Feed:
     """The producer thread: the simulation at a fixed rate, folded into the reference as it is handed to the producer."""
 
-    def __init__(self, bootstrap: str, sim, rate: float):
+    def __init__(self, bootstrap: str, sim, rate: float, linger_ms: int = 10):
         from features.extract import delta_of
         from features.state import CustomerState, apply_delta
         from streams.events import decode
@@ -159,7 +168,8 @@ class Feed:
 
         def run():
             try:
-                produce_events(bootstrap, items(), TOPICS, rate, None, stats=self.stats, stop=self.stop)
+                produce_events(bootstrap, items(), TOPICS, rate, None, stats=self.stats, stop=self.stop,
+                               producer_config={"linger_ms": linger_ms})
             except BaseException as exc:  # reported in the result
                 self.error = exc
 
@@ -301,13 +311,14 @@ def run_soak(opts: SoakOptions, say: Callable[[str], None] = lambda m: print(m, 
             "SEGFLOW_DATA_DIR": str(work / "worker"),
             "SEGFLOW_SESSION_TIMEOUT_SECONDS": f"{opts.session_timeout_s:g}",
             "SEGFLOW_PARTITIONS": str(opts.partitions),
+            "SEGFLOW_FETCH_MAX_WAIT_MS": str(opts.fetch_max_wait_ms),
         }
         env.pop("SEGFLOW_TOPIC_PREFIX", None)
         worker = Worker(env, work / "worker.log")
         worker.start()
         client = redis_lib.Redis.from_url(stack.redis.url, decode_responses=True, socket_timeout=10)
         say(f"broker {stack.broker.bootstrap}, Redis {stack.redis.url} (append-only), worker pid {worker.proc.pid}")
-        feed = Feed(stack.broker.bootstrap, sim, opts.rate).start()
+        feed = Feed(stack.broker.bootstrap, sim, opts.rate, opts.linger_ms).start()
         t0 = time.monotonic()
         end = t0 + traffic_s
         next_fault = t0 + opts.fault_every if opts.fault_every > 0 else math.inf
