@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 import time
 
 import faust
@@ -22,6 +21,7 @@ from redis.exceptions import BusyLoadingError, ConnectionError as RedisConnectio
 
 from streams.campaign_router import CampaignRouter, campaigns_for, trigger_message
 from streams.engine import BatchOutcome, Engine, InboundMessage
+from streams.kafka_security import faust_credentials
 from streams.settings import Settings
 
 log = logging.getLogger("segflow.worker")
@@ -39,16 +39,8 @@ def redis_client(url: str) -> aioredis.Redis:
 
 
 def broker_credentials(settings: Settings):
-    if settings.kafka_security_protocol == "PLAINTEXT":
-        return None
-    context = ssl.create_default_context(cafile=str(settings.kafka_ca_file) if settings.kafka_ca_file else None)
-    if settings.kafka_security_protocol == "SSL":
-        return context
-    password = settings.kafka_password.get_secret_value() if settings.kafka_password else ""
-    ctx = context if settings.kafka_security_protocol == "SASL_SSL" else None
-    if settings.kafka_sasl_mechanism.startswith("SCRAM"):
-        return faust.SASLCredentials(username=settings.kafka_username, password=password, ssl_context=ctx, mechanism=settings.kafka_sasl_mechanism)
-    return faust.SASLCredentials(username=settings.kafka_username, password=password, ssl_context=ctx)
+    """Faust's ``broker_credentials`` for these settings (:func:`streams.kafka_security.faust_credentials`)."""
+    return faust_credentials(settings)
 
 
 def _shorten_fetch_wait(max_wait_ms: int) -> None:

@@ -19,7 +19,9 @@ import typer
 
 from streams.settings import Settings, SettingsError, load_settings
 
-cli = typer.Typer(add_completion=False, no_args_is_help=True, help="segflow: streaming, real-time customer segmentation.")
+# No local variables in crash reports: they can hold a password (the kafka-python client arguments).
+cli = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="segflow: streaming, real-time customer segmentation.")
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML settings file (default: $SEGFLOW_CONFIG)")
 
 
@@ -35,6 +37,17 @@ def _sync_redis(settings: Settings):
     import redis
 
     return redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True, socket_connect_timeout=3)
+
+
+def _kafka_config(settings: Settings) -> dict:
+    """kafka-python keyword arguments for the security settings (TLS, SASL); exits on an impossible combination."""
+    from streams.kafka_security import KafkaSecurityError, kafka_python_config
+
+    try:
+        return kafka_python_config(settings)
+    except KafkaSecurityError as exc:
+        typer.secho(f"bad settings: {exc}", fg="red", err=True)
+        raise typer.Exit(2)
 
 
 def _echo(msg: str) -> None:
@@ -64,7 +77,7 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     from streams.campaign_router import campaigns_for
 
     campaigns_for(settings)  # and so does a bad campaigns file
-    created = ensure_topics(bootstrap_of(settings.kafka_url), settings.topics, settings.partitions)
+    created = ensure_topics(bootstrap_of(settings.kafka_url), settings.topics, settings.partitions, _kafka_config(settings))
     if created:
         _echo(f"created topics: {', '.join(created)}")
     app = create_app(settings, _segmenter_factory(settings))
@@ -143,9 +156,9 @@ def simulate(
     sim = Simulation(customers=customers, days=days, seed=seed)
     if ground_truth:
         ground_truth.write_bytes(sim.ground_truth_json())
-    bootstrap = bootstrap_of(settings.kafka_url)
-    ensure_topics(bootstrap, settings.topics, settings.partitions)
-    stats = produce_simulation(bootstrap, sim, settings.topics, rate=rate or None, progress=_echo)
+    bootstrap, kafka = bootstrap_of(settings.kafka_url), _kafka_config(settings)
+    ensure_topics(bootstrap, settings.topics, settings.partitions, kafka)
+    stats = produce_simulation(bootstrap, sim, settings.topics, rate=rate or None, progress=_echo, producer_config=kafka)
     _echo(f"done: {stats}")
 
 
@@ -157,9 +170,9 @@ def produce(file: Path = typer.Argument(..., exists=True, dir_okay=False), confi
     from streams.producer import produce_file
 
     settings = _settings(config)
-    bootstrap = bootstrap_of(settings.kafka_url)
-    ensure_topics(bootstrap, settings.topics, settings.partitions)
-    stats = produce_file(bootstrap, file, settings.topics, rate=rate or None, progress=_echo)
+    bootstrap, kafka = bootstrap_of(settings.kafka_url), _kafka_config(settings)
+    ensure_topics(bootstrap, settings.topics, settings.partitions, kafka)
+    stats = produce_file(bootstrap, file, settings.topics, rate=rate or None, progress=_echo, producer_config=kafka)
     _echo(f"done: {stats}")
 
 
@@ -314,6 +327,7 @@ def subscribe(
     from streams.subscriber import subscribe as run_subscriber
 
     settings = _settings(config)
+    _kafka_config(settings)  # impossible security settings: exit 2 before connecting
     stats = run_subscriber(settings, campaign, group=group, from_beginning=from_beginning,
                            max_triggers=max_triggers or None, idle_timeout=idle_timeout or None,
                            out=lambda line: typer.echo(line), note=_echo)
@@ -330,7 +344,7 @@ def topics(config: Optional[Path] = ConfigOpt, create: bool = typer.Option(False
     if create:
         from streams.admin import bootstrap_of, ensure_topics
 
-        created = ensure_topics(bootstrap_of(settings.kafka_url), settings.topics, settings.partitions)
+        created = ensure_topics(bootstrap_of(settings.kafka_url), settings.topics, settings.partitions, _kafka_config(settings))
         _echo(f"created: {', '.join(created) or 'nothing (all exist)'}")
 
 

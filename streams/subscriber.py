@@ -64,6 +64,7 @@ def subscribe(
     from kafka.structs import OffsetAndMetadata
 
     from streams.admin import bootstrap_of
+    from streams.kafka_security import kafka_python_config
 
     topic = settings.topics.campaign_triggers
     session_ms = int(settings.session_timeout_seconds * 1000)
@@ -75,6 +76,7 @@ def subscribe(
         auto_offset_reset="earliest" if from_beginning else "latest",
         session_timeout_ms=session_ms,
         heartbeat_interval_ms=max(100, min(1000, session_ms // 3)),
+        **kafka_python_config(settings),
     )
 
     class FromBeginning(ConsumerRebalanceListener):

@@ -27,9 +27,11 @@ def send(broker, topic: str, messages: list[tuple[bytes | None, bytes | None]]) 
         producer.close()
 
 
-def read_until(broker, topic: str, predicate, timeout: float = 60.0):
-    """Read ``topic`` from the beginning until ``predicate(records)`` holds; return the records."""
-    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
+def read_until(broker, topic: str, predicate, timeout: float = 60.0, **client_config):
+    """Read ``topic`` from the beginning until ``predicate(records)`` holds; return the records.
+
+    ``client_config``: more KafkaConsumer arguments (TLS, SASL: streams.kafka_security.kafka_python_config)."""
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False, **client_config)
     records = []
     try:
         deadline = time.monotonic() + timeout
