@@ -431,19 +431,23 @@ def bench(
 @cli.command()
 def soak(
     minutes: float = typer.Option(60, help="Minutes of traffic (make soak: SOAK_MINUTES, default 60)"),
-    rate: float = typer.Option(1500, help="Events per second, fixed"),
-    fault_every: float = typer.Option(60, help="Seconds between faults (worker SIGKILL, worker SIGTERM, Redis SIGTERM, in turn; 0: none)"),
+    rate: float = typer.Option(1000, help="Events per second, fixed (default: about half the sustained rate)"),
+    fault_every: float = typer.Option(60, help="Seconds between faults (worker SIGKILL, worker SIGTERM, Redis SIGTERM, Redis SIGKILL, in turn; 0: none)"),
     customers: int = typer.Option(2000, help="Simulated customers"),
     seed: int = typer.Option(1),
     drain_timeout: float = typer.Option(300, help="At most this many seconds for the worker to catch up at the end"),
     out: Optional[Path] = typer.Option(None, help="Also write the report here (JSON)"),
+    partitions: int = typer.Option(1, help="Partitions per input topic (the embedded broker's fetch cost grows with batches per partition)"),
+    linger_ms: int = typer.Option(250, help="Producer linger: fewer, larger batches on the broker"),
+    fetch_max_wait_ms: int = typer.Option(250, help="The worker's SEGFLOW_FETCH_MAX_WAIT_MS"),
 ):
     """Fixed-rate traffic with periodic faults on an embedded stack, then: sent - applied - dead-lettered (must be 0) and features vs the reference."""
     from streams.soak import SoakOptions, run_soak
 
     command = "segflow soak " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "segflow soak"
     opts = SoakOptions(minutes=minutes, rate=rate, fault_every=fault_every, customers=customers, seed=seed,
-                       drain_timeout=drain_timeout, out=out, command=command)
+                       drain_timeout=drain_timeout, out=out, command=command, partitions=partitions,
+                       linger_ms=linger_ms, fetch_max_wait_ms=fetch_max_wait_ms)
     code, _ = run_soak(opts, say=_echo)
     raise typer.Exit(code)
 
