@@ -21,6 +21,7 @@ from redis.exceptions import BusyLoadingError, ConnectionError as RedisConnectio
 
 from streams.campaign_router import CampaignRouter, campaigns_for, trigger_message
 from streams.engine import BatchOutcome, Engine, InboundMessage
+from streams.redis_packing import use_hiredis_packer
 from streams.kafka_security import faust_credentials
 from streams.settings import Settings
 
@@ -28,14 +29,15 @@ log = logging.getLogger("segflow.worker")
 
 
 def redis_client(url: str) -> aioredis.Redis:
-    """An asyncio Redis client that waits and retries with backoff while Redis is away."""
-    return aioredis.Redis.from_url(
+    """An asyncio Redis client that waits and retries with backoff while Redis is away
+    (and packs commands with hiredis, :mod:`streams.redis_packing`)."""
+    return use_hiredis_packer(aioredis.Redis.from_url(
         url,
         retry=Retry(ExponentialBackoff(cap=5.0, base=0.05), retries=60),
         retry_on_error=[RedisConnectionError, RedisTimeoutError, BusyLoadingError],
         health_check_interval=10,
         socket_connect_timeout=5,
-    )
+    ))
 
 
 def broker_credentials(settings: Settings):
