@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-unit test-integration dashboard-png bench soak lint clean
+.PHONY: install system-deps demo test test-unit test-integration dashboard-png bench soak lint clean
 
 install: $(STAMP)
 
@@ -18,7 +18,18 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/segflow demo --seconds $${DEMO_SECONDS:-60}
 
-test: install
+# Two tests need Debian packages: the dashboard test drives headless Chromium, the
+# rediss:// test needs a Redis built with TLS (the vendored Valkey is not; redis-tools
+# has Debian's). Installed here when missing and apt-get is usable (root), else named.
+SYSTEM_DEPS := chromium:chromium redis-check-rdb:redis-tools
+system-deps:
+	@missing=""; for dep in $(SYSTEM_DEPS); do command -v $${dep%%:*} >/dev/null || missing="$$missing $${dep#*:}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian packages:$$missing"; apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "missing Debian packages (two tests will fail without them):$$missing"; fi
+
+test: install system-deps
 	$(BIN)/pytest -q -p no:cacheprovider
 
 test-unit: install

@@ -130,10 +130,18 @@ class RedisServer:
     persistent: bool = False
     password: str | None = None  # requirepass; ``url`` then carries it
     proc: subprocess.Popen | None = None
+    binary: str | None = None  # default: redis_binary()
+    # TLS only (``rediss://``; the vendored Valkey is built without TLS, so it
+    # needs a ``binary`` that has it): server certificate, key, and the CA clients trust.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls_cert:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls_ca}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
@@ -142,7 +150,11 @@ class RedisServer:
         data_dir = (self.data_dir or Path(tempfile.mkdtemp(prefix="segflow-redis-"))).resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
-        args = [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+        listen = ["--port", str(self.port)]
+        if self.tls_cert:
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls_cert),
+                      "--tls-key-file", str(self.tls_key), "--tls-ca-cert-file", str(self.tls_ca), "--tls-auth-clients", "no"]
+        args = [self.binary or redis_binary(), *listen, "--bind", "127.0.0.1", "--dir", str(data_dir),
                 "--save", "", "--logfile", str(data_dir / "redis.log"), "--protected-mode", "no",
                 *REDIS_TUNING]
         # fsync before each reply, so an acknowledged write survives a machine crash
