@@ -13,12 +13,13 @@ exists (measured, see docs/RELIABILITY.md, "TLS and SASL"):
 So :class:`~streams.embedded.Broker` with ``cert``/``key`` or ``users`` runs
 Tansu on a private loopback port and this front on its public one. The front
 terminates TLS, and with users it is the SASL server: it answers the Kafka
-SaslHandshake and SaslAuthenticate requests itself (SCRAM-SHA-512, RFC 5802:
-the client's proof is checked against the stored key, the server signature is
-returned for the client to check) and refuses any other request before
-authentication by closing the connection. Once a connection is authenticated
-(or at once, without users) its bytes are forwarded to Tansu unchanged;
-ApiVersions before authentication is forwarded too.
+SaslHandshake and SaslAuthenticate requests itself (SCRAM-SHA-512, RFC 5802,
+done by the ``scramp`` library: the client's proof is checked against the
+stored key, the server signature is returned for the client to check) and
+refuses any other request before authentication by closing the connection.
+Once a connection is authenticated (or at once, without users) its bytes are
+forwarded to Tansu unchanged; ApiVersions before authentication is forwarded
+too.
 
 Run as a child process: ``python -m streams.secure_front LISTEN_PORT TARGET_PORT
 [--cert C --key K]``, with ``{"users": {name: password}}`` as JSON on stdin
@@ -29,18 +30,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
 import hmac
 import json
 import os
 import ssl
 import struct
 import sys
-from dataclasses import dataclass
+
+from scramp import ScramException, ScramMechanism
 
 MECHANISM = "SCRAM-SHA-512"
-ITERATIONS = 4096
 SASL_HANDSHAKE, SASL_AUTHENTICATE, API_VERSIONS = 17, 36, 18
 UNSUPPORTED_SASL_MECHANISM, ILLEGAL_SASL_STATE, SASL_AUTHENTICATION_FAILED = 33, 34, 58
 
@@ -49,89 +48,62 @@ class AuthenticationFailed(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class ScramCredential:
-    salt: bytes
-    iterations: int
-    stored_key: bytes
-    server_key: bytes
-
-    @classmethod
-    def from_password(cls, password: str, salt: bytes | None = None, iterations: int = ITERATIONS) -> "ScramCredential":
-        salt = salt if salt is not None else os.urandom(24)
-        salted = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
-        client_key = _hmac(salted, b"Client Key")
-        return cls(salt, iterations, hashlib.sha512(client_key).digest(), _hmac(salted, b"Server Key"))
+_SCRAM = ScramMechanism(MECHANISM)
+_DECOY_SECRET = os.urandom(32)
 
 
-def _hmac(key: bytes, message: bytes) -> bytes:
-    return hmac.new(key, message, hashlib.sha512).digest()
-
-
-def _attributes(message: str) -> dict[str, str]:
-    return dict(part.split("=", 1) for part in message.split(",") if "=" in part)
+def scram_credential(password: str, salt: bytes | None = None) -> tuple[bytes, bytes, bytes, int]:
+    """What the server keeps of a password: (salt, stored key, server key, iterations), made by scramp."""
+    return _SCRAM.make_auth_info(password, salt=salt)
 
 
 class ScramServer:
-    """The server side of one SCRAM-SHA-512 exchange.
+    """The server side of one SCRAM-SHA-512 exchange (scramp does RFC 5802; this adapts it to the front).
 
-    >>> server = ScramServer({"app": ScramCredential.from_password("pw", salt=b"s", iterations=4096)}, nonce="N")
+    >>> server = ScramServer({"app": scram_credential("pw", salt=b"salt-of-12+b")}, nonce="N")
     >>> server.first(b"n,,n=app,r=C")
-    b'r=CN,s=cw==,i=4096'
+    b'r=CN,s=c2FsdC1vZi0xMiti,i=4096'
     >>> server.final(b"c=biws,r=CN,p=AAAA")
     Traceback (most recent call last):
     ...
     streams.secure_front.AuthenticationFailed: invalid-proof
     """
 
-    def __init__(self, credentials: dict[str, ScramCredential], nonce: str | None = None):
-        self.credentials = credentials
-        self.nonce = nonce or base64.b64encode(os.urandom(18)).decode()
-        self.user: str | None = None
-        self.server_first: str | None = None
-        self.done = False
+    def __init__(self, credentials: dict[str, tuple[bytes, bytes, bytes, int]], nonce: str | None = None):
+        self._server = _SCRAM.make_server(lambda user: credentials.get(user) or _decoy_credential(user), s_nonce=nonce)
+        self.started = self.done = False
 
     def step(self, token: bytes) -> bytes:
         """The reply to the client's next message: server-first, then server-final."""
-        return self.first(token) if self.server_first is None else self.final(token)
+        return self.final(token) if self.started else self.first(token)
 
     def first(self, client_first: bytes) -> bytes:
-        parts = client_first.decode().split(",", 2)
-        if len(parts) < 3 or parts[0] not in ("n", "y") or not parts[2]:
-            raise AuthenticationFailed("channel-bindings-not-supported")
-        bare = parts[2]
-        attrs = _attributes(bare)
-        user = attrs.get("n", "").replace("=2C", ",").replace("=3D", "=")
-        if not user or "r" not in attrs:
-            raise AuthenticationFailed("invalid-encoding")
-        # An unknown user gets a made-up credential, so the exchange fails at the proof like a wrong password.
-        self.credential = self.credentials.get(user) or ScramCredential.from_password(os.urandom(16).hex(), iterations=ITERATIONS)
-        self.user = user if user in self.credentials else None
-        self.combined_nonce = attrs["r"] + self.nonce
-        self.server_first = f"r={self.combined_nonce},s={base64.b64encode(self.credential.salt).decode()},i={self.credential.iterations}"
-        self.client_first_bare = bare
-        return self.server_first.encode()
+        self.started = True
+        try:
+            self._server.set_client_first(client_first.decode())
+            return self._server.get_server_first().encode()
+        except ScramException as exc:
+            raise AuthenticationFailed(_reason(exc)) from None
 
     def final(self, client_final: bytes) -> bytes:
-        if self.server_first is None or self.done:
-            raise AuthenticationFailed("other-error")
-        text = client_final.decode()
-        without_proof, _, proof = text.rpartition(",p=")
-        attrs = _attributes(without_proof)
-        if attrs.get("r") != self.combined_nonce or attrs.get("c") not in ("biws", "eSws"):
-            raise AuthenticationFailed("invalid-proof")
-        auth_message = f"{self.client_first_bare},{self.server_first},{without_proof}".encode()
         try:
-            client_proof = base64.b64decode(proof, validate=True)
-        except ValueError:
-            raise AuthenticationFailed("invalid-proof") from None
-        signature = _hmac(self.credential.stored_key, auth_message)
-        client_key = bytes(a ^ b for a, b in zip(client_proof, signature))
-        if len(client_proof) != len(signature) or self.user is None or not hmac.compare_digest(
-                hashlib.sha512(client_key).digest(), self.credential.stored_key):
-            raise AuthenticationFailed("invalid-proof")
+            self._server.set_client_final(client_final.decode())
+            reply = self._server.get_server_final().encode()
+        except ScramException as exc:
+            raise AuthenticationFailed(_reason(exc)) from None
         self.done = True
-        return b"v=" + base64.b64encode(_hmac(self.credential.server_key, auth_message))
+        return reply
+
+
+def _decoy_credential(user: str) -> tuple[bytes, bytes, bytes, int]:
+    """An unknown user's made-up credential (a salt stable per name, random keys no password matches): the
+    exchange fails at the proof like a wrong password, and does not tell which users exist."""
+    return hmac.new(_DECOY_SECRET, user.encode(), "sha256").digest(), os.urandom(64), os.urandom(64), int(_SCRAM.iteration_count)
+
+
+def _reason(exc: ScramException) -> str:
+    """The RFC 5802 server-error value of a refusal (no message text: it could quote client input)."""
+    return exc.server_error.value if exc.server_error is not None else "other-error"
 
 
 # -- Kafka framing of the two SASL requests ----------------------------------------
@@ -271,7 +243,7 @@ async def _authenticate(client_r, client_w, broker_r, broker_w, credentials) -> 
 
 
 def serve(listen_port: int, target_port: int, context: ssl.SSLContext | None, users: dict[str, str]) -> None:
-    credentials = {name: ScramCredential.from_password(password) for name, password in users.items()}
+    credentials = {name: scram_credential(password) for name, password in users.items()}
 
     async def handle(client_r, client_w) -> None:
         try:

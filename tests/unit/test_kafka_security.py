@@ -9,7 +9,7 @@ from kafka.net.sasl.scram import ScramClient
 
 from streams.kafka_security import KafkaSecurityError, faust_credentials, kafka_python_config, ssl_context
 from streams.secure_front import (
-    AuthenticationFailed, ScramCredential, ScramServer, authenticate_request_bytes, authenticate_response, parse_request,
+    AuthenticationFailed, ScramServer, authenticate_request_bytes, authenticate_response, parse_request, scram_credential,
 )
 from streams.settings import Settings
 
@@ -48,7 +48,7 @@ def test_sasl_without_credentials_is_refused_by_both():
         faust_credentials(settings)
 
 
-CREDENTIALS = {"app": ScramCredential.from_password("s3cret")}
+CREDENTIALS = {"app": scram_credential("s3cret")}
 
 
 def kafka_python_exchange(user: str, password: str) -> None:
