@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/segflow demo --seconds $${DEMO_SECONDS:-60}
 
-# Two tests need Debian packages: the dashboard test drives headless Chromium, the
+# Some tests need Debian packages: the dashboard test drives headless Chromium, the
 # rediss:// test needs a Redis built with TLS (the vendored Valkey is not; redis-tools
-# has Debian's). Installed here when missing and apt-get is usable (root), else named.
-SYSTEM_DEPS := chromium:chromium redis-check-rdb:redis-tools
+# has Debian's), the TLS tests make certificates with openssl. Installed here when
+# missing and apt-get is usable (root), else named.
+SYSTEM_DEPS := chromium:chromium redis-check-rdb:redis-tools openssl:openssl
 system-deps:
 	@missing=""; for dep in $(SYSTEM_DEPS); do command -v $${dep%%:*} >/dev/null || missing="$$missing $${dep#*:}"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \

@@ -17,8 +17,8 @@ import redis as redis_lib
 
 from streams.embedded import RedisServer
 from tests.conftest import WorkerProcess
-from tests.integration.test_tls_sasl import make_pki
 from tests.kafka_helpers import fresh_topics, send
+from tests.tls_helpers import make_pki
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -12,14 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 import socket
 import ssl
 import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 import redis as redis_lib
@@ -31,32 +29,13 @@ from streams.settings import Settings
 from streams.topics import Topics
 from tests.conftest import WorkerProcess
 from tests.kafka_helpers import read_until
+from tests.tls_helpers import make_pki
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 KAFKA_SECRET = "kafka-Pa55-w0rd-7e1"
 REDIS_SECRET = "redis-Pa55-w0rd-9c4"
 USER = "segflow-worker"
-
-
-def make_pki(folder: Path) -> dict[str, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1/localhost signed by it (openssl CLI)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
-    folder.mkdir()
-    ca, ca_key, cert, key, csr, ext = (folder / n for n in ("ca.pem", "ca.key", "server.pem", "server.key", "server.csr", "ext.cnf"))
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca), "-days", "2",
-            "-subj", "/CN=segflow test CA", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost")
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
-                   "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
-    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-out", str(cert),
-            "-days", "2", "-extfile", str(ext))
-    return {"ca": ca, "cert": cert, "key": key}
 
 
 def refused_by_kafka_python(bootstrap: str, config: dict, caplog) -> str:
