@@ -28,7 +28,7 @@ system-deps:
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing Debian packages:$$missing"; apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
-	else echo "missing Debian packages (two tests will fail without them):$$missing"; fi
+	else echo "missing Debian packages (the tests that need them will fail):$$missing"; fi
 
 test: install system-deps
 	$(BIN)/pytest -q -p no:cacheprovider
