@@ -65,7 +65,8 @@ local function base36(n)
   return string.reverse(table.concat(out))
 end
 
--- KEYS: cust:{id}, cust:{id}:seg, segflow:customers (how many customers have state)
+-- KEYS: cust:{id}, cust:{id}:seg, segflow:customers (how many customers have state),
+--       segflow:stats (the applied and duplicates counters)
 -- ARGV: ts_ms, token, family, partition ('' if none), offset, late_before_ms ('' if unknown),
 --       flags (p=purchase v=visit l=login), increments "i:n,i:n", categories "cat\31qty\30...",
 --       want_state ('1': also return the hashes; the worker asks only for a customer's
@@ -80,6 +81,10 @@ local function apply(keys, args)
   local late_before = tonumber(args[6]) -- nil while the watermark is unknown
   local flags = args[7]
   local function reply(status)
+    -- Counted here, in the same atomic call, so the counts survive a worker's
+    -- SIGKILL exactly (counted in the worker, they lost the batch in flight).
+    if status == 'applied' then redis.call('HINCRBY', keys[4], 'applied', 1)
+    elseif status == 'duplicate' then redis.call('HINCRBY', keys[4], 'duplicates', 1) end
     if args[10] == '1' then return {status, redis.call('HGETALL', cust), redis.call('HGETALL', seg)} end
     return {status}
   end

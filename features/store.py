@@ -38,7 +38,7 @@ def apply_call(customer_id: str, delta: EventDelta, late_before_ms: int | None, 
     """The arguments of one ``FCALL segflow_apply`` (KEYS and ARGV, see segflow.lua), for
     ``pipe.fcall(*apply_call(...))``. ``max_customers`` > 0 refuses customers not yet
     known once that many have state (status ``over_capacity``)."""
-    return ("segflow_apply", 3, keys.customer_key(customer_id), keys.segments_key(customer_id), keys.CUSTOMERS,
+    return ("segflow_apply", 4, keys.customer_key(customer_id), keys.segments_key(customer_id), keys.CUSTOMERS, keys.STATS,
             *delta_args(delta, late_before_ms, want_state), max_customers)
 
 

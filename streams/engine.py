@@ -60,6 +60,11 @@ class DeadLetter:
         return h
 
 
+# Counted by segflow_apply itself, atomically with the event (features/segflow.lua):
+# the worker keeps its own count for its progress log but does not publish it.
+COUNTED_BY_REDIS = ("applied", "duplicates")
+
+
 @dataclass
 class Counters:
     received: int = 0
@@ -77,8 +82,8 @@ class Counters:
         return {k: v for k, v in self.__dict__.items()}
 
     def flat(self) -> dict[str, int]:
-        """The counters as the fields of the ``segflow:stats`` hash."""
-        out = {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+        """The counters the worker adds to the ``segflow:stats`` hash."""
+        out = {k: v for k, v in self.__dict__.items() if isinstance(v, int) and k not in COUNTED_BY_REDIS}
         out.update({f"dead_lettered:{reason}": n for reason, n in self.reasons.items()})
         return out
 

@@ -480,7 +480,9 @@ def _print_report(r: dict, say) -> None:
     say(f"  traffic            {r['traffic_seconds']}s, {len(r['faults'])} faults: {dict(Counter(f['kind'] for f in r['faults']))}"
         f", unexpected worker exits {len(r['unexpected_worker_exits'])}")
     say(f"  events sent        {r['events_sent']} (producer failures {r['produce_failed']})")
-    say(f"  events applied     {r['events_applied']} (sum of per-customer counters; stats 'applied' {r['stats'].get('applied', 0)})")
+    stats_applied = r["stats"].get("applied", 0)
+    say(f"  events applied     {r['events_applied']} (sum of per-customer counters; stats 'applied' {stats_applied}, "
+        f"{'equal' if stats_applied == r['events_applied'] else 'DIFFERENT'})")
     say(f"  duplicates dropped {r['duplicates']}")
     d = r["dead_lettered"]
     say(f"  dead-lettered      {d['distinct']} distinct ({d['records']} records) by reason {d['by_reason']}")
