@@ -29,7 +29,7 @@ def test_bench_faust_settings_match_the_real_app():
 
 def test_quick_bench_writes_every_row(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert bench.main(bench.BenchOptions.quick_run(events=6000, latency_seconds=3.0, scale_sizes=(500, 2000), scale_probe_events=1000, out=out)) == 0
+    assert bench.main(bench.BenchOptions.quick_run(events=6000, latency_seconds=3.0, latency_sweep=(60.0,), scale_sizes=(500, 2000), scale_probe_events=1000, out=out)) == 0
     result = json.loads(out.read_text())
     rows = result["rows"]
     for name in ("producer", "raw_consumer", "bare_faust_each", "bare_faust_take", "redis_ceiling", "segflow_e2e"):
@@ -37,6 +37,7 @@ def test_quick_bench_writes_every_row(tmp_path, capsys):
     assert rows["segflow_e2e"]["events"] == 6000
     lat = rows["latency"]
     assert lat["answered"] > 0 and lat["p50_ms"] > 0 and lat["p99_ms"] > 0 and lat["max_ms"] > 0
+    assert [p["offered_rate"] for p in rows["latency_sweep"]] == [60.0] and rows["latency_sweep"][0]["answered"] > 0
     dl = rows["deadline_latency"]
     # Every silent customer moved, none before its deadline.
     assert dl["answered"] == dl["customers"] > 0 and dl["early"] == 0 and dl["p99_ms"] > 0
