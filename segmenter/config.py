@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import operator
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from features.catalogue import FEATURE_NAMES
+
+_COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
 
 CHURN_FEATURE = "churn_propensity"
 # Features a lifecycle rule may test: the catalogue plus the derived churn score.
@@ -132,10 +135,7 @@ class Condition(BaseModel):
             return v is not None
         if v is None:
             return False
-        t = self.value
-        return {
-            ">=": v >= t, ">": v > t, "<=": v <= t, "<": v < t, "==": v == t, "!=": v != t,
-        }[self.op]
+        return _COMPARE[self.op](v, self.value)
 
 
 class ValueCondition(Condition):

@@ -117,6 +117,11 @@ class RuleBook:
         # Derived features that change with silence alone; the others (RFM
         # frequency, monetary) are constant between events.
         self.time_derived = time_derived
+        # Split once: collecting them per evaluation (hashing pydantic models)
+        # was most of the cost of next_deadline_ms.
+        unique = tuple(self.conditions())
+        self._clock_conditions = tuple(c for c in unique if c.feature in CLOCK_FEATURES)
+        self._derived_conditions = tuple(c for c in unique if c.feature not in CLOCK_FEATURES and c.feature in time_derived)
 
     def assign(self, features: Features) -> tuple[str, str]:
         """``(segment, rule id)``; ``(default, 'default')`` when no rule matches."""
@@ -139,17 +144,14 @@ class RuleBook:
         """Earliest time after ``now_ms`` at which time alone could change a
         condition's truth; None if no condition is pending (see module docs)."""
         best: int | None = None
-        derived_conditions = []
-        for cond in self.conditions():
-            if cond.feature in CLOCK_FEATURES:
-                days = clock_flip_days(cond, features.get(cond.feature))
-                if days is None:
-                    continue
-                at = now_ms + math.ceil(days * DAY_MS) + (1 if days == 0 or cond.op in (">", "<=") else 0)
-                if at > now_ms and (best is None or at < best):
-                    best = at
-            elif cond.feature in self.time_derived:
-                derived_conditions.append(cond)
+        for cond in self._clock_conditions:
+            days = clock_flip_days(cond, features.get(cond.feature))
+            if days is None:
+                continue
+            at = now_ms + math.ceil(days * DAY_MS) + (1 if days == 0 or cond.op in (">", "<=") else 0)
+            if at > now_ms and (best is None or at < best):
+                best = at
+        derived_conditions = self._derived_conditions
         if derived_conditions:
             derived = self.derive(features)
             # Derived values passed in with the features are stale once projected.
