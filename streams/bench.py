@@ -64,12 +64,13 @@ class BenchOptions:
     latency_low_rate: float = 100.0  # a second point, well below what fresh customers cost
     # More points of fresh-customer load: where p99 crosses 100 ms (each costs ~40 s).
     latency_sweep: tuple[float, ...] = (200.0, 400.0, 700.0)
+    two_workers: bool = True  # row 5b: two worker processes (the machine's 2 cores are shared with broker and Redis)
     scale_sizes: tuple[int, ...] = (10_000, 100_000)
     scale_probe_events: int = 20_000
 
     @classmethod
     def quick_run(cls, **kw) -> "BenchOptions":
-        base = dict(events=20_000, quick=True, latency_seconds=5.0, latency_sweep=(), scale_sizes=(2_000, 10_000), scale_probe_events=4_000)
+        base = dict(events=20_000, quick=True, latency_seconds=5.0, latency_sweep=(), two_workers=False, scale_sizes=(2_000, 10_000), scale_probe_events=4_000)
         base.update(kw)
         return cls(**base)
 
@@ -409,15 +410,20 @@ def redis_ceiling(url: str, payloads, batch: int = 2000) -> dict:
 # -- row 5: segflow end to end ----------------------------------------------------
 
 
-def run_worker_e2e(stack, procs: Procs, work: Path, expected: int, timeout: float, opts: BenchOptions) -> dict:
-    """A real worker on the backlog; rate from the changes of its ``segflow:stats`` hash (written every 5 s)."""
+def run_worker_e2e(stack, procs: Procs, work: Path, expected: int, timeout: float, opts: BenchOptions, workers: int = 1) -> dict:
+    """Real workers (one consumer group) on the backlog; rate from the changes of the
+    shared ``segflow:stats`` hash (written after every batch)."""
     import redis as redis_lib
 
     r = redis_lib.Redis.from_url(stack.redis.url, decode_responses=True)
     r.flushall()  # FLUSHALL keeps the function library
-    env = worker_env(stack, BENCH_PREFIX, "bench-segflow", work, "event")
-    p = procs.start([sys.executable, "-m", "streams.cli", "worker"], env, work / "worker-e2e.log")
-    say(f"  worker pid {p.pid}, log {work / 'worker-e2e.log'}")
+    group = "bench-segflow" if workers == 1 else f"bench-segflow-{workers}w"
+    for i in range(workers):
+        (work / f"w{i}").mkdir(exist_ok=True)
+    envs = [worker_env(stack, BENCH_PREFIX, group, work / f"w{i}", "event") for i in range(workers)]  # own web port and data dir each
+    others = [procs.start([sys.executable, "-m", "streams.cli", "worker"], envs[i], work / f"worker-e2e-{group}-{i}.log") for i in range(1, workers)]
+    p = procs.start([sys.executable, "-m", "streams.cli", "worker"], envs[0], work / f"worker-e2e-{group}-0.log")
+    say(f"  {workers} worker(s), pids {[p.pid] + [o.pid for o in others]}, logs {work}/worker-e2e-{group}-*.log")
     samples: list[tuple[float, int, dict]] = []  # (time the hash changed, received, whole hash)
     spy = None
     profile: dict | None = None
@@ -425,8 +431,9 @@ def run_worker_e2e(stack, procs: Procs, work: Path, expected: int, timeout: floa
         deadline = time.monotonic() + timeout
         last_print = 0.0
         while time.monotonic() < deadline:
-            if p.poll() is not None:
-                raise RuntimeError(f"worker exited with {p.returncode}; see {work / 'worker-e2e.log'}")
+            for w in (p, *others):
+                if w.poll() is not None:
+                    raise RuntimeError(f"worker exited with {w.returncode}; see {work}/worker-e2e-{group}-*.log")
             h = r.hgetall("segflow:stats")
             received = int(h.get("received", 0))
             if h and (not samples or samples[-1][1] != received):
@@ -462,7 +469,7 @@ def run_worker_e2e(stack, procs: Procs, work: Path, expected: int, timeout: floa
             rate, window = 0.0, 0.0
         out = {
             "events": int(final.get("received", 0)), "expected": expected, "rate": round(rate, 1), "window_seconds": round(window, 2),
-            "stats_samples": len(samples), "final_stats": final,
+            "stats_samples": len(samples), "final_stats": final, "workers": workers,
         }
         out["memory"] = memory_per_customer(r, sample=2000 if not opts.quick else 300)
         if profile is not None:
@@ -471,7 +478,8 @@ def run_worker_e2e(stack, procs: Procs, work: Path, expected: int, timeout: floa
     finally:
         if spy is not None:
             procs.stop(spy)
-        procs.stop(p)
+        for w in (p, *others):
+            procs.stop(w)
         r.close()
 
 
@@ -936,6 +944,10 @@ def run_bench(opts: BenchOptions) -> dict:
             e2e["ratio_to_bare_faust_each"] = round(e2e["rate"] / rows["bare_faust_each"]["rate"], 3) if rows["bare_faust_each"]["rate"] else None
             e2e["ratio_to_raw_consumer"] = round(e2e["rate"] / raw, 3) if raw else None
             say(f"    {e2e['rate']:,.0f} ev/s; memory {e2e['memory'].get('bytes_per_customer_keys')} B/customer (keys)")
+            if opts.two_workers:
+                say("[5b] two segflow worker processes in one consumer group on the same backlog")
+                rows["segflow_e2e_2w"] = run_worker_e2e(stack, procs, work, n, consume_timeout + 60, dataclasses.replace(opts, profile=None), workers=2)
+                say(f"    {rows['segflow_e2e_2w']['rate']:,.0f} ev/s")
 
             rate = opts.latency_rate or max(50.0, e2e["rate"] / 2)
             say(f"[6] latency at {rate:,.0f} ev/s offered (SEGFLOW_CLOCK=wall, fresh customers)")
@@ -1033,6 +1045,9 @@ def format_table(result: dict) -> str:
         note = f"{e.get('ratio_to_bare_faust_take', 0) or 0:.0%} of bare Faust (take), {e.get('ratio_to_bare_faust_each', 0) or 0:.0%} of (each), " \
                f"{e.get('ratio_to_raw_consumer', 0) or 0:.1%} of raw"
         add("5 segflow worker end to end (event clock)", evs(e), note)
+    e2 = rows.get("segflow_e2e_2w")
+    if e2:
+        add("5b two segflow workers, one group", evs(e2), f"{e2['rate'] / e['rate']:.2f}x one worker" if e and e.get("rate") else "")
     points = [rows.get("latency"), rows.get("latency_low"), *rows.get("latency_sweep", [])]
     for lat in sorted((p for p in points if p), key=lambda p: -p["offered_rate"]):
         if lat:
