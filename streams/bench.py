@@ -926,7 +926,7 @@ def run_bench(opts: BenchOptions) -> dict:
             rows["raw_consumer"] = asyncio.run(_raw_consume(stack.broker.bootstrap, topics.inputs, n, consume_timeout))
             say(f"    {rows['raw_consumer']['rate']:,.0f} ev/s")
 
-            for mode, label in (("each", "async for value in stream"), ("take", "stream.take_events(2000, within=0.05)")):
+            for mode, label in (("each", "async for value in stream"), ("take", "stream.take_events(2000, within=SEGFLOW_BATCH_WITHIN)")):
                 say(f"[3] bare Faust agent ({label}), subprocess")
                 rows[f"bare_faust_{mode}"] = run_bare_faust(stack, procs, work, mode, n, consume_timeout)
                 say(f"    {rows[f'bare_faust_{mode}']['rate']:,.0f} ev/s")
@@ -1033,7 +1033,7 @@ def format_table(result: dict) -> str:
         add("1 load generator (kafka-python, pre-serialised)", evs(p), f"{p['sent']:,} events in {p['seconds']:.1f}s")
     if "raw_consumer" in rows:
         add("2 raw aiokafka consumer", evs(rows["raw_consumer"]), f"{rows['raw_consumer']['events']:,} events")
-    for mode, label in (("each", "async for value in stream"), ("take", "take_events(2000, 50 ms)")):
+    for mode, label in (("each", "async for value in stream"), ("take", "take_events(2000, batch window)")):
         row = rows.get(f"bare_faust_{mode}")
         if row:
             add(f"3 bare Faust agent, {label}", evs(row), f"{row['events']:,} events")
