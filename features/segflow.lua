@@ -232,11 +232,19 @@ local function advance_watermark(keys, args)
   return cur
 end
 
--- KEYS: deadlines zset. ARGV: now_ms, limit. Atomically claims due customers
--- so that several workers never re-evaluate the same one twice.
+-- KEYS: deadlines zset. ARGV: now_ms, limit, lease_until_ms. Atomically claims
+-- due customers so that several workers do not re-evaluate the same one at once.
+-- A claim is a lease, not a removal: the deadline moves to lease_until_ms, and
+-- the commit of the evaluation replaces it (next deadline, or none). A worker
+-- that dies between claim and commit leaves the lease to run out, and the
+-- customer is claimed again (removing it lost that deadline for good).
 local function claim_due(keys, args)
   local due = redis.call('ZRANGE', keys[1], '-inf', args[1], 'BYSCORE', 'LIMIT', 0, tonumber(args[2]))
-  if #due > 0 then redis.call('ZREM', keys[1], unpack(due)) end
+  if #due > 0 then
+    local leased = {}
+    for i, cid in ipairs(due) do leased[2 * i - 1] = args[3]; leased[2 * i] = cid end
+    redis.call('ZADD', keys[1], 'XX', unpack(leased))
+  end
   return due
 end
 

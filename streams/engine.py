@@ -237,6 +237,8 @@ class Engine:
                 return out
             rows = await self.features.read(due)
             updates = []
+            gone = [cid for cid, (state, _) in zip(due, rows) if not state.exists]
+            await self.segments.drop_deadlines(gone)  # else their lease would bring them back forever
             for cid, (state, seg_hash) in zip(due, rows):
                 if not state.exists:
                     continue

@@ -18,6 +18,7 @@ from features import keys
 from segmenter.changes import history_entry
 
 FLOWS_TTL_SECONDS = 8 * 86_400
+DEADLINE_LEASE_MS = 30_000  # of the deadline clock (wall, or event time in replays)
 
 
 @dataclass(frozen=True)
@@ -144,9 +145,16 @@ class SegmentStore:
         entries = await self.redis.xrange(keys.OUTBOX, count=count)
         return [(_text(i), _text(fields.get(b"change", fields.get("change")))) for i, fields in entries]
 
-    async def claim_due(self, now_ms: int, limit: int = 1000) -> list[str]:
-        due = await self.redis.fcall("segflow_claim_due", 1, keys.DEADLINES, now_ms, limit)
+    async def claim_due(self, now_ms: int, limit: int = 1000, lease_ms: int = DEADLINE_LEASE_MS) -> list[str]:
+        """Customers whose deadline is due, leased until ``now_ms + lease_ms`` (the
+        commit of their evaluation sets the next deadline; a crash before it lets
+        the lease run out and the customer be claimed again)."""
+        due = await self.redis.fcall("segflow_claim_due", 1, keys.DEADLINES, now_ms, limit, now_ms + lease_ms)
         return [_text(c) for c in due]
+
+    async def drop_deadlines(self, customer_ids: Sequence[str]) -> None:
+        if customer_ids:
+            await self.redis.zrem(keys.DEADLINES, *customer_ids)
 
     async def save_model(self, version: int, blob: bytes) -> None:
         pipe = self.redis.pipeline(transaction=True)
