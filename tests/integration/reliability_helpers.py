@@ -221,3 +221,18 @@ def purchase_json(customer_id: str, n: int, ts_ms: int) -> bytes:
     when = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).isoformat()
     return json.dumps({"event_id": f"{customer_id}-{n}", "customer_id": customer_id, "occurred_at": when,
                        "order_id": f"o{n}", "amount": "40", "currency": "USD"}).encode()
+
+
+async def two_engines(settings):
+    """Two started engines on one Redis, as two workers would have; the first owns
+    partition 0 of the purchases topic."""
+    from segmenter.assign import Segmenter
+    from segmenter.config import default_config
+    from streams.app import redis_client as async_redis
+    from streams.engine import Engine
+
+    engines = [Engine(settings, async_redis(settings.redis_url.get_secret_value()), Segmenter.from_config(default_config())) for _ in range(2)]
+    for e in engines:
+        await e.start()
+    engines[0].assign({(settings.topics.purchases, 0)}, now=time.time())
+    return engines

@@ -15,13 +15,10 @@ import time
 import pytest
 
 from features import keys
-from segmenter.assign import Segmenter
-from segmenter.config import default_config
-from streams.app import redis_client as async_redis
-from streams.engine import Engine, InboundMessage
+from streams.engine import InboundMessage
 from streams.settings import Settings
 from streams.segment_store import StoredAssignment
-from tests.integration.reliability_helpers import DAY_MS, purchase_json
+from tests.integration.reliability_helpers import DAY_MS, purchase_json, two_engines
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -33,11 +30,7 @@ def test_a_deadline_evaluation_in_another_worker_does_not_overwrite_a_fresher_ev
     topic = settings.topics.purchases
 
     async def scenario():
-        a = Engine(settings, async_redis(redis_server.url), Segmenter.from_config(default_config()))
-        b = Engine(settings, async_redis(redis_server.url), Segmenter.from_config(default_config()))
-        await a.start()
-        await b.start()
-        a.assign({(topic, 0)}, now=time.time())
+        a, b = await two_engines(settings)
         first = await a.process([InboundMessage(topic, 0, 0, b"race", purchase_json("race", 1, T0_MS))], now=time.time())
         # The event-time watermark moves 20 days on (other customers' events): race is due.
         await a.features.advance_watermark(T0_MS + 20 * DAY_MS)

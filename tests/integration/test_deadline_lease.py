@@ -13,13 +13,10 @@ import time
 import pytest
 
 from features import keys
-from segmenter.assign import Segmenter
-from segmenter.config import default_config
-from streams.app import redis_client as async_redis
-from streams.engine import Engine, InboundMessage
+from streams.engine import InboundMessage
 from streams.segment_store import DEADLINE_LEASE_MS, StoredAssignment
 from streams.settings import Settings
-from tests.integration.reliability_helpers import DAY_MS, purchase_json
+from tests.integration.reliability_helpers import DAY_MS, purchase_json, two_engines
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -31,11 +28,7 @@ def test_a_claimed_deadline_survives_a_worker_that_dies_before_committing(redis_
     topic = settings.topics.purchases
 
     async def scenario():
-        a = Engine(settings, async_redis(redis_server.url), Segmenter.from_config(default_config()))
-        b = Engine(settings, async_redis(redis_server.url), Segmenter.from_config(default_config()))
-        await a.start()
-        await b.start()
-        a.assign({(topic, 0)}, now=time.time())
+        a, b = await two_engines(settings)
         await a.process([InboundMessage(topic, 0, 0, b"lease", purchase_json("lease", 1, T0_MS))], now=time.time())
         due_at = redis_client.zscore(keys.DEADLINES, "lease")
         assert due_at is not None
