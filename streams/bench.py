@@ -656,7 +656,7 @@ def run_latency(stack, procs: Procs, work: Path, rate: float, seconds: float, ta
         say("  waiting for the worker to join and answer a warm-up event")
         warm: dict = {}
         deadline = time.monotonic() + 60
-        while not any(k.startswith(b"latwarm") for k in watcher.first) and time.monotonic() < deadline:
+        while not any(k.startswith(b"latwarm") for k in list(watcher.first)) and time.monotonic() < deadline:
             if p.poll() is not None:
                 raise RuntimeError(f"worker exited with {p.returncode}; see {work / f'worker-latency-{tag}.log'}")
             once = threading.Event()
@@ -680,7 +680,7 @@ def run_latency(stack, procs: Procs, work: Path, rate: float, seconds: float, ta
         sent = stats.sent if stats else len(sent_at)
         achieved = stats.rate if stats else 0.0
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and sum(1 for k in watcher.first if k.startswith(b"latm")) < len(sent_at):
+        while time.monotonic() < deadline and sum(1 for k in list(watcher.first) if k.startswith(b"latm")) < len(sent_at):
             time.sleep(0.2)
         watcher.stop.set()
         watcher.join(5)
@@ -774,7 +774,7 @@ def run_deadline_latency(stack, procs: Procs, work: Path, customers: int = 200, 
         say("  waiting for the worker to join and answer a warm-up event")
         warm: dict = {}
         until = time.monotonic() + 60
-        while not any(k.startswith(b"latdwarm") for k in watcher.first) and time.monotonic() < until:
+        while not any(k.startswith(b"latdwarm") for k in list(watcher.first)) and time.monotonic() < until:
             if p.poll() is not None:
                 raise RuntimeError(f"worker exited with {p.returncode}; see {work / 'worker-deadline.log'}")
             produce_events(stack.broker.bootstrap, [next(fresh_logins("dwarm", threading.Event(), warm))], topics)
