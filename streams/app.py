@@ -191,6 +191,19 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
             log.info("behaviour model snapshot v%d saved", version)
 
     @app.timer(5.0)
+    async def relay_stale_outbox():
+        """Changes committed but never sent, found while running: a commit pipeline
+        that Redis executed but whose replies a Redis restart cut off is retried, the
+        retry loses its compare-and-set, and the first attempt's outbox entries are
+        left behind. Entries older than 10 s are re-sent (same change ids)."""
+        e = await engine()
+        cutoff_ms = int(time.time() * 1000) - 10_000
+        stale = [(i, p) for i, p in await e.pending_outbox() if int(i.split("-")[0]) < cutoff_ms]
+        if stale:
+            log.warning("relaying %d segment changes left in the outbox for over 10 s", len(stale))
+            await publish(e, BatchOutcome(changes=stale))
+
+    @app.timer(5.0)
     async def progress():
         e = await engine()
         c = e.counters
