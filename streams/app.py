@@ -209,8 +209,8 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
         c = e.counters
         elapsed = time.monotonic() - holder["started"]
         log.warning(
-            "progress (this worker): received=%d applied=%d duplicates=%d dead_lettered=%d changes=%d deadline_evals=%d (%.0f ev/s avg)",
-            c.received, c.applied, c.duplicates, c.dead_lettered, c.changes, c.deadline_evaluations, c.received / max(elapsed, 1e-9),
+            "progress (this worker): received=%d in %d batches, applied=%d duplicates=%d dead_lettered=%d changes=%d deadline_evals=%d (%.0f ev/s avg)",
+            c.received, c.batches, c.applied, c.duplicates, c.dead_lettered, c.changes, c.deadline_evaluations, c.received / max(elapsed, 1e-9),
         )
 
     from streams.web import add_sizes_recorder, add_web_views

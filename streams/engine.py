@@ -68,6 +68,7 @@ COUNTED_BY_REDIS = ("applied", "duplicates")
 @dataclass
 class Counters:
     received: int = 0
+    batches: int = 0  # received / batches: the average batch the agent took
     applied: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
@@ -137,6 +138,7 @@ class Engine:
         items = []
         sources = []
         self.counters.received += len(messages)
+        self.counters.batches += 1
         for msg in messages:
             family = self.topics.family_of(msg.topic)
             try:
