@@ -65,6 +65,83 @@ local function base36(n)
   return string.reverse(table.concat(out))
 end
 
+-- The duplicate filter, field `q`: 'token.time;token.time;...' sorted by (time, token),
+-- the first time absolute (ms), each next one the difference to the one before it,
+-- all in base 36. Sorted, so what the lateness or the cap forgets is a prefix and the
+-- usual event (newer than all) is appended without parsing; differences, so an entry
+-- takes ~14 bytes instead of 19. The legacy field `r` ('token.time' or 'token:ms',
+-- unsorted, absolute) is read and rewritten as `q` on the customer's next event.
+local function ring_decode(q, out)
+  if not q or q == '' then return out end
+  local at = nil
+  for t, d in string.gmatch(q, '([^.;]+)%.(%w+)') do
+    local v = tonumber(d, 36)
+    at = at and at + v or v
+    out[#out + 1] = {t, at}
+  end
+  return out
+end
+
+local function ring_encode(ring, first)
+  local parts, prev = {}, nil
+  for i = first, #ring do
+    local e = ring[i]
+    parts[#parts + 1] = e[1] .. '.' .. base36(prev and (e[2] - prev) or e[2])
+    prev = e[2]
+  end
+  return table.concat(parts, ';')
+end
+
+local function older(a, b) return a[2] < b[2] or (a[2] == b[2] and a[1] < b[1]) end
+
+-- Insert (token, ts) into a sorted filter, walking from the front: an event older
+-- than the customer's newest usually comes from a lagging partition, so its place
+-- is near the front. Only the entry after it is rewritten (its difference changes).
+local function ring_insert(q, token, ts)
+  local pos, at = 1, nil
+  while true do
+    local t, d = string.match(q, '^([^.;]+)%.(%w+)', pos)
+    local v = tonumber(d, 36)
+    local here = at and at + v or v
+    if ts < here or (ts == here and token < t) then
+      local sep = string.find(q, ';', pos, true)
+      local entry = token .. '.' .. base36(at and ts - at or ts) .. ';' .. t .. '.' .. base36(here - ts)
+      return string.sub(q, 1, pos - 1) .. entry .. (sep and string.sub(q, sep) or '')
+    end
+    at = here
+    local sep = string.find(q, ';', pos, true)
+    if not sep then return q .. ';' .. token .. '.' .. base36(ts - at) end
+    pos = sep + 1
+  end
+end
+
+-- Forget, from the front of a sorted filter, what the lateness rules out, then the
+-- oldest past DEDUPE_CAP, remembering in `floors` (per family: a token's first
+-- character) the newest time forgotten while still within the lateness.
+local function ring_trim(q, late_before, floors)
+  local _, seps = string.gsub(q, ';', '')
+  local n, pos, at, dropped = seps + 1, 1, nil, 0
+  while true do
+    local t, d = string.match(q, '^([^.;]+)%.(%w+)', pos)
+    local v = tonumber(d, 36)
+    at = at and at + v or v
+    local expired = late_before and at < late_before
+    if not expired and n - dropped <= DEDUPE_CAP then
+      if dropped == 0 then return q end
+      local rest = string.find(q, ';', pos, true)
+      return t .. '.' .. base36(at) .. (rest and string.sub(q, rest) or '')
+    end
+    if not expired then
+      local c = string.sub(t, 1, 1)
+      if not floors[c] or at > floors[c] then floors[c] = at end
+    end
+    dropped = dropped + 1
+    local sep = string.find(q, ';', pos, true)
+    if not sep then return '' end
+    pos = sep + 1
+  end
+end
+
 -- KEYS: cust:{id}, cust:{id}:seg, segflow:customers (how many customers have state),
 --       segflow:stats (the applied and duplicates counters)
 -- ARGV: ts_ms, token, family, partition ('' if none), offset, late_before_ms ('' if unknown),
@@ -90,19 +167,22 @@ local function apply(keys, args)
   end
 
   local initial = string.sub(token, 1, 1)
-  local cur = redis.call('HMGET', cust, 'fs', 'ls', 'o:' .. family, 'r', 'df:' .. initial)
+  local cur = redis.call('HMGET', cust, 'fs', 'ls', 'o:' .. family, 'q', 'df:' .. initial, 'r')
   local first_seen, last_seen = num(cur[1]), num(cur[2])
   if partition ~= '' and cur[3] then
     local seen = split(cur[3], ':')
     if seen[1] == partition and offset <= tonumber(seen[2]) then return reply('duplicate') end
   end
-  local ring = {}
-  if cur[4] then
-    for _, entry in ipairs(split(cur[4], ';')) do
-      -- token.<ms in base 36>; token:<ms in decimal> from older versions
+  local q = cur[4] or ''
+  if q ~= '' and string.find(';' .. q, ';' .. token .. '.', 1, true) then return reply('duplicate') end
+  local legacy = nil
+  if cur[6] then
+    legacy = {}
+    for _, entry in ipairs(split(cur[6], ';')) do
+      -- token.<ms in base 36>, or token:<ms in decimal> from older versions
       local t, sep, at = string.match(entry, '^([^:.]+)([:.])(%w+)$')
       if t == token then return reply('duplicate') end
-      ring[#ring + 1] = {t, tonumber(at, sep == '.' and 36 or 10), entry}
+      legacy[#legacy + 1] = {t, tonumber(at, sep == '.' and 36 or 10)}
     end
   end
   if late_before and ts < late_before then return reply('too_late') end
@@ -190,35 +270,34 @@ local function apply(keys, args)
   end
 
   -- Duplicate filter: remember this event; forget what the lateness rules out anyway.
-  ring[#ring + 1] = {token, ts, token .. '.' .. base36(ts)}
-  local kept = {}
-  for _, e in ipairs(ring) do if not late_before or e[2] >= late_before then kept[#kept + 1] = e end end
-  local excess = #kept - DEDUPE_CAP
-  if excess > 0 then
-    -- Forget the oldest (by time, then token) one at a time: usually just one,
-    -- and a linear scan is much cheaper than sorting the ring on every event
-    -- (283 us per call with a full ring, docs/PERFORMANCE.md). Remember, per
-    -- family (a token's first character), the newest time forgotten.
-    local floors = {}
-    for _ = 1, excess do
-      local m = 1
-      for j = 2, #kept do
-        local a, b = kept[j], kept[m]
-        if a[2] < b[2] or (a[2] == b[2] and a[1] < b[1]) then m = j end
-      end
-      local c = string.sub(kept[m][1], 1, 1)
-      if not floors[c] or kept[m][2] > floors[c] then floors[c] = kept[m][2] end
-      table.remove(kept, m)
+  -- A non-empty filter's newest entry is the customer's newest event (last_seen):
+  -- the lateness and the cap forget the oldest first.
+  local floors = {}
+  if not legacy then
+    if q == '' then q = token .. '.' .. base36(ts)
+    elseif last_seen and ts > last_seen then q = q .. ';' .. token .. '.' .. base36(ts - last_seen)
+    else q = ring_insert(q, token, ts) end
+    q = ring_trim(q, late_before, floors)
+  else
+    local ring = ring_decode(q, legacy)
+    ring[#ring + 1] = {token, ts}
+    table.sort(ring, older)
+    local first = 1
+    while first <= #ring and late_before and ring[first][2] < late_before do first = first + 1 end
+    while #ring - first + 1 > DEDUPE_CAP do
+      local c, at = string.sub(ring[first][1], 1, 1), ring[first][2]
+      if not floors[c] or at > floors[c] then floors[c] = at end
+      first = first + 1
     end
-    for c, at in pairs(floors) do
-      local f = 'df:' .. c
-      local old = (c == initial) and dedupe_floor or num(redis.call('HGET', cust, f))
-      if not old or at > old then set[#set + 1] = f; set[#set + 1] = fmt(at) end
-    end
+    q = ring_encode(ring, first)
+    if legacy then redis.call('HDEL', cust, 'r') end
   end
-  local parts = {}
-  for i, e in ipairs(kept) do parts[i] = e[3] end
-  set[#set + 1] = 'r'; set[#set + 1] = table.concat(parts, ';')
+  for c, at in pairs(floors) do
+    local f = 'df:' .. c
+    local old = (c == initial) and dedupe_floor or num(redis.call('HGET', cust, f))
+    if not old or at > old then set[#set + 1] = f; set[#set + 1] = fmt(at) end
+  end
+  set[#set + 1] = 'q'; set[#set + 1] = q
 
   redis.call('HSET', cust, unpack(set))
   return reply('applied')

@@ -24,7 +24,8 @@ class Applied:
     """Outcome of one event: ``status`` applied/duplicate/too_late/unverifiable/over_capacity.
 
     ``state``/``segments``: the customer's hashes after the event, present only
-    on the customer's last event of a batch (whatever its status).
+    on the customer's last event of a batch (whatever its status); ``state``
+    without the duplicate filter (features do not read it).
     """
 
     customer_id: str
@@ -79,7 +80,7 @@ class FeatureStore:
         for (customer_id, _), reply in zip(items, replies):
             status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
             if len(reply) > 1:
-                out.append(Applied(customer_id, status, state_from_hash(pairs(reply[1])), pairs(reply[2])))
+                out.append(Applied(customer_id, status, state_from_hash(pairs(reply[1]), dedupe=False), pairs(reply[2])))
             else:
                 out.append(Applied(customer_id, status))
         return out
@@ -93,7 +94,7 @@ class FeatureStore:
         return None if value is None else int(value)
 
     async def read(self, customer_ids: Sequence[str]) -> list[tuple[CustomerState, dict[str, str]]]:
-        """Raw state and segments of several customers, one round trip."""
+        """Raw state (without the duplicate filter) and segments of several customers, one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for cid in customer_ids:
             pipe.hgetall(keys.customer_key(cid))
@@ -101,7 +102,7 @@ class FeatureStore:
         replies = await pipe.execute()
         out = []
         for i in range(0, len(replies), 2):
-            out.append((state_from_hash(_decode(replies[i])), _decode(replies[i + 1])))
+            out.append((state_from_hash(_decode(replies[i]), dedupe=False), _decode(replies[i + 1])))
         return out
 
 

@@ -24,7 +24,7 @@ from streams.segment_store import StoredAssignment
 # Fields of the customer hash that legitimately depend on delivery, not on the
 # events: the duplicate filter (trimmed by the lateness horizon, which moves
 # with wall-clock batching; "df"/"df:<family>", the newest time it had to forget) and the newest applied (partition, offset).
-VOLATILE = ("r", "df")
+VOLATILE = ("q", "r", "df")
 
 
 def population(customers: int = 150, days: float = 20, seed: int = 3) -> list[tuple[str, bytes, bytes]]:

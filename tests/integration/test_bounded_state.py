@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from features import keys
+from features.codec import ring_entries
 from features.state import BUCKET_DAYS, CATEGORY_CAP, DEDUPE_CAP
 from tests.integration.reliability_helpers import read_all
 from tests.kafka_helpers import fresh_topics, send
@@ -41,7 +42,7 @@ def footprint(r) -> dict:
         "hlen": r.hlen(keys.customer_key(CID)),
         "buckets": sum(1 for f in h if f.startswith("d:")),
         "categories": sum(1 for f in h if f.startswith("c:")),
-        "ring": len([e for e in h.get("r", "").split(";") if e]),
+        "ring": len(ring_entries(h.get("q", ""))),
         "memory": r.memory_usage(keys.customer_key(CID)),
         "history": r.llen(keys.history_key(CID)),
     }

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from features import keys
-from features.codec import base36, state_from_hash
+from features.codec import base36, ring_entries, state_from_hash
 from features.state import BUCKET_DAYS, DAY_MS, METRICS, CustomerState, EventDelta, apply_delta
 from features.store import apply_call, load_library_sync
 
@@ -67,14 +67,32 @@ def test_lua_refuses_a_retry_after_the_duplicate_filter_overflowed(redis_client)
     assert redis_client.hget(keys.customer_key("c"), "df:t") == str(base + 80 - 64 - 1)
 
 
-def test_a_duplicate_filter_written_by_an_older_version_still_catches_duplicates(redis_client):
-    """Older versions wrote ``token:<decimal ms>`` (now ``token.<base 36 ms>``): both are read."""
+@pytest.mark.parametrize("legacy", ["cold:{day}", "cold.{day36}", "cold.{day36};cmid:{later}"])
+def test_a_duplicate_filter_written_by_an_older_version_still_catches_duplicates(redis_client, legacy):
+    """Older versions kept the filter in ``r``, unsorted, as ``token:<decimal ms>`` or
+    ``token.<base 36 ms>``: it still catches duplicates, and the next applied event
+    moves it to ``q`` (sorted, time differences)."""
     load_library_sync(redis_client)
     day = 20_000 * DAY_MS
+    r_value = legacy.format(day=day, day36=base36(day), later=day + 9)
     redis_client.delete(keys.customer_key("c"))
-    redis_client.hset(keys.customer_key("c"), mapping={"fs": day, "ls": day, "n": 1, "r": f"cold:{day}"})
+    redis_client.hset(keys.customer_key("c"), mapping={"fs": day, "ls": day + 9, "n": 1, "r": r_value})
     assert redis_client.fcall(*apply_call("c", EventDelta(day, "cold", "clickstream", {1: 1}), None))[0] == "duplicate"
     assert redis_client.fcall(*apply_call("c", EventDelta(day + 5, "cnew", "clickstream", {1: 1}), None))[0] == "applied"
-    ring = redis_client.hget(keys.customer_key("c"), "r")
-    assert ring.split(";") == [f"cold:{day}", "cnew." + base36(day + 5)]
-    assert state_from_hash(redis_client.hgetall(keys.customer_key("c"))).recent == {"cold": day, "cnew": day + 5}
+    h = redis_client.hgetall(keys.customer_key("c"))
+    expected = {"cold": day, "cnew": day + 5, **({"cmid": day + 9} if "cmid" in legacy else {})}
+    assert "r" not in h and ring_entries(h["q"]) == sorted(expected.items(), key=lambda kv: kv[1])
+    assert state_from_hash(h).recent == expected
+    assert redis_client.fcall(*apply_call("c", EventDelta(day, "cold", "clickstream", {1: 1}), None))[0] == "duplicate"
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(times=st.lists(st.integers(0, 40), min_size=1, max_size=90), horizon=st.none() | st.integers(0, 30))
+def test_the_filter_stays_sorted_with_in_order_and_late_events(redis_client, times, horizon):
+    """In-order events take the append path, older ones the rebuild path: either way
+    ``q`` is sorted by (time, token), holds what the reference holds, and its floors match."""
+    base = 20_000 * DAY_MS
+    run_both(redis_client, [(EventDelta(base + t * 1000, f"t{i}", "login", {9: 1}), None if horizon is None else base + horizon * 1000)
+                            for i, t in enumerate(times)])
+    entries = ring_entries(redis_client.hget(keys.customer_key("c"), "q") or "")
+    assert entries == sorted(entries, key=lambda kv: (kv[1], kv[0]))
