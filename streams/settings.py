@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     segments_config: Path | None = Field(None, description="YAML segmentation config; default: the one shipped in segmenter/")
     campaigns_file: Path | None = Field(None, description="YAML campaign routing config; default: the one shipped in segmenter/ (an empty list turns routing off)")
     batch_size: int = Field(2000, ge=1, description="Events taken from the stream per Redis pipeline")
-    batch_within: float = Field(0.02, gt=0, description="Seconds to wait for a batch to fill (a floor on quiet-time latency; under load batches fill first)")
+    batch_within: float = Field(0.01, gt=0, description="Seconds to wait for a batch to fill (a floor on quiet-time latency; under load batches fill first)")
     fetch_max_wait_ms: int = Field(20, ge=1, le=1500, description="Longest a Kafka fetch waits for data (Faust hard-codes 1500 ms; it bounds quiet-time latency)")
     max_customers: int = Field(10_000_000, ge=0, description="Customers with state in Redis at most (about 6 KB each); events of further new customers are dead-lettered as customer_limit. 0: no limit")
     history_cap: int = Field(10, ge=1, description="Segment changes kept per customer in Redis, compact (about 90 B each; the full changes are on the topic)")
