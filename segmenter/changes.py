@@ -28,6 +28,8 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from features.codec import base36
+
 SCHEMA_VERSION = 1
 
 
@@ -114,18 +116,23 @@ def segment_change_json_schema() -> dict:
 
 # Per-customer history in Redis keeps each move in a compact form: the full
 # change (with its feature snapshot) is on the segment-changes topic, by
-# change_id. As a capped Redis LIST of these, 20 entries take ~1.8 KB; as a
-# stream of the change JSON they took 8.3 KB (a stream node alone reserves
-# ~4 KB), see docs/PERFORMANCE.md.
+# change_id. As a capped Redis LIST of these; as a stream of the change JSON
+# they took 8.3 KB per customer (a stream node alone reserves ~4 KB), as JSON
+# arrays ~100 bytes an entry, as unit-separated text ~82 (docs/PERFORMANCE.md).
 HISTORY_FIELDS = ("change_id", "occurred_at_ms", "segmentation", "from", "to", "reason", "model_version")
+_SEP = "\x1f"  # ASCII unit separator: never in segment names or rule ids
 
 
 def history_entry(change: SegmentChange) -> str:
-    """One history entry: a JSON array in :data:`HISTORY_FIELDS` order.
+    """One history entry: :data:`HISTORY_FIELDS` joined by ``\\x1f`` (the change id in
+    base64, the time in base 36, "" for no ``from`` or ``model_version``); a JSON array
+    instead when a text holds that separator or ``from`` is the empty string.
 
     >>> c = SegmentChange.create(customer_id="c1", segmentation="lifecycle", from_segment="active", to_segment="at_risk",
     ...     reason="buyer_silent_14d", model_version=3, occurred_at_ms=1_790_000_000_000, cause="deadline", features={})
     >>> entry = history_entry(c)
+    >>> entry.split("\x1f")[1:]
+    ['mubbs7i8', 'lifecycle', 'active', 'at_risk', 'buyer_silent_14d', '3']
     >>> read_history_entry(entry)["to"], read_history_entry(entry)["occurred_at"]
     ('at_risk', '2026-09-21T14:13:20Z')
     >>> read_history_entry(entry)["change_id"] == c.change_id
@@ -133,14 +140,27 @@ def history_entry(change: SegmentChange) -> str:
     """
     # The id as 22 base64 characters instead of 32 hex ones: same bits, 10 bytes less per entry.
     short_id = base64.urlsafe_b64encode(bytes.fromhex(change.change_id)).decode().rstrip("=")
-    values = [short_id, change.occurred_at_ms, change.segmentation, change.from_segment, change.to_segment,
-              change.reason, change.model_version]
-    return json.dumps(values, separators=(",", ":"))
+    texts = (change.segmentation, change.from_segment or "", change.to_segment, change.reason)
+    if change.from_segment == "" or any(_SEP in t for t in texts):
+        values = [short_id, change.occurred_at_ms, change.segmentation, change.from_segment, change.to_segment,
+                  change.reason, change.model_version]
+        return json.dumps(values, separators=(",", ":"))
+    version = "" if change.model_version is None else str(change.model_version)
+    return _SEP.join((short_id, base36(change.occurred_at_ms), *texts, version))
 
 
 def read_history_entry(entry: str | bytes) -> dict:
-    """An entry as a dict of :data:`HISTORY_FIELDS`, plus ``occurred_at`` as ISO 8601 (UTC)."""
-    out = dict(zip(HISTORY_FIELDS, json.loads(entry)))
+    """An entry (either form, or a JSON array as older versions wrote) as a dict of
+    :data:`HISTORY_FIELDS`, plus ``occurred_at`` as ISO 8601 (UTC)."""
+    if isinstance(entry, bytes):
+        entry = entry.decode()
+    if entry.startswith("["):
+        out = dict(zip(HISTORY_FIELDS, json.loads(entry)))
+    else:
+        short_id, at, segmentation, from_segment, to_segment, reason, version = entry.split(_SEP)
+        out = {"change_id": short_id, "occurred_at_ms": int(at, 36), "segmentation": segmentation, "from": from_segment or None,
+               "to": to_segment, "reason": reason, "model_version": int(version) if version else None}
     out["change_id"] = base64.urlsafe_b64decode(out["change_id"] + "==").hex()
     out["occurred_at"] = ms_to_datetime(out["occurred_at_ms"]).strftime("%Y-%m-%dT%H:%M:%SZ")
     return out
+

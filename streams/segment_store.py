@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from features import keys
+from features.codec import base36
 from segmenter.changes import history_entry
+
+_SEP = "\x1f"  # ASCII unit separator: never in segment names or rule ids
 
 FLOWS_TTL_SECONDS = 8 * 86_400
 DEADLINE_LEASE_MS = 30_000  # of the deadline clock (wall, or event time in replays)
@@ -28,20 +31,30 @@ class StoredAssignment:
     reason: str
     model_version: int | None = None
 
-    def to_json(self) -> str:
-        """``[segment, since_ms, reason, model_version]``: an array, not an object, since
-        the key names were a third of a customer's segment hash (docs/PERFORMANCE.md).
+    def encode(self) -> str:
+        """``segment``, ``since_ms`` (base 36), ``reason``, ``model_version`` joined by the
+        unit separator ``\\x1f``: no key names, no quotes (a JSON object's key names were
+        a third of a customer's segment hash, docs/PERFORMANCE.md). A JSON array when a
+        text holds the separator.
 
         >>> a = StoredAssignment("at_risk", 1790000000000, "buyer_silent_14d", 3)
-        >>> a.to_json()
-        '["at_risk",1790000000000,"buyer_silent_14d",3]'
-        >>> StoredAssignment.from_json(a.to_json()) == a
+        >>> a.encode().split("\x1f")
+        ['at_risk', 'mubbs7i8', 'buyer_silent_14d', '3']
+        >>> StoredAssignment.decode(a.encode()) == a
+        True
+        >>> StoredAssignment.decode('["at_risk",1790000000000,"buyer_silent_14d",3]') == a  # as older versions wrote
         True
         """
-        return json.dumps([self.segment, self.since_ms, self.reason, self.model_version], separators=(",", ":"))
+        if _SEP in self.segment or _SEP in self.reason:
+            return json.dumps([self.segment, self.since_ms, self.reason, self.model_version], separators=(",", ":"))
+        version = "" if self.model_version is None else str(self.model_version)
+        return _SEP.join((self.segment, base36(self.since_ms), self.reason, version))
 
     @classmethod
-    def from_json(cls, text: str) -> "StoredAssignment":
+    def decode(cls, text: str) -> "StoredAssignment":
+        if not text.startswith(("[", "{")):
+            segment, since, reason, version = text.split(_SEP)
+            return cls(segment, int(since, 36), reason, int(version) if version else None)
         d = json.loads(text)
         if isinstance(d, dict):  # written by an older segflow
             return cls(d["segment"], int(d["since_ms"]), d["reason"], d.get("model_version"))
@@ -51,7 +64,7 @@ class StoredAssignment:
 
 def parse_segments(h: dict[str, str]) -> dict[str, StoredAssignment]:
     """The ``cust:{id}:seg`` hash -> segmentation -> assignment (ignores ``_*`` fields)."""
-    return {k: StoredAssignment.from_json(v) for k, v in h.items() if not k.startswith("_")}
+    return {k: StoredAssignment.decode(v) for k, v in h.items() if not k.startswith("_")}
 
 
 @dataclass(frozen=True)
@@ -115,7 +128,7 @@ class SegmentStore:
             for name, a in u.assignments.items():
                 old = u.previous.get(name)
                 old_no = key_no(keys.member_set(name, old.segment)) if old is not None and (name, a) in moved else 0
-                argv += [name, a.to_json(), old_no, key_no(keys.member_set(name, a.segment))]
+                argv += [name, a.encode(), old_no, key_no(keys.member_set(name, a.segment))]
             payloads = []
             argv.append(len(u.changes))
             for change in u.changes:

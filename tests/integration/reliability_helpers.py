@@ -140,7 +140,7 @@ def check_changes(client, records) -> dict:
     stored = dict(zip(customers, pipe.execute()))
     mismatches = []
     for (cid, segmentation), c in last.items():
-        held = StoredAssignment.from_json(stored[cid][segmentation]).segment if segmentation in stored[cid] else None
+        held = StoredAssignment.decode(stored[cid][segmentation]).segment if segmentation in stored[cid] else None
         if held != c["to"]:
             mismatches.append((cid, segmentation, held, c["to"]))
     # And the other way round: every segment Redis holds was announced.

@@ -58,7 +58,7 @@ def test_a_deadline_evaluation_in_another_worker_does_not_overwrite_a_fresher_ev
     moves = [json.loads(p) for _, p in first.changes + fresh.changes + stale.changes]
     lifecycle = [(c["from"], c["to"], c["reason"]) for c in moves if c["segmentation"] == "lifecycle"]
     print(lifecycle)
-    held = StoredAssignment.from_json(redis_client.hget(keys.segments_key("race"), "lifecycle")).segment
+    held = StoredAssignment.decode(redis_client.hget(keys.segments_key("race"), "lifecycle")).segment
     fresh_to = [c["to"] for c in (json.loads(p) for _, p in fresh.changes) if c["segmentation"] == "lifecycle"]
     # Redis must hold what the freshest state says; and no two changes may leave the same segment.
     assert not fresh_to or held == fresh_to[-1], (held, lifecycle)

@@ -182,7 +182,7 @@ def test_dashboard_renders_charts_and_customer_lookup(broker, redis_client, star
     wait_until_quiet(base, worker, feeder)
     cid = redis_client.srandmember("seg:lifecycle:active") or redis_client.srandmember("seg:lifecycle:new")
     assert cid, "no customer in lifecycle active/new"
-    lifecycle = StoredAssignment.from_json(redis_client.hget(f"cust:{{{cid}}}:seg", "lifecycle")).segment
+    lifecycle = StoredAssignment.decode(redis_client.hget(f"cust:{{{cid}}}:seg", "lifecycle")).segment
 
     url = f"{base}/dashboard?customer={cid}&since=1h"
     out = run_chromium(tmp_path, "--dump-dom", url)

@@ -36,7 +36,7 @@ def test_a_claimed_deadline_survives_a_worker_that_dies_before_committing(redis_
         await b.features.advance_watermark(int(due_at) + 1000)
         now_ms = await b.clock_ms()
         assert await a.segments.claim_due(now_ms) == ["lease"]
-        before = StoredAssignment.from_json(redis_client.hget(keys.segments_key("lease"), "lifecycle")).segment
+        before = StoredAssignment.decode(redis_client.hget(keys.segments_key("lease"), "lifecycle")).segment
         leased_until = redis_client.zscore(keys.DEADLINES, "lease")
         # Within the lease nobody else takes it ...
         early = await b.fire_deadlines()
@@ -52,5 +52,5 @@ def test_a_claimed_deadline_survives_a_worker_that_dies_before_committing(redis_
     assert early.changes == []
     lifecycle = [c for c in (json.loads(p) for _, p in late.changes) if c["segmentation"] == "lifecycle"]
     assert [c["from"] for c in lifecycle] == [before] and lifecycle[0]["to"] != before
-    held = StoredAssignment.from_json(redis_client.hget(keys.segments_key("lease"), "lifecycle")).segment
+    held = StoredAssignment.decode(redis_client.hget(keys.segments_key("lease"), "lifecycle")).segment
     assert held == lifecycle[-1]["to"]
