@@ -36,6 +36,22 @@ def wait_stat(redis_client, field: str, expected: int, timeout: float = 120) -> 
     raise AssertionError(f"{field} did not reach {expected} in {timeout}s: {stats}")
 
 
+def wait_settled(redis_client, quiet: float = 3.0, timeout: float = 60) -> None:
+    """Until ``changes`` has not moved for ``quiet`` seconds: the deadline timer (every
+    0.25 s) has fired what the last batch's watermark made due. Stopping a worker
+    right after its last batch left those to the next worker (a flaky +3 changes)."""
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        now = redis_client.hget("segflow:stats", "changes")
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"changes still moving after {timeout}s")
+
+
 def customer_hashes(redis_client, customer_ids) -> dict[str, dict]:
     pipe = redis_client.pipeline(transaction=False)
     for cid in customer_ids:
@@ -73,10 +89,13 @@ def test_duplicates_and_a_full_replay_change_nothing(broker, redis_client, start
         assert compute(state_from_hash(stored[cid]), end_ms) == compute(state, end_ms), cid
 
     # A replay of every topic by a new consumer group: nothing changes.
+    wait_settled(redis_client)
     first.stop()
     changes_before = int(redis_client.hget("segflow:stats", "changes") or 0)
     start_worker(topics.prefix, app_id=f"{topics.prefix}replay")
     stats = wait_stat(redis_client, "received", 2 * sent)
+    wait_settled(redis_client)
+    stats = redis_client.hgetall("segflow:stats")
     assert int(stats["applied"]) == len(events), stats
     assert int(stats["duplicates"]) == len(retried) + sent, stats
     assert customer_hashes(redis_client, list(reference)) == stored
