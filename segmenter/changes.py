@@ -120,7 +120,7 @@ def segment_change_json_schema() -> dict:
 # they took 8.3 KB per customer (a stream node alone reserves ~4 KB), as JSON
 # arrays ~100 bytes an entry, as unit-separated text ~82 (docs/PERFORMANCE.md).
 HISTORY_FIELDS = ("change_id", "occurred_at_ms", "segmentation", "from", "to", "reason", "model_version")
-_SEP = "\x1f"  # ASCII unit separator: never in segment names or rule ids
+FIELD_SEP = "\x1f"  # ASCII unit separator: never in segment names or rule ids; also used by streams.segment_store
 
 
 def history_entry(change: SegmentChange) -> str:
@@ -141,12 +141,12 @@ def history_entry(change: SegmentChange) -> str:
     # The id as 22 base64 characters instead of 32 hex ones: same bits, 10 bytes less per entry.
     short_id = base64.urlsafe_b64encode(bytes.fromhex(change.change_id)).decode().rstrip("=")
     texts = (change.segmentation, change.from_segment or "", change.to_segment, change.reason)
-    if change.from_segment == "" or any(_SEP in t for t in texts):
+    if change.from_segment == "" or any(FIELD_SEP in t for t in texts):
         values = [short_id, change.occurred_at_ms, change.segmentation, change.from_segment, change.to_segment,
                   change.reason, change.model_version]
         return json.dumps(values, separators=(",", ":"))
     version = "" if change.model_version is None else str(change.model_version)
-    return _SEP.join((short_id, base36(change.occurred_at_ms), *texts, version))
+    return FIELD_SEP.join((short_id, base36(change.occurred_at_ms), *texts, version))
 
 
 def read_history_entry(entry: str | bytes) -> dict:
@@ -157,7 +157,7 @@ def read_history_entry(entry: str | bytes) -> dict:
     if entry.startswith("["):
         out = dict(zip(HISTORY_FIELDS, json.loads(entry)))
     else:
-        short_id, at, segmentation, from_segment, to_segment, reason, version = entry.split(_SEP)
+        short_id, at, segmentation, from_segment, to_segment, reason, version = entry.split(FIELD_SEP)
         out = {"change_id": short_id, "occurred_at_ms": int(at, 36), "segmentation": segmentation, "from": from_segment or None,
                "to": to_segment, "reason": reason, "model_version": int(version) if version else None}
     out["change_id"] = base64.urlsafe_b64decode(out["change_id"] + "==").hex()

@@ -702,16 +702,14 @@ def run_latency(stack, procs: Procs, work: Path, rate: float, seconds: float, ta
         decide.sort()
         publish.sort()
 
-        def pick(xs, q):
-            return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1) if xs else None
 
         return {
             "offered_rate": round(rate, 1), "achieved_rate": round(achieved, 1), "seconds": seconds,
-            "sent": sent, "answered": len(lat), "p50_ms": pick(lat, 0.50), "p99_ms": pick(lat, 0.99),
+            "sent": sent, "answered": len(lat), "p50_ms": _pick(lat, 0.50), "p99_ms": _pick(lat, 0.99),
             "max_ms": round(lat[-1], 1) if lat else None, "change_messages": watcher.messages,
             # Split at the change's emitted_at (the engine's clock when it decided):
-            "to_decision_p50_ms": pick(decide, 0.5), "to_decision_p99_ms": pick(decide, 0.99),
-            "decision_to_arrival_p50_ms": pick(publish, 0.5), "decision_to_arrival_p99_ms": pick(publish, 0.99),
+            "to_decision_p50_ms": _pick(decide, 0.5), "to_decision_p99_ms": _pick(decide, 0.99),
+            "decision_to_arrival_p50_ms": _pick(publish, 0.5), "decision_to_arrival_p99_ms": _pick(publish, 0.99),
         }
     finally:
         stop.set()
@@ -811,15 +809,13 @@ def run_mix_latency(stack, procs: Procs, work: Path, rate: float, seconds: float
         timeline = [{"from_s": k * 5, "changes": len(v), "p50_ms": _pick(sorted(v), 0.5), "p99_ms": _pick(sorted(v), 0.99)}
                     for k, v in sorted(windows.items())]
 
-        def pick(xs, q):
-            return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1) if xs else None
 
         return {
             "offered_rate": round(rate, 1), "achieved_rate": round(stats.rate, 1), "sent": stats.sent,
             "customers": len({k for _, k, _ in payloads}), "changes_timed": len(lat), "changes_by_deadline": timed_out,
-            "p50_ms": pick(lat, 0.50), "p90_ms": pick(lat, 0.90), "p99_ms": pick(lat, 0.99), "max_ms": round(lat[-1], 1) if lat else None,
+            "p50_ms": _pick(lat, 0.50), "p90_ms": _pick(lat, 0.90), "p99_ms": _pick(lat, 0.99), "max_ms": round(lat[-1], 1) if lat else None,
             # Split at the change's emitted_at (the engine's clock when it decided):
-            "to_decision_p50_ms": pick(decide, 0.5), "to_decision_p99_ms": pick(decide, 0.99),
+            "to_decision_p50_ms": _pick(decide, 0.5), "to_decision_p99_ms": _pick(decide, 0.99),
             "timeline": timeline,
         }
     finally:
@@ -905,11 +901,9 @@ def run_deadline_latency(stack, procs: Procs, work: Path, customers: int = 200, 
             time.sleep(0.2)
         lat = sorted(arrivals[c] * 1000 - (ms + silence_s * 1000) for c, ms in sent_at.items() if c in arrivals)
 
-        def pick(xs, q):
-            return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1) if xs else None
 
         return {"customers": len(sent_at), "answered": len(lat), "silence_s": silence_s,
-                "p50_ms": pick(lat, 0.5), "p99_ms": pick(lat, 0.99), "max_ms": round(lat[-1], 1) if lat else None,
+                "p50_ms": _pick(lat, 0.5), "p99_ms": _pick(lat, 0.99), "max_ms": round(lat[-1], 1) if lat else None,
                 "early": sum(1 for x in lat if x < 0)}
     finally:
         watcher.stop.set()

@@ -16,9 +16,7 @@ from typing import Iterable, Sequence
 
 from features import keys
 from features.codec import base36
-from segmenter.changes import history_entry
-
-_SEP = "\x1f"  # ASCII unit separator: never in segment names or rule ids
+from segmenter.changes import FIELD_SEP, history_entry
 
 FLOWS_TTL_SECONDS = 8 * 86_400
 DEADLINE_LEASE_MS = 30_000  # of the deadline clock (wall, or event time in replays)
@@ -45,15 +43,15 @@ class StoredAssignment:
         >>> StoredAssignment.decode('["at_risk",1790000000000,"buyer_silent_14d",3]') == a  # as older versions wrote
         True
         """
-        if _SEP in self.segment or _SEP in self.reason:
+        if FIELD_SEP in self.segment or FIELD_SEP in self.reason:
             return json.dumps([self.segment, self.since_ms, self.reason, self.model_version], separators=(",", ":"))
         version = "" if self.model_version is None else str(self.model_version)
-        return _SEP.join((self.segment, base36(self.since_ms), self.reason, version))
+        return FIELD_SEP.join((self.segment, base36(self.since_ms), self.reason, version))
 
     @classmethod
     def decode(cls, text: str) -> "StoredAssignment":
         if not text.startswith(("[", "{")):
-            segment, since, reason, version = text.split(_SEP)
+            segment, since, reason, version = text.split(FIELD_SEP)
             return cls(segment, int(since, 36), reason, int(version) if version else None)
         d = json.loads(text)
         if isinstance(d, dict):  # written by an older segflow
