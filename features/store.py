@@ -14,6 +14,7 @@ from typing import Sequence
 
 from features import keys
 from features.codec import delta_args, pairs, state_from_hash
+from features.pipeline import run_pipeline
 from features.state import CustomerState, EventDelta
 
 LIBRARY = resources.files("features").joinpath("segflow.lua").read_text()
@@ -37,9 +38,9 @@ class Applied:
 def apply_call(customer_id: str, delta: EventDelta, late_before_ms: int | None, want_state: bool = True,
                max_customers: int = 0) -> tuple:
     """The arguments of one ``FCALL segflow_apply`` (KEYS and ARGV, see segflow.lua), for
-    ``pipe.fcall(*apply_call(...))``. ``max_customers`` > 0 refuses customers not yet
+    ``redis.fcall(*apply_call(...))``. ``max_customers`` > 0 refuses customers not yet
     known once that many have state (status ``over_capacity``)."""
-    return ("segflow_apply", 4, keys.customer_key(customer_id), keys.segments_key(customer_id), keys.CUSTOMERS, keys.STATS,
+    return ("FCALL", "segflow_apply", 4, keys.customer_key(customer_id), keys.segments_key(customer_id), keys.CUSTOMERS, keys.STATS,
             *delta_args(delta, late_before_ms, want_state), max_customers)
 
 
@@ -70,12 +71,11 @@ class FeatureStore:
         if not items:
             return []
         last = {customer_id: i for i, (customer_id, _) in enumerate(items)}
-        pipe = self.redis.pipeline(transaction=False)
-        for i, (customer_id, delta) in enumerate(items):
-            pipe.fcall(*apply_call(customer_id, delta, late_before_ms, last[customer_id] == i, self.max_customers))
+        commands = [apply_call(customer_id, delta, late_before_ms, last[customer_id] == i, self.max_customers)
+                    for i, (customer_id, delta) in enumerate(items)]
         if watermark_ms is not None:
-            pipe.fcall("segflow_advance_watermark", 1, keys.WATERMARK, watermark_ms)
-        replies = await pipe.execute()
+            commands.append(("FCALL", "segflow_advance_watermark", 1, keys.WATERMARK, watermark_ms))
+        replies = await run_pipeline(self.redis, commands)
         out = []
         for (customer_id, _), reply in zip(items, replies):
             status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]

@@ -365,12 +365,11 @@ def worker_like_batches(deltas, batch: int, lateness_ms: int = 6 * 3600 * 1000) 
 
 
 async def _apply_batches(r, batches) -> float:
+    from features.pipeline import run_pipeline  # as FeatureStore.apply_batch sends them
+
     t0 = time.perf_counter()
     for calls in batches:
-        pipe = r.pipeline(transaction=False)
-        for call in calls:
-            pipe.fcall(*call)
-        await pipe.execute()
+        await run_pipeline(r, calls)
     return time.perf_counter() - t0
 
 

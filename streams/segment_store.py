@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 
 from features import keys
 from features.codec import base36
+from features.pipeline import run_pipeline
 from segmenter.changes import FIELD_SEP, history_entry
 
 FLOWS_TTL_SECONDS = 8 * 86_400
@@ -106,7 +107,7 @@ class SegmentStore:
     async def write(self, updates: Iterable[CustomerUpdate]) -> WriteOutcome:
         """Commit each customer's update atomically with its outbox entries, unless
         its segments changed since they were read (then it is re-queued)."""
-        pipe = self.redis.pipeline(transaction=False)
+        commands = []
         batch: list[tuple[CustomerUpdate, list[str]]] = []
         for u in updates:
             key_list = [keys.segments_key(u.customer_id), keys.history_key(u.customer_id), keys.OUTBOX, keys.DEADLINES]
@@ -135,11 +136,13 @@ class SegmentStore:
                 entry = history_entry(change)  # the move only; the snapshot is on the topic
                 flow_key = f"{keys.FLOWS}:{int(change.emitted_at.timestamp()) // 3600}"
                 argv += [payload, entry, key_no(flow_key), f"{change.segmentation}|{change.from_segment or ''}|{change.to_segment}"]
-            pipe.fcall("segflow_commit", len(key_list), *key_list, *argv)
+            commands.append(("FCALL", "segflow_commit", len(key_list), *key_list, *argv))
             batch.append((u, payloads))
         if not batch:
             return WriteOutcome([], [])
-        replies = await pipe.execute()
+        # A resend after a lost connection is safe: a commit that did land makes the
+        # resent one lose its compare-and-set (a conflict, re-queued).
+        replies = await run_pipeline(self.redis, commands)
         out = WriteOutcome([], [])
         for (u, payloads), reply in zip(batch, replies):
             if _text(reply[0]) == "conflict":

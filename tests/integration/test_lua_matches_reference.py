@@ -51,7 +51,7 @@ def run_both(redis_client, events):
     ref = CustomerState()
     for delta, late_before in events:
         expected = apply_delta(ref, delta, late_before)
-        reply = redis_client.fcall(*apply_call("c", delta, late_before))
+        reply = redis_client.execute_command(*apply_call("c", delta, late_before))
         assert reply[0] == expected
     stored = state_from_hash(redis_client.hgetall(keys.customer_key("c")))
     assert stored == ref
@@ -77,13 +77,13 @@ def test_a_duplicate_filter_written_by_an_older_version_still_catches_duplicates
     r_value = legacy.format(day=day, day36=base36(day), later=day + 9)
     redis_client.delete(keys.customer_key("c"))
     redis_client.hset(keys.customer_key("c"), mapping={"fs": day, "ls": day + 9, "n": 1, "r": r_value})
-    assert redis_client.fcall(*apply_call("c", EventDelta(day, "cold", "clickstream", {1: 1}), None))[0] == "duplicate"
-    assert redis_client.fcall(*apply_call("c", EventDelta(day + 5, "cnew", "clickstream", {1: 1}), None))[0] == "applied"
+    assert redis_client.execute_command(*apply_call("c", EventDelta(day, "cold", "clickstream", {1: 1}), None))[0] == "duplicate"
+    assert redis_client.execute_command(*apply_call("c", EventDelta(day + 5, "cnew", "clickstream", {1: 1}), None))[0] == "applied"
     h = redis_client.hgetall(keys.customer_key("c"))
     expected = {"cold": day, "cnew": day + 5, **({"cmid": day + 9} if "cmid" in legacy else {})}
     assert "r" not in h and ring_entries(h["q"]) == sorted(expected.items(), key=lambda kv: kv[1])
     assert state_from_hash(h).recent == expected
-    assert redis_client.fcall(*apply_call("c", EventDelta(day, "cold", "clickstream", {1: 1}), None))[0] == "duplicate"
+    assert redis_client.execute_command(*apply_call("c", EventDelta(day, "cold", "clickstream", {1: 1}), None))[0] == "duplicate"
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -1,0 +1,61 @@
+"""A Redis pipeline of plain commands without redis-py's per-command Python.
+
+redis.asyncio's ``Pipeline`` queues each command through ``execute_command``,
+packs it, then parses each reply through response callbacks and bookkeeping
+for transactions and WATCH. For the worker's ~800 ``FCALL segflow_apply`` per
+batch that machinery, not Redis, was 28% of the engine's CPU (pyinstrument,
+docs/PERFORMANCE.md). Here the commands are packed by hiredis in one buffer,
+sent once, and the replies read as they come: the same wire bytes and the
+same raw replies (no callbacks: the commands used here have none), with the
+client's connection pool, retry policy and reply timeouts.
+
+Arguments are ``str``, ``bytes``, ``int`` or ``float``; hiredis refuses anything
+else (``bool``, ``None``) with a ``TypeError`` before anything is sent. Like ``Pipeline.execute()``, every reply is read before the first
+error is raised, so the connection never goes back to the pool out of step.
+
+>>> commands = [("SET", "k", 1), ("INCRBY", "k", 2), ("GET", "k")]
+>>> b"".join(map(hiredis.pack_command, commands))[:20]
+b'*3\\r\\n$3\\r\\nSET\\r\\n$1\\r\\nk\\r\\n'
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import hiredis
+from redis.exceptions import ResponseError
+
+
+async def run_pipeline(redis, commands: Sequence[tuple]) -> list:
+    """Send ``commands`` (tuples of command name and arguments) in one round trip on
+    ``redis`` (a redis.asyncio client) and return their replies in order.
+
+    A ``ResponseError`` of any command is raised (annotated with its position)
+    after all replies are read. Connection errors are retried as the client's
+    ``retry`` says, resending the whole batch: only commands safe to resend belong here.
+    """
+    if not commands:
+        return []
+    packed = b"".join(map(hiredis.pack_command, commands))
+    pool = redis.connection_pool
+    conn = await pool.get_connection()
+    try:
+        return await conn.retry.call_with_retry(lambda: _round_trip(conn, packed, commands), lambda error: conn.disconnect())
+    finally:
+        await pool.release(conn)
+
+
+async def _round_trip(conn, packed: bytes, commands: Sequence[tuple]) -> list:
+    await conn.send_packed_command(packed)
+    replies = []
+    for _ in range(len(commands)):
+        try:
+            replies.append(await conn.read_response())
+        except ResponseError as error:
+            replies.append(error)
+    for i, reply in enumerate(replies):
+        if isinstance(reply, ResponseError):
+            name = commands[i][0]
+            reply.args = (f"command #{i + 1} ({name}) of pipeline failed: {reply.args[0] if reply.args else ''}",) + reply.args[1:]
+            raise reply
+    return replies
