@@ -19,6 +19,8 @@ on the 7 calendar days ending with ``now``'s day.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import add, mul
+
 from features.state import (
     ADD_TO_CARTS,
     CHECKOUTS,
@@ -130,6 +132,18 @@ def window_sums(state: CustomerState, now_ms: int, days: int) -> list[int]:
     return sums
 
 
+# Built once: names per window, and the engagement decay per day of age.
+_WINDOW_FEATURES = tuple(
+    (days, tuple((f"{stem}_{days}d", metric, metric == REVENUE_CENTS) for metric, stem, _, _ in _WINDOWED), f"discount_share_{days}d")
+    for days in WINDOWS
+)
+# Per-metric vectors (0 elsewhere), so a bucket's activity and weighted engagement are
+# one C-level sum each; the terms and their order are those of the dicts above.
+_ACTIVITY_MASK = tuple(1 if m in ACTIVITY_METRICS else 0 for m in range(len(METRICS)))
+_ENGAGEMENT_VECTOR = tuple(ENGAGEMENT_WEIGHTS.get(m, 0.0) for m in range(len(METRICS)))
+_DECAY = tuple(0.5 ** (age / ENGAGEMENT_HALFLIFE_DAYS) for age in range(2 * max(WINDOWS)))
+
+
 def compute(state: CustomerState, now_ms: int) -> dict[str, float | None]:
     """Every catalogue feature of ``state`` as of ``now_ms`` (None: undefined)."""
     out: dict[str, float | None] = {
@@ -143,15 +157,42 @@ def compute(state: CustomerState, now_ms: int) -> dict[str, float | None]:
         "avg_order_value": _ratio(state.revenue_total_cents / 100, state.purchases_total),
     }
     today = now_ms // DAY_MS
+    # One pass over the buckets, oldest first (float sums independent of arrival
+    # order): each adds to the band of ages between two windows; a window's sums
+    # are the bands inside it (what window_sums computes one window at a time).
+    bands = [[0] * len(METRICS) for _ in WINDOWS]
+    weekend = total = 0
+    score = recent7 = prior30 = 0.0
+    buckets = state.buckets
+    for day in sorted(buckets):
+        age = today - day
+        if age < 0:
+            continue  # a bucket after `now` (evaluating the past) does not count yet
+        bucket = buckets[day]
+        for band, days in enumerate(WINDOWS):
+            if age < days:
+                bands[band] = list(map(add, bands[band], bucket))
+                break
+        activity = sum(map(mul, bucket, _ACTIVITY_MASK))
+        if age < 90:
+            total += activity
+            if weekday(day) >= 5:
+                weekend += activity
+        decay = _DECAY[age] if age < len(_DECAY) else 0.5 ** (age / ENGAGEMENT_HALFLIFE_DAYS)
+        score += sum(map(mul, bucket, _ENGAGEMENT_VECTOR)) * decay
+        if age < 7:
+            recent7 += activity
+        elif age < 37:
+            prior30 += activity
+    running = [0] * len(METRICS)
     per_window: dict[int, list[int]] = {}
-    for days in WINDOWS:
-        sums = window_sums(state, now_ms, days)
-        per_window[days] = sums
-        for metric, stem, _, _ in _WINDOWED:
-            value = sums[metric]
-            out[f"{stem}_{days}d"] = value / 100 if metric == REVENUE_CENTS else float(value)
-        gross = sums[REVENUE_CENTS] + sums[DISCOUNT_CENTS]
-        out[f"discount_share_{days}d"] = _ratio(sums[DISCOUNT_CENTS], gross)
+    for band, (days, names, gross_name) in enumerate(_WINDOW_FEATURES):
+        running = list(map(add, running, bands[band]))
+        per_window[days] = running
+        for name, metric, money in names:
+            value = running[metric]
+            out[name] = value / 100 if money else float(value)
+        out[gross_name] = _ratio(running[DISCOUNT_CENTS], running[REVENUE_CENTS] + running[DISCOUNT_CENTS])
 
     m30 = per_window[30]
     abandonment = _ratio(m30[PURCHASES], m30[ADD_TO_CARTS])
@@ -166,23 +207,6 @@ def compute(state: CustomerState, now_ms: int) -> dict[str, float | None]:
     out["purchase_interval_last_days"] = (
         None if state.prev_purchase_ms is None or state.last_purchase_ms is None else (state.last_purchase_ms - state.prev_purchase_ms) / DAY_MS
     )
-
-    weekend = total = 0
-    score = recent7 = prior30 = 0.0
-    for day, bucket in sorted(state.buckets.items()):  # sorted: float sums independent of arrival order
-        age = today - day
-        if age < 0:
-            continue  # a bucket after `now` (evaluating the past) does not count yet
-        activity = sum(bucket[m] for m in ACTIVITY_METRICS)
-        if age < 90:
-            total += activity
-            if weekday(day) >= 5:
-                weekend += activity
-        score += sum(bucket[m] * w for m, w in ENGAGEMENT_WEIGHTS.items()) * 0.5 ** (age / ENGAGEMENT_HALFLIFE_DAYS)
-        if age < 7:
-            recent7 += activity
-        elif age < 37:
-            prior30 += activity
     out["weekend_share_90d"] = _ratio(weekend, total)
     item_total = sum(state.categories.values())
     out["top_category_share"] = _ratio(max(state.categories.values(), default=0), item_total)

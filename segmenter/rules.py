@@ -38,16 +38,18 @@ nothing and schedules the next deadline.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
-from features.catalogue import CATALOGUE, FEATURE_NAMES
+from features.catalogue import CATALOGUE
 from features.state import DAY_MS
-from segmenter.churn import churn_propensity
+from segmenter.churn import CHURN_INPUTS, churn_propensity
 from segmenter.config import CHURN_FEATURE, Condition, Rule, RuleSet, SegmentationConfig
 
 Features = dict[str, float | None]
-CATALOGUE_NAMES = frozenset(FEATURE_NAMES)
 Derive = Callable[[Features], Features]
+# Derived features that change with silence alone: how each is computed, and the
+# features it reads (the deadline search projects only those).
+TIME_DERIVED: dict[str, tuple[Callable[[Features], float], frozenset[str]]] = {CHURN_FEATURE: (churn_propensity, CHURN_INPUTS)}
 
 # Features that grow by exactly one per day of wall/event time, whatever happens.
 CLOCK_FEATURES: frozenset[str] = frozenset(f.name for f in CATALOGUE if f.unit == "days" and f.family == "recency")
@@ -109,14 +111,15 @@ class RuleBook:
     vector; it is also applied to projected features to time their flips.
     """
 
-    def __init__(self, rules: RuleSet, derive: Derive = with_churn, time_derived: frozenset[str] = frozenset({CHURN_FEATURE})):
+    def __init__(self, rules: RuleSet, derive: Derive = with_churn,
+                 time_derived: Mapping[str, tuple[Callable[[Features], float], frozenset[str]]] = TIME_DERIVED):
         self.rules: tuple[Rule, ...] = tuple(rules.rules)
         self.default: str = rules.default
         self.segments: tuple[str, ...] = tuple(rules.segments)
         self.derive = derive
-        # Derived features that change with silence alone; the others (RFM
-        # frequency, monetary) are constant between events.
-        self.time_derived = time_derived
+        # Derived features that change with silence alone (see TIME_DERIVED); the
+        # others (RFM frequency, monetary) are constant between events.
+        self.time_derived = dict(time_derived)
         # Split once: collecting them per evaluation (hashing pydantic models)
         # was most of the cost of next_deadline_ms.
         unique = tuple(self.conditions())
@@ -151,26 +154,26 @@ class RuleBook:
             at = now_ms + math.ceil(days * DAY_MS) + (1 if days == 0 or cond.op in (">", "<=") else 0)
             if at > now_ms and (best is None or at < best):
                 best = at
-        derived_conditions = self._derived_conditions
-        if derived_conditions:
-            derived = self.derive(features)
-            # Derived values passed in with the features are stale once projected.
-            base = {k: v for k, v in features.items() if k in CATALOGUE_NAMES}
-            for cond in derived_conditions:
-                # Only a flip before the best deadline so far matters: a short search.
-                limit_ms = int(HORIZON_DAYS * DAY_MS) if best is None else best - now_ms
-                after = self._derived_flip_ms(cond, base, cond.holds(derived), limit_ms)
-                if after is not None:
-                    best = now_ms + after
+        for cond in self._derived_conditions:
+            # Only a flip before the best deadline so far matters: a short search.
+            limit_ms = int(HORIZON_DAYS * DAY_MS) if best is None else best - now_ms
+            after = self._derived_flip_ms(cond, features, limit_ms)
+            if after is not None:
+                best = now_ms + after
         return best
 
-    def _derived_flip_ms(self, cond: Condition, base: Features, now_truth: bool, limit_ms: int) -> int | None:
+    def _derived_flip_ms(self, cond: Condition, features: Features, limit_ms: int) -> int | None:
         """Milliseconds until ``cond`` on a derived feature flips, if within ``limit_ms``."""
+        derive_one, inputs = self.time_derived[cond.feature]
+        # Only what the derived feature reads, from the catalogue values (a derived
+        # value passed in with the features would be stale once projected).
+        base = {name: features.get(name) for name in inputs}
+        now_truth = cond.holds({cond.feature: derive_one(base)})
         # Derived scores are monotone in silence, so their truth flips at most
         # once along the projection: bisect for it.
 
         def flipped(ms: int) -> bool:
-            return cond.holds(self.derive(project_silence(base, ms / DAY_MS))) != now_truth
+            return cond.holds({cond.feature: derive_one(project_silence(base, ms / DAY_MS))}) != now_truth
 
         hi = limit_ms
         if hi <= 0 or not flipped(hi):

@@ -7,7 +7,7 @@ import copy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.catalogue import FEATURE_NAMES, WINDOWS, compute, window_sums
+from features.catalogue import _WINDOWED, ACTIVITY_METRICS, ENGAGEMENT_HALFLIFE_DAYS, ENGAGEMENT_WEIGHTS, FEATURE_NAMES, WINDOWS, compute, window_sums
 from features.state import (
     BUCKET_DAYS,
     DAY_MS,
@@ -87,6 +87,25 @@ def test_windows_equal_a_batch_recomputation_from_raw_events(deltas, cutoff_offs
                     expected[metric] += n
         assert window_sums(state, cutoff, days) == expected
     feats = compute(state, cutoff)
+    for days in WINDOWS:  # compute sums all windows in one pass: the same sums
+        sums = window_sums(state, cutoff, days)
+        for metric, stem, _, _ in _WINDOWED:
+            assert feats[f"{stem}_{days}d"] == (sums[metric] / 100 if metric == REVENUE_CENTS else float(sums[metric]))
+    # engagement from the raw events, day by day (oldest first, as compute sums floats)
+    per_day: dict[int, list[int]] = {}
+    for d in upto:
+        day = per_day.setdefault(d.ts_ms // DAY_MS, [0] * len(METRICS))
+        for metric, n in d.increments.items():
+            day[metric] += n
+    in_buckets = {day: v for day, v in per_day.items() if day in state.buckets}  # older days were dropped from the state
+    score = sum(
+        sum(v[m] * w for m, w in ENGAGEMENT_WEIGHTS.items()) * 0.5 ** ((today - day) / ENGAGEMENT_HALFLIFE_DAYS)
+        for day, v in sorted(in_buckets.items())
+    )
+    assert feats["engagement_score"] == round(score, 6)
+    recent7 = sum(sum(v[m] for m in ACTIVITY_METRICS) for day, v in in_buckets.items() if today - day < 7)
+    prior30 = sum(sum(v[m] for m in ACTIVITY_METRICS) for day, v in in_buckets.items() if 7 <= today - day < 37)
+    assert feats["engagement_trend"] == (None if prior30 == 0 else (recent7 / 7) / (prior30 / 30))
     assert feats["purchases_total"] == sum(d.increments.get(PURCHASES, 0) for d in upto if d.purchase)
     assert round(feats["revenue_total"] * 100) == sum(d.increments.get(REVENUE_CENTS, 0) for d in upto if d.purchase)
 

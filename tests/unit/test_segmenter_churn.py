@@ -75,3 +75,33 @@ def test_an_engaged_customer_scores_zero():
 
 def test_missing_features_mean_no_signal():
     assert churn_propensity({}) == 0.0
+
+
+class _Recording(dict):
+    """A feature dict that remembers which names were read."""
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.read: set[str] = set()
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+@given(features)
+def test_churn_reads_only_its_declared_inputs(f):
+    """The deadline search projects only CHURN_INPUTS forward (segmenter.rules.TIME_DERIVED):
+    a signal reading another feature must be declared there too."""
+    from features.catalogue import FEATURE_NAMES
+    from segmenter.churn import CHURN_INPUTS
+
+    every = _Recording({name: 1.0 for name in FEATURE_NAMES})
+    every.update(f)
+    churn_propensity(every)
+    assert every.read <= CHURN_INPUTS
+    assert churn_propensity(every) == churn_propensity({k: f.get(k) for k in CHURN_INPUTS})

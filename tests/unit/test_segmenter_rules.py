@@ -124,7 +124,7 @@ def test_nothing_changes_before_the_deadline_and_something_at_it(f, now_ms, frac
 @settings(max_examples=150, deadline=None)
 def test_clock_deadline_is_exact(rules, f):
     """Clock features grow one per day: the deadline is the exact crossing."""
-    book = RuleBook(rules, derive=lambda x: x, time_derived=frozenset())
+    book = RuleBook(rules, derive=lambda x: x, time_derived={})
     deadline = book.next_deadline_ms(f, 0)
     expected = []  # in days
     for c in book.conditions():
