@@ -82,10 +82,9 @@ local function ring_decode(q, out)
   return out
 end
 
-local function ring_encode(ring, first)
+local function ring_encode(ring)
   local parts, prev = {}, nil
-  for i = first, #ring do
-    local e = ring[i]
+  for _, e in ipairs(ring) do
     parts[#parts + 1] = e[1] .. '.' .. base36(prev and (e[2] - prev) or e[2])
     prev = e[2]
   end
@@ -273,25 +272,18 @@ local function apply(keys, args)
   -- A non-empty filter's newest entry is the customer's newest event (last_seen):
   -- the lateness and the cap forget the oldest first.
   local floors = {}
-  if not legacy then
-    if q == '' then q = token .. '.' .. base36(ts)
-    elseif last_seen and ts > last_seen then q = q .. ';' .. token .. '.' .. base36(ts - last_seen)
-    else q = ring_insert(q, token, ts) end
-    q = ring_trim(q, late_before, floors)
-  else
+  if legacy then
+    -- An older version's filter: sorted and written in this one's form, then kept
+    -- like any other (not appended to blindly: its newest entry may not be last_seen).
     local ring = ring_decode(q, legacy)
-    ring[#ring + 1] = {token, ts}
     table.sort(ring, older)
-    local first = 1
-    while first <= #ring and late_before and ring[first][2] < late_before do first = first + 1 end
-    while #ring - first + 1 > DEDUPE_CAP do
-      local c, at = string.sub(ring[first][1], 1, 1), ring[first][2]
-      if not floors[c] or at > floors[c] then floors[c] = at end
-      first = first + 1
-    end
-    q = ring_encode(ring, first)
-    if legacy then redis.call('HDEL', cust, 'r') end
+    q = ring_encode(ring)
+    redis.call('HDEL', cust, 'r')
   end
+  if q == '' then q = token .. '.' .. base36(ts)
+  elseif not legacy and last_seen and ts > last_seen then q = q .. ';' .. token .. '.' .. base36(ts - last_seen)
+  else q = ring_insert(q, token, ts) end
+  q = ring_trim(q, late_before, floors)
   for c, at in pairs(floors) do
     local f = 'df:' .. c
     local old = (c == initial) and dedupe_floor or num(redis.call('HGET', cust, f))

@@ -96,3 +96,30 @@ def test_the_filter_stays_sorted_with_in_order_and_late_events(redis_client, tim
                             for i, t in enumerate(times)])
     entries = ring_entries(redis_client.hget(keys.customer_key("c"), "q") or "")
     assert entries == sorted(entries, key=lambda kv: (kv[1], kv[0]))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(old=st.dictionaries(st.text("abcdef", min_size=2, max_size=3), st.integers(0, 40), max_size=90),
+       decimal=st.booleans(), new=st.integers(0, 45), horizon=st.none() | st.integers(0, 30))
+def test_an_older_filter_is_converted_as_the_reference_reads_it(redis_client, old, decimal, new, horizon):
+    """An ``r`` filter (unsorted, absolute times, past the cap or the lateness) and the
+    next event: the Lua function ends with the same state, floors and ``q`` as the
+    reference that reads ``r`` (features.codec.state_from_hash)."""
+    load_library_sync(redis_client)
+    base = 20_000 * DAY_MS
+    times = {f"l{token}": base + t * 1000 for token, t in old.items()}
+    r_value = ";".join(f"{token}:{at}" if decimal else f"{token}.{base36(at)}" for token, at in reversed(times.items()))
+    newest = max(times.values(), default=base)
+    seeded = {"fs": base, "ls": newest, "n": 1, **({"r": r_value} if r_value else {})}
+    redis_client.delete(keys.customer_key("c"))
+    redis_client.hset(keys.customer_key("c"), mapping=seeded)
+    ref = state_from_hash(seeded)
+    delta = EventDelta(base + new * 1000, "lnew", "login", {9: 1})
+    late_before = None if horizon is None else base + horizon * 1000
+    status = redis_client.execute_command(*apply_call("c", delta, late_before))[0]
+    assert status == apply_delta(ref, delta, late_before)
+    h = redis_client.hgetall(keys.customer_key("c"))
+    assert state_from_hash(h) == ref
+    if status == "applied":  # the others leave the hash as it was, `r` included
+        entries = ring_entries(h.get("q", ""))
+        assert "r" not in h and entries == sorted(entries, key=lambda kv: (kv[1], kv[0]))
