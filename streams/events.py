@@ -29,7 +29,6 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
-    TypeAdapter,
     ValidationError,
     model_validator,
 )
@@ -147,8 +146,6 @@ FAMILIES: dict[str, type[Envelope]] = {
     "login": LoginEvent,
 }
 
-_ADAPTERS = {family: TypeAdapter(model) for family, model in FAMILIES.items()}
-
 
 def decode(family: str, raw: bytes | str | None) -> Event:
     """Parse and validate one message of ``family``; raise :class:`InvalidEvent`.
@@ -158,11 +155,11 @@ def decode(family: str, raw: bytes | str | None) -> Event:
     """
     if raw is None or len(raw) == 0:
         raise InvalidEvent("empty", "message has no value")
-    adapter = _ADAPTERS.get(family)
-    if adapter is None:
+    model = FAMILIES.get(family)
+    if model is None:
         raise InvalidEvent("unknown_family", repr(family))
     try:
-        event = adapter.validate_json(raw)
+        event = model.model_validate_json(raw)
     except ValidationError as exc:
         raise _classify(exc) from None
     if event.occurred_at < EARLIEST_PLAUSIBLE:
