@@ -8,9 +8,8 @@ raw state and current segments.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from importlib import resources
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from features import keys
 from features.codec import delta_args, pairs, state_from_hash
@@ -20,8 +19,7 @@ from features.state import CustomerState, EventDelta
 LIBRARY = resources.files("features").joinpath("segflow.lua").read_text()
 
 
-@dataclass(frozen=True)
-class Applied:
+class Applied(NamedTuple):
     """Outcome of one event: ``status`` applied/duplicate/too_late/unverifiable/over_capacity.
 
     ``state``/``segments``: the customer's hashes after the event, present only

@@ -929,7 +929,7 @@ def scale_test(url: str, payloads, sizes: tuple[int, ...], probe_events: int, ev
 
     def deltas_for(cid_index: int, j: int, tag: str):
         t = templates[(cid_index * 7 + j) % len(templates)]
-        return f"s{cid_index}", dataclasses.replace(t, ts_ms=base + j * day + (cid_index % 86_400) * 1000, token=f"{tag}{cid_index}.{j}", offset=None)
+        return f"s{cid_index}", t._replace(ts_ms=base + j * day + (cid_index % 86_400) * 1000, token=f"{tag}{cid_index}.{j}", offset=None)
 
     sync = redis_lib.Redis.from_url(url, decode_responses=True)
     sync.execute_command("FLUSHALL", "SYNC")  # plain FLUSHALL may free lazily, after the baseline

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, NamedTuple, Sequence
 
 from features import keys
 from features.catalogue import compute
@@ -30,8 +30,9 @@ log = logging.getLogger("segflow.engine")
 DRIFT_STREAM_LEN = 1000  # entries kept in segflow:drift (about: XADD MAXLEN ~)
 
 
-@dataclass(frozen=True)
-class InboundMessage:
+class InboundMessage(NamedTuple):
+    """One Kafka message as the engine sees it (a named tuple: one is built per event)."""
+
     topic: str
     partition: int | None
     offset: int | None
