@@ -35,9 +35,10 @@ class Applied(NamedTuple):
 
 def apply_call(customer_id: str, delta: EventDelta, late_before_ms: int | None, want_state: bool = True,
                max_customers: int = 0) -> tuple:
-    """The arguments of one ``FCALL segflow_apply`` (KEYS and ARGV, see segflow.lua), for
-    ``redis.fcall(*apply_call(...))``. ``max_customers`` > 0 refuses customers not yet
-    known once that many have state (status ``over_capacity``)."""
+    """One ``FCALL segflow_apply`` command (KEYS and ARGV, see segflow.lua), for
+    ``redis.execute_command(*apply_call(...))`` or :func:`features.pipeline.run_pipeline`.
+    ``max_customers`` > 0 refuses customers not yet known once that many have
+    state (status ``over_capacity``)."""
     return ("FCALL", "segflow_apply", 4, keys.customer_key(customer_id), keys.segments_key(customer_id), keys.CUSTOMERS, keys.STATS,
             *delta_args(delta, late_before_ms, want_state), max_customers)
 
