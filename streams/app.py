@@ -142,23 +142,28 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
         return pending
 
     async def publish(e: Engine, outcome: BatchOutcome) -> None:
-        futures = []
-        for dl in outcome.dead_letters:
-            futures.append(await dead_letter_topic.send(key=dl.message.key, value=dl.message.value or b"", headers=dl.headers()))
-        sent_ids = []
-        for outbox_id, payload in outcome.changes:
-            customer_id = json.loads(payload)["customer_id"]
-            futures.append(await changes_topic.send(key=customer_id.encode(), value=payload.encode()))
-            sent_ids.append(outbox_id)
-        if futures:
-            await asyncio.gather(*futures)
-        # Campaign triggers for changes the broker has, sent before the outbox
-        # entries go: a crash re-sends them (same trigger ids) rather than loses them.
-        triggers = await holder["router"].route(payload for _, payload in outcome.changes) if outcome.changes else []
-        if triggers:
-            await asyncio.gather(*[await triggers_topic.send(key=k, value=v) for k, v in map(trigger_message, triggers)])
-        # Only once the broker has the changes do they leave the outbox.
-        await e.confirm_sent(sent_ids)
+        sent_ids = [outbox_id for outbox_id, _ in outcome.changes]
+        # In flight until done (the engine marked its own at commit): the stale relay
+        # skips them, however long Redis keeps this publish from deleting them.
+        e.publishing.update(sent_ids)
+        try:
+            futures = []
+            for dl in outcome.dead_letters:
+                futures.append(await dead_letter_topic.send(key=dl.message.key, value=dl.message.value or b"", headers=dl.headers()))
+            for _, payload in outcome.changes:
+                customer_id = json.loads(payload)["customer_id"]
+                futures.append(await changes_topic.send(key=customer_id.encode(), value=payload.encode()))
+            if futures:
+                await asyncio.gather(*futures)
+            # Campaign triggers for changes the broker has, sent before the outbox
+            # entries go: a crash re-sends them (same trigger ids) rather than loses them.
+            triggers = await holder["router"].route(payload for _, payload in outcome.changes) if outcome.changes else []
+            if triggers:
+                await asyncio.gather(*[await triggers_topic.send(key=k, value=v) for k, v in map(trigger_message, triggers)])
+            # Only once the broker has the changes do they leave the outbox.
+            await e.confirm_sent(sent_ids)
+        finally:
+            e.publishing.difference_update(sent_ids)
 
     async def relay_outbox(e: Engine) -> None:
         """Send changes a previous run wrote to Redis but did not confirm on Kafka."""
@@ -201,10 +206,10 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
         """Changes committed but never sent, found while running: a commit pipeline
         that Redis executed but whose replies a Redis restart cut off is retried, the
         retry loses its compare-and-set, and the first attempt's outbox entries are
-        left behind. Entries older than 10 s are re-sent (same change ids)."""
+        left behind. Entries older than 10 s are re-sent (same change ids), except those
+        this worker is publishing itself (Engine.stale_outbox)."""
         e = await engine()
-        cutoff_ms = int(time.time() * 1000) - 10_000
-        stale = [(i, p) for i, p in await e.pending_outbox() if int(i.split("-")[0]) < cutoff_ms]
+        stale = await e.stale_outbox(int(time.time() * 1000))
         if stale:
             log.warning("relaying %d segment changes left in the outbox for over 10 s", len(stale))
             await publish(e, BatchOutcome(changes=stale))

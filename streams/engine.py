@@ -21,7 +21,7 @@ from features.store import FeatureStore, load_library
 from segmenter.assign import Segmenter
 from segmenter.drift import DriftEvent, DriftMonitor
 from streams.events import InvalidEvent, check_not_future, decode
-from streams.segment_store import CustomerUpdate, SegmentStore, StoredAssignment, evaluated_upto, parse_segments, version_of
+from streams.segment_store import CustomerUpdate, SegmentStore, StoredAssignment, evaluated_upto, parse_segments, stale_outbox, version_of
 from streams.settings import Settings
 from streams.topics import Topics
 from streams.watermark import Watermark
@@ -113,6 +113,9 @@ class Engine:
         # messages: silent partitions are idle only when they have none.
         self.last_offsets: dict[tuple[str, int], int] = {}
         self.backlog_probe: Callable[[set[tuple[str, int]]], Awaitable[set[tuple[str, int]]]] | None = None
+        # Outbox ids committed by this worker and not yet through the shell's publish
+        # (it discards them when done, sent or not): never stale, see stale_outbox.
+        self.publishing: set[str] = set()
         # The Faust agent and the deadline timer share a worker; evaluating one
         # customer from both at once could write stale segments.
         self.lock = asyncio.Lock()
@@ -212,6 +215,7 @@ class Engine:
                 learned = learn and self.segmenter.learn_one(feats)
                 updates.append(self._evaluate(customer_id, feats, after.segments, now_ms, f"event:{event.event_id}", seen_ms=now_ms, drift=drift, learned=learned))
             written = await self.segments.write(updates)
+            self.publishing.update(i for i, _ in written.changes)
             out.changes = written.changes
             self.counters.conflicts += len(written.conflicts)
             await self._record_drift(drift)
@@ -249,6 +253,7 @@ class Engine:
                 updates.append(self._evaluate(cid, feats, seg_hash, now_ms, f"deadline:{now_ms}"))
             self.counters.deadline_evaluations += len(due)
             written = await self.segments.write(updates)
+            self.publishing.update(i for i, _ in written.changes)
             out.changes = written.changes
             self.counters.conflicts += len(written.conflicts)
         self._count(out)
@@ -303,6 +308,10 @@ class Engine:
 
     async def pending_outbox(self) -> list[tuple[str, str]]:
         return await self.segments.pending_outbox()
+
+    async def stale_outbox(self, now_ms: int) -> list[tuple[str, str]]:
+        """Outbox entries over 10 s old that this worker is not publishing itself."""
+        return stale_outbox(await self.segments.pending_outbox(), now_ms, self.publishing)
 
     async def confirm_sent(self, outbox_ids: Sequence[str]) -> None:
         await self.segments.confirm_sent(outbox_ids)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 from features import keys
 from features.codec import base36
@@ -95,6 +95,19 @@ def version_of(h: dict[str, str]) -> int:
 class WriteOutcome:
     changes: list[tuple[str, str]]  # (outbox id, change json) of committed changes
     conflicts: list[str]  # customers re-queued: another evaluation committed first
+
+
+def stale_outbox(pending: Iterable[tuple[str, str]], now_ms: int, in_flight: Collection[str], older_than_ms: int = 10_000) -> list[tuple[str, str]]:
+    """Outbox entries (id, change) to send again: committed over ``older_than_ms`` ago and
+    not being published by this worker right now (``in_flight``). Those may be old
+    because Redis was away while their publish waited to delete them; sending them
+    from here too would put each change on the topic twice.
+
+    >>> stale_outbox([("1000-0", "a"), ("1000-1", "b"), ("9500-0", "c")], now_ms=12_000, in_flight={"1000-1"})
+    [('1000-0', 'a')]
+    """
+    cutoff_ms = now_ms - older_than_ms
+    return [(i, p) for i, p in pending if int(i.split("-")[0]) < cutoff_ms and i not in in_flight]
 
 
 class SegmentStore:

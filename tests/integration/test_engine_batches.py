@@ -84,3 +84,29 @@ def test_a_redelivery_after_a_crash_before_the_segment_commit_still_moves_the_cu
     assert redis_client.hget("cust:{crash}", "n") == "3"  # applied once
     assert {json.loads(p)["segmentation"] for _, p in again.changes} >= {"lifecycle"}
     assert redis_client.hget("cust:{crash}:seg", "lifecycle") is not None
+
+
+def test_changes_being_published_are_not_stale_however_old(redis_server, redis_client):
+    """The stale-outbox relay skips the entries this worker committed and has not yet
+    finished publishing: a Redis outage that holds up their deletion must not put
+    them on the topic a second time."""
+    settings = Settings(redis_url=redis_server.url, clock="event")
+    topic = settings.topics.purchases
+
+    async def scenario():
+        engine = Engine(settings, async_redis(redis_server.url), Segmenter.from_config(default_config()))
+        await engine.start()
+        engine.assign({(topic, 0)}, now=time.time())
+        out = await engine.process([InboundMessage(topic, 0, 0, b"s1", purchase("s1", 0, T0_MS))], now=time.time())
+        ids = {i for i, _ in out.changes}
+        later_ms = int(time.time() * 1000) + 60_000  # every entry is "old" by then
+        while_publishing = {i for i, _ in await engine.stale_outbox(later_ms)}
+        engine.publishing.difference_update(ids)  # what the shell's publish does when it is done, sent or not
+        after_publish = {i for i, _ in await engine.stale_outbox(later_ms)}
+        await engine.redis.aclose()
+        return ids, while_publishing, after_publish
+
+    ids, while_publishing, after_publish = run(scenario())
+    assert ids  # a new customer's first purchase moves it
+    assert not ids & while_publishing
+    assert ids <= after_publish  # not deleted: left to the relay
