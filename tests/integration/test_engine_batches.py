@@ -31,6 +31,13 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def started_engine(settings: Settings, partitions: set[tuple[str, int]]) -> Engine:
+    engine = Engine(settings, async_redis(settings.redis_url.get_secret_value()), Segmenter.from_config(default_config()))
+    await engine.start()
+    engine.assign(partitions, now=time.time())
+    return engine
+
+
 def test_events_of_one_batch_are_judged_against_the_watermark_before_the_batch(redis_server, redis_client):
     """Two in-order partitions replayed in one batch, zero lateness: nothing is late.
 
@@ -40,9 +47,7 @@ def test_events_of_one_batch_are_judged_against_the_watermark_before_the_batch(r
     topic = settings.topics.purchases
 
     async def scenario():
-        engine = Engine(settings, async_redis(redis_server.url), Segmenter.from_config(default_config()))
-        await engine.start()
-        engine.assign({(topic, 0), (topic, 1)}, now=time.time())
+        engine = await started_engine(settings, {(topic, 0), (topic, 1)})
         batch = [InboundMessage(topic, p, day, b"c%d" % p, purchase(f"c{p}", day, T0_MS + day * DAY_MS)) for day in range(10) for p in (0, 1)]
         first = await engine.process(batch, now=time.time())
         # Then an event for partition 0 older than both partitions' newest: too late.
@@ -63,9 +68,7 @@ def test_a_redelivery_after_a_crash_before_the_segment_commit_still_moves_the_cu
     topic = settings.topics.purchases
 
     async def scenario():
-        engine = Engine(settings, async_redis(redis_server.url), Segmenter.from_config(default_config()))
-        await engine.start()
-        engine.assign({(topic, 0)}, now=time.time())
+        engine = await started_engine(settings, {(topic, 0)})
         batch = [InboundMessage(topic, 0, n, b"crash", purchase("crash", n, T0_MS + n * 3_600_000)) for n in range(3)]
         commit = engine.segments.write
 
@@ -94,9 +97,7 @@ def test_changes_being_published_are_not_stale_however_old(redis_server, redis_c
     topic = settings.topics.purchases
 
     async def scenario():
-        engine = Engine(settings, async_redis(redis_server.url), Segmenter.from_config(default_config()))
-        await engine.start()
-        engine.assign({(topic, 0)}, now=time.time())
+        engine = await started_engine(settings, {(topic, 0)})
         out = await engine.process([InboundMessage(topic, 0, 0, b"s1", purchase("s1", 0, T0_MS))], now=time.time())
         ids = {i for i, _ in out.changes}
         later_ms = int(time.time() * 1000) + 60_000  # every entry is "old" by then
