@@ -37,6 +37,9 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Iterable
 
+from redis.exceptions import NoScriptError
+
+from features.pipeline import run_pipeline
 from segmenter.campaigns import REMEMBER_MS, CampaignConfig, CampaignTrigger, CapVerdict, TriggerDecision, default_campaigns, load_campaigns, parse_campaigns
 from segmenter.changes import SegmentChange
 
@@ -150,16 +153,20 @@ class CampaignRouter:
         limited = [i for i, d in enumerate(decisions) if d.policy.limited]
         now_ms = int(self.clock() * 1000)
         if limited:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for i in limited:
-                    d = decisions[i]
-                    p = d.policy
-                    await self._caps(
-                        keys=[d.cap_key, d.seen_key],
-                        args=[d.trigger.trigger_id, d.occurred_at_ms, p.max_triggers or 0, p.period_ms, p.cooldown_ms, now_ms, REMEMBER_MS],
-                        client=pipe,
-                    )
-                results = await pipe.execute()
+            commands = []
+            for i in limited:
+                d = decisions[i]
+                p = d.policy
+                commands.append(("EVALSHA", self._caps.sha, 2, d.cap_key, d.seen_key, d.trigger.trigger_id, d.occurred_at_ms,
+                                 p.max_triggers or 0, p.period_ms, p.cooldown_ms, now_ms, REMEMBER_MS))
+            try:
+                results = await run_pipeline(self.redis, commands)
+            except NoScriptError:
+                # Scripts do not survive a Redis restart, which can fall between loading
+                # this one and running it (a worker crashed on it in a soak). Nothing
+                # ran (every command is this script); load it and run them again.
+                await self.redis.script_load(CAPS_LUA)
+                results = await run_pipeline(self.redis, commands)
             for i, (status, reason) in zip(limited, results):
                 verdicts[i] = CapVerdict(_text(status), _text(reason))
         return verdicts  # type: ignore[return-value]

@@ -134,3 +134,36 @@ def test_lua_caps_match_the_pure_ledger(redis_client, policy, calls):
                      args=[tid, t, policy.max_triggers or 0, policy.period_ms, policy.cooldown_ms, now, REMEMBER_MS])
         want = ledger.charge(tid, t, policy, now_ms=now)
         assert tuple(got) == (want.status, want.reason)
+
+
+def test_caps_are_charged_after_redis_lost_its_scripts(redis_server, redis_client):
+    """Scripts do not survive a Redis restart (a worker crashed on NOSCRIPT in a soak
+    when one fell between loading the caps script and running it): the router loads
+    it again and charges, and a re-sent change is recognised, not charged twice."""
+    import asyncio
+    import time as _time
+
+    from segmenter.campaigns import parse_campaigns
+    from segmenter.changes import SegmentChange
+    from streams.app import redis_client as async_redis
+    from streams.campaign_router import CampaignRouter
+
+    now_ms = int(_time.time() * 1000)
+    change = SegmentChange.create(customer_id="nova", segmentation="lifecycle", from_segment=None, to_segment="new",
+                                  reason="test", model_version=1, occurred_at_ms=now_ms, cause="event:e1", features={})
+    payload = change.model_dump_json(by_alias=True)
+
+    async def scenario():
+        router = CampaignRouter(parse_campaigns(CAMPAIGNS), async_redis(redis_server.url))
+        try:
+            await router.redis.script_flush()  # as after a restart: no script cached
+            first = await router.route([payload])
+            await router.redis.script_flush()
+            again = await router.route([payload])  # the same change re-sent (outbox relay)
+            return first, again, dict(router.counters)
+        finally:
+            await router.redis.aclose()
+
+    first, again, counters = asyncio.run(scenario())
+    assert [t.campaign for t in first] == ["hello"] and [t.trigger_id for t in again] == [t.trigger_id for t in first]
+    assert counters == {f"campaign:hello:{'holdout' if first[0].holdout else 'treatment'}": 1, "campaign:hello:resent": 1}
