@@ -31,6 +31,7 @@ Campaigns without cap and cooldown do not touch Redis.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -100,6 +101,7 @@ redis.call('PEXPIRE', seen, n(remember))
 if why ~= '' then return {'capped', why} end
 return {'charged', ''}
 """
+CAPS_SHA = hashlib.sha1(CAPS_LUA.encode()).hexdigest()  # what EVALSHA names it by
 
 
 def campaigns_for(settings) -> CampaignConfig:
@@ -131,7 +133,6 @@ class CampaignRouter:
         self.campaigns = campaigns
         self.redis = redis
         self.clock = clock
-        self._caps = redis.register_script(CAPS_LUA)
         self.counters: Counter[str] = Counter()
 
     def decide(self, payloads: Iterable[str | bytes]) -> list[TriggerDecision]:
@@ -157,7 +158,7 @@ class CampaignRouter:
             for i in limited:
                 d = decisions[i]
                 p = d.policy
-                commands.append(("EVALSHA", self._caps.sha, 2, d.cap_key, d.seen_key, d.trigger.trigger_id, d.occurred_at_ms,
+                commands.append(("EVALSHA", CAPS_SHA, 2, d.cap_key, d.seen_key, d.trigger.trigger_id, d.occurred_at_ms,
                                  p.max_triggers or 0, p.period_ms, p.cooldown_ms, now_ms, REMEMBER_MS))
             try:
                 results = await run_pipeline(self.redis, commands)
