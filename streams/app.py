@@ -8,7 +8,6 @@ publishes what the engine decides. Built by :func:`create_app` from
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import time
@@ -20,8 +19,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 
+from streams.batching import take_overlapped
 from streams.campaign_router import CampaignRouter, campaigns_for, trigger_message
 from streams.engine import BatchOutcome, Engine, InboundMessage
+from streams.gc_tuning import settle_heap
 from streams.redis_packing import use_hiredis_packer
 from streams.kafka_security import faust_credentials
 from streams.settings import Settings
@@ -111,11 +112,8 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
                 holder["router"] = CampaignRouter(campaigns, e.redis)
                 holder["started"] = time.monotonic()
                 await relay_outbox(e)
-                # Everything built so far (Faust, the models, imports) lives as long as the
-                # worker: out of the collector's sight, a full collection no longer walks it.
-                # Those collections paused the worker ~100-110 ms each, a few times a
-                # minute under load: the tail of the change latency (docs/PERFORMANCE.md).
-                gc.freeze()
+                # Everything built so far (Faust, the models, imports) lives as long as the worker.
+                settle_heap(settings.gc_young_threshold)
         return holder["engine"]
 
     async def backlog(partitions: set[tuple[str, int]]) -> set[tuple[str, int]]:
@@ -175,7 +173,8 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
     @app.agent(inputs)
     async def ingest(stream):
         e = await engine()
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+        # Faust keeps delivering while a batch waits on Redis (streams.batching).
+        async for events in take_overlapped(stream, settings.batch_size, settings.batch_within):
             e.assign({(tp.topic, tp.partition) for tp in app.consumer.assignment()})
             batch = [
                 InboundMessage(ev.message.topic, ev.message.partition, ev.message.offset, ev.message.key, ev.message.value, int(ev.message.timestamp * 1000))

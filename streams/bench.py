@@ -266,6 +266,7 @@ def bare_faust_main(mode: str) -> None:
     import faust
     import redis.asyncio as aioredis
 
+    from streams.gc_tuning import settle_heap
     from streams.settings import load_settings
 
     settings = load_settings()
@@ -280,6 +281,7 @@ def bare_faust_main(mode: str) -> None:
     if mode == "take":
         @app.agent(inputs)
         async def bare(stream):
+            settle_heap(settings.gc_young_threshold)  # as the worker does once started
             async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
                 now = time.time()
                 if not state["n"]:
@@ -289,6 +291,7 @@ def bare_faust_main(mode: str) -> None:
     else:
         @app.agent(inputs)
         async def bare(stream):  # noqa: F811
+            settle_heap(settings.gc_young_threshold)
             async for _value in stream:
                 now = time.time()
                 if not state["n"]:

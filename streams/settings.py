@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     deadline_interval_seconds: float = Field(0.25, gt=0, description="How often due deadlines are claimed and re-evaluated (bounds deadline-to-change latency)")
     sizes_interval_seconds: float = Field(5.0, gt=0, description="How often segment sizes are appended to the segflow:sizes stream (dashboard, /sizes)")
     sizes_history_len: int = Field(5000, ge=10, description="Entries kept in segflow:sizes (about; 5000 at 5 s = 7 h)")
+    gc_young_threshold: int = Field(50_000, ge=0, description="Net container allocations between young garbage collections once the worker has started (CPython's default 700 cost ~10 µs per event); 0 keeps CPython's")
     web_enabled: bool = True
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=0, le=65535)

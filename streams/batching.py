@@ -1,0 +1,85 @@
+"""Batches from a Faust stream that keep filling while the caller works on the last one.
+
+Faust's ``Stream.take_events`` stops accepting events while its caller handles
+a batch: the drainer task blocks on the first event after the batch was
+yielded. A segflow batch spends most of its time waiting for Redis (a
+pipelined round trip, then the commit), and during that wait the event loop
+had nothing to do; Faust's delivery and the engine ran strictly one after the
+other. :func:`take_overlapped` keeps a second buffer that Faust fills during
+that wait, so delivery overlaps the Redis round trips (docs/PERFORMANCE.md).
+
+What stays as with ``take_events``:
+
+* a batch holds at most ``max_`` events and is handed out at the latest
+  ``within`` seconds after its first event arrived;
+* events are acknowledged only once the caller asks for the next batch, so an
+  offset is never committed for an event whose batch was not handled; if the
+  caller raises, nothing of that batch is acknowledged and it is redelivered;
+* batches come in arrival order, and one is handed out only after the caller
+  is done with the previous one (per-partition order holds);
+* at most ``max_`` events wait while a batch is handled: a full buffer stops
+  Faust's delivery (back-pressure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+from faust.types import EventT, StreamT
+
+
+def take_overlapped(stream: StreamT, max_: int, within: float) -> AsyncIterator[list[EventT]]:
+    """Lists of up to ``max_`` events of ``stream``, each out within ``within`` seconds of its first."""
+    if max_ < 1 or within <= 0:
+        raise ValueError(f"need max_ >= 1 and within > 0, got {max_!r} and {within!r}")
+    batches = _take_overlapped(stream, max_, within)
+    stream._active_agens.add(batches)  # Stream.on_stop closes it, as it does take_events'
+    return batches
+
+
+async def _take_overlapped(stream: Any, max_: int, within: float) -> AsyncIterator[list[EventT]]:
+    loop = asyncio.get_running_loop()
+    pending: list[EventT] = []
+    first_at = 0.0  # loop time the oldest pending event arrived
+    full = asyncio.Event()  # pending holds max_ events
+    has_room = asyncio.Event()
+    has_room.set()
+
+    async def add_to_buffer(value: Any) -> Any:
+        nonlocal first_at
+        while len(pending) >= max_:
+            has_room.clear()
+            await stream.wait(has_room)
+            if stream.should_stop:
+                return value
+        if not pending:
+            first_at = loop.time()
+        pending.append(stream.current_event)
+        if len(pending) >= max_:
+            full.set()
+        return value
+
+    enabled_acks = stream.enable_acks
+    stream.enable_acks = False  # acknowledged below, once the caller is done with a batch
+    stream.add_processor(add_to_buffer)
+    stream._enable_passive(aiter(stream.channel))
+    try:
+        while not stream.should_stop:
+            if not full.is_set():
+                left = within - (loop.time() - first_at) if pending else within
+                if left > 0:
+                    # (mode reports a timeout as "stopped": should_stop is what tells)
+                    await stream.wait(full, timeout=left)
+            if not pending or (not full.is_set() and loop.time() - first_at < within):
+                continue
+            batch = pending[:]
+            pending.clear()
+            full.clear()
+            has_room.set()
+            yield batch
+            for event in batch:
+                await stream.ack(event)
+    finally:
+        stream.enable_acks = enabled_acks
+        stream._processors.remove(add_to_buffer)

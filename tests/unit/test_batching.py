@@ -1,0 +1,105 @@
+"""streams.batching.take_overlapped on a Faust agent's test context (a real
+Faust stream on an in-memory channel; no broker is contacted)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import faust
+import pytest
+
+from streams.batching import take_overlapped
+
+
+def run_agent(max_: int, within: float, handle_batch, feed) -> None:
+    """An agent iterating ``take_overlapped`` calls ``handle_batch(batch)``; ``feed(agent)`` puts values."""
+    app = faust.App(f"t-batching-{time.monotonic_ns()}", broker="kafka://127.0.0.1:1", store="memory://", web_enabled=False)
+    channel = app.channel()
+
+    @app.agent(channel)
+    async def handle(stream):
+        async for batch in take_overlapped(stream, max_, within):
+            await handle_batch(batch)
+
+    async def main():
+        async with handle.test_context() as agent:
+            await feed(agent)
+
+    asyncio.run(main())
+
+
+def test_events_keep_arriving_while_a_batch_is_handled_and_are_acked_only_after():
+    handled = []
+
+    async def handle_batch(batch):
+        handled.append(([e.value for e in batch], [e.message.acked for e in batch],
+                        [e.message.acked for e in handled[-1][3]] if handled else None, batch))
+        await asyncio.sleep(0.5)  # stands for the Redis round trips
+
+    put_during_handling = {}
+
+    async def feed(agent):
+        await agent.put(0)
+        await asyncio.sleep(0.05)  # batch [0] is being handled now
+        started = time.monotonic()
+        for i in range(1, 11):
+            await agent.put(i)
+        put_during_handling["seconds"] = time.monotonic() - started
+        await asyncio.sleep(1.2)
+
+    run_agent(50, 0.01, handle_batch, feed)
+    # Faust's own take_events blocks these puts until the batch is done (~0.45 s).
+    assert put_during_handling["seconds"] < 0.25
+    assert [h[0] for h in handled] == [[0], list(range(1, 11))]
+    assert handled[0][1] == [False] and handled[1][1] == [False] * 10  # not acked while handled
+    assert handled[1][2] == [True]  # the first batch was acked once its handler returned
+
+
+def test_batches_keep_order_and_size_and_lose_nothing_under_back_pressure():
+    sizes, seen = [], []
+
+    async def handle_batch(batch):
+        sizes.append(len(batch))
+        await asyncio.sleep(0.01)
+        seen.extend(e.value for e in batch)
+
+    async def feed(agent):
+        for i in range(300):
+            await agent.put(i)
+        for _ in range(200):
+            if len(seen) == 300:
+                break
+            await asyncio.sleep(0.02)
+
+    run_agent(7, 0.005, handle_batch, feed)
+    assert seen == list(range(300))
+    assert max(sizes) == 7
+
+
+def test_a_batch_whose_handler_raises_is_not_acked():
+    batches = []
+
+    async def handle_batch(batch):
+        batches.append(batch)
+        if len(batches) == 2:
+            raise RuntimeError("Redis went away")
+        await asyncio.sleep(0.05)
+
+    async def feed(agent):
+        await agent.put("a")
+        await asyncio.sleep(0.02)
+        await agent.put("b")
+        await asyncio.sleep(0.3)
+
+    run_agent(10, 0.005, handle_batch, feed)
+    assert [[e.value for e in b] for b in batches] == [["a"], ["b"]]
+    assert batches[0][0].message.acked
+    assert not batches[1][0].message.acked  # redelivered after a restart, not committed
+
+
+def test_refuses_a_batch_size_or_window_that_cannot_work():
+    with pytest.raises(ValueError):
+        take_overlapped(None, 0, 0.01)
+    with pytest.raises(ValueError):
+        take_overlapped(None, 10, 0)
