@@ -17,6 +17,7 @@ from typing import Awaitable, Callable, NamedTuple, Sequence
 from features import keys
 from features.catalogue import compute
 from features.extract import delta_of
+from features.pipeline import run_pipeline
 from features.store import FeatureStore, load_library
 from segmenter.assign import Segmenter
 from segmenter.drift import DriftEvent, DriftMonitor
@@ -295,10 +296,8 @@ class Engine:
         self._published = current
         deltas = {k: d for k, d in deltas.items() if d}
         if deltas:
-            pipe = self.redis.pipeline(transaction=False)
-            for field_name, d in deltas.items():
-                pipe.hincrby(keys.STATS, field_name, d)
-            await pipe.execute()
+            # (a retry after a lost reply can count a batch twice, as redis-py's pipeline could)
+            await run_pipeline(self.redis, [("HINCRBY", keys.STATS, name, d) for name, d in deltas.items()])
 
     def _count(self, out: BatchOutcome) -> None:
         self.counters.dead_lettered += len(out.dead_letters)
