@@ -170,11 +170,18 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
             log.warning("relaying %d segment changes left in the outbox", len(pending))
             await publish(e, BatchOutcome(changes=pending))
 
+    def highwater(tp: TP) -> int | None:
+        try:
+            return app.consumer.highwater(tp)
+        except Exception:  # not assigned any more, or no fetch yet
+            return None
+
     @app.agent(inputs)
     async def ingest(stream):
         e = await engine()
-        # Faust keeps delivering while a batch waits on Redis (streams.batching).
-        async for events in take_overlapped(stream, settings.batch_size, settings.batch_within):
+        # Faust keeps delivering while a batch waits on Redis; under a backlog batches grow (streams.batching).
+        async for events in take_overlapped(stream, settings.batch_size, settings.batch_within,
+                                            highwater=highwater, backlog_within=settings.batch_backlog_within):
             e.assign({(tp.topic, tp.partition) for tp in app.consumer.assignment()})
             batch = [
                 InboundMessage(ev.message.topic, ev.message.partition, ev.message.offset, ev.message.key, ev.message.value, int(ev.message.timestamp * 1000))

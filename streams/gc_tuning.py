@@ -1,10 +1,10 @@
 """Garbage-collector settings for a long-running worker process.
 
 CPython collects its youngest generation every 700 net container allocations.
-A worker allocates a few hundred short-lived containers per event (pydantic
-models, dicts, Faust's event wrappers) that are freed when their batch ends,
-so the default threshold runs a young collection every couple of events, each
-walking everything still alive in the batch. Measured in-process on the bench
+A worker allocates containers per event (pydantic models, dicts, Faust's event
+wrappers) that live until their batch ends, so the default threshold runs a
+young collection every hundred events or so, each walking everything of the
+batch still alive, and every tenth of them a middle one. Measured in-process on the bench
 payloads (docs/PERFORMANCE.md), collections cost 12.6 µs per event of ~60;
 with the start-up heap frozen 2.9; with a young threshold above a batch's peak
 of live containers, almost nothing. Reference cycles are still collected, later.

@@ -12,14 +12,14 @@ import pytest
 from streams.batching import take_overlapped
 
 
-def run_agent(max_: int, within: float, handle_batch, feed) -> None:
+def run_agent(max_: int, within: float, handle_batch, feed, **backlog) -> None:
     """An agent iterating ``take_overlapped`` calls ``handle_batch(batch)``; ``feed(agent)`` puts values."""
     app = faust.App(f"t-batching-{time.monotonic_ns()}", broker="kafka://127.0.0.1:1", store="memory://", web_enabled=False)
     channel = app.channel()
 
     @app.agent(channel)
     async def handle(stream):
-        async for batch in take_overlapped(stream, max_, within):
+        async for batch in take_overlapped(stream, max_, within, **backlog):
             await handle_batch(batch)
 
     async def main():
@@ -98,8 +98,30 @@ def test_a_batch_whose_handler_raises_is_not_acked():
     assert not batches[1][0].message.acked  # redelivered after a restart, not committed
 
 
+@pytest.mark.parametrize("end_offset, first_batch", [(10**6, list(range(10))), (None, [0, 1, 2])], ids=["backlog", "no-backlog"])
+def test_a_due_batch_waits_to_fill_only_when_enough_unread_events_are_there(end_offset, first_batch):
+    batches = []
+
+    async def handle_batch(batch):
+        batches.append([e.value for e in batch])
+
+    async def feed(agent):
+        for i in range(3):
+            await agent.put(i)
+        await asyncio.sleep(0.2)  # twenty windows: the batch is due
+        for i in range(3, 10):
+            await agent.put(i)
+        await asyncio.sleep(0.3)
+
+    run_agent(10, 0.01, handle_batch, feed, highwater=lambda tp: end_offset, backlog_within=2.0)
+    assert batches[0] == first_batch  # with a backlog, filled to the batch size (before the 2 s cap)
+    assert sum(batches, []) == list(range(10))
+
+
 def test_refuses_a_batch_size_or_window_that_cannot_work():
     with pytest.raises(ValueError):
         take_overlapped(None, 0, 0.01)
     with pytest.raises(ValueError):
         take_overlapped(None, 10, 0)
+    with pytest.raises(ValueError):
+        take_overlapped(None, 10, 0.01, backlog_within=-1)
