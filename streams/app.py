@@ -116,16 +116,19 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
                 settle_heap(settings.gc_young_threshold)
         return holder["engine"]
 
+    def highwater(tp: TP) -> int | None:
+        try:
+            return app.consumer.highwater(tp)
+        except Exception:  # not assigned any more, or no fetch yet
+            return None
+
     async def backlog(partitions: set[tuple[str, int]]) -> set[tuple[str, int]]:
         """Which of these (topic, partition)s still have messages this worker has not processed."""
         e = holder["engine"]
         pending = set()
         for topic, partition in partitions:
             tp = TP(topic, partition)
-            try:
-                high = app.consumer.highwater(tp)
-            except Exception:  # not assigned any more, or no fetch yet
-                high = None
+            high = highwater(tp)
             last = e.last_offsets.get((topic, partition))
             if last is not None:
                 caught_up = high is not None and last + 1 >= high
@@ -169,12 +172,6 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
         if pending:
             log.warning("relaying %d segment changes left in the outbox", len(pending))
             await publish(e, BatchOutcome(changes=pending))
-
-    def highwater(tp: TP) -> int | None:
-        try:
-            return app.consumer.highwater(tp)
-        except Exception:  # not assigned any more, or no fetch yet
-            return None
 
     @app.agent(inputs)
     async def ingest(stream):
