@@ -24,36 +24,12 @@ from streams.admin import ensure_topics
 from streams.embedded import EmbeddedStack, free_port
 from streams.queries import customer_view, format_customer, format_sizes, segment_sizes
 from streams.settings import Settings
+from streams.topic_reader import read_to_end
 from streams.topics import TOPICS
 
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
-
-
-def read_changes(bootstrap: str, topic: str, limit: int = 100_000, timeout_s: float = 5.0) -> list[dict]:
-    """Every message on ``topic`` from the beginning (partitions assigned by hand)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=int(timeout_s * 1000))
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        out = []
-        remaining = {tp for tp in tps if end[tp] > 0}
-        deadline = time.monotonic() + timeout_s
-        while remaining and time.monotonic() < deadline and len(out) < limit:
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for r in records:
-                    out.append(json.loads(r.value))
-                    if r.offset + 1 >= end[tp]:
-                        remaining.discard(tp)
-        return out
-    finally:
-        consumer.close()
 
 
 def run_demo(seconds: float = 60, customers: int = 300, days: float = 45, seed: int = 7) -> int:
@@ -132,7 +108,7 @@ def _report(r, settings: Settings, bootstrap: str, produced: dict) -> None:
     _say("")
     _say("segment sizes (segflow segments):")
     _say(format_sizes(segment_sizes(r)))
-    changes = read_changes(bootstrap, TOPICS.segment_changes)
+    changes = [json.loads(r.value) for r in read_to_end(bootstrap, TOPICS.segment_changes, timeout=30)]
     _say("")
     _say(f"segment-change events on topic '{TOPICS.segment_changes}': {len(changes)}; a sample:")
     step = max(1, len(changes) // 6)

@@ -55,6 +55,7 @@ import redis as redis_lib
 
 from streams.admin import ensure_topics
 from streams.embedded import EmbeddedStack, RedisServer, free_port
+from streams.topic_reader import read_to_end
 from streams.topics import TOPICS
 
 FAULTS = ("worker_sigkill", "worker_sigterm", "redis_sigterm", "redis_sigkill")
@@ -200,32 +201,8 @@ def applied_total(client, customer_ids) -> int:
     return sum(int(n or 0) for n in pipe.execute())
 
 
-def read_topic(bootstrap: str, topic: str, timeout: float = 120.0):
-    """Every record of ``topic`` from the beginning to its current end offsets."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=8 << 20)
-    try:
-        deadline = time.monotonic() + timeout
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        records = []
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out reading {topic}")
-            for batch in consumer.poll(timeout_ms=300).values():
-                records.extend(batch)
-        return records
-    finally:
-        consumer.close()
-
-
 def dead_letter_summary(bootstrap: str) -> dict:
-    records = read_topic(bootstrap, TOPICS.dead_letter)
+    records = read_to_end(bootstrap, TOPICS.dead_letter)
     distinct: dict[tuple, str] = {}
     for r in records:
         h = {k: (v or b"").decode(errors="replace") for k, v in (r.headers or [])}
@@ -259,7 +236,7 @@ def compare_features(client, states: dict) -> dict:
 
 
 def change_summary(bootstrap: str) -> dict:
-    records = read_topic(bootstrap, TOPICS.segment_changes)
+    records = read_to_end(bootstrap, TOPICS.segment_changes)
     ids = {json.loads(r.value)["change_id"] for r in records}
     return {"topic_records": len(records), "distinct_change_ids": len(ids), "resent_duplicates": len(records) - len(ids)}
 

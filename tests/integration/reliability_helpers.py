@@ -9,8 +9,6 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 
-from kafka import KafkaConsumer, TopicPartition
-
 from features import keys
 from features.codec import state_from_hash, state_to_hash
 from features.extract import delta_of
@@ -85,30 +83,6 @@ def assert_features_equal(client, states: dict[str, CustomerState]) -> None:
     got = redis_hashes(client, list(want))
     diff = {cid: (got[cid], want[cid]) for cid in want if got[cid] != want[cid]}
     assert not diff, f"{len(diff)} of {len(want)} customers differ from the clean run, e.g. {next(iter(diff.items()))}"
-
-
-def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list:
-    """Every record of ``topic`` from the beginning up to its current end offsets."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        deadline = time.monotonic() + timeout
-        tps: list[TopicPartition] = []
-        while not tps:
-            assert time.monotonic() < deadline, f"topic {topic} has no partitions"
-            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-            if not tps:
-                time.sleep(0.2)
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        records = []
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            assert time.monotonic() < deadline, f"timed out reading {topic}"
-            for batch in consumer.poll(timeout_ms=300).values():
-                records.extend(batch)
-        return records
-    finally:
-        consumer.close()
 
 
 def check_changes(client, records) -> dict:

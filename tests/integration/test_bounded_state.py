@@ -14,7 +14,7 @@ import pytest
 from features import keys
 from features.codec import ring_entries
 from features.state import BUCKET_DAYS, CATEGORY_CAP, DEDUPE_CAP
-from tests.integration.reliability_helpers import read_all
+from streams.topic_reader import read_to_end
 from tests.kafka_helpers import fresh_topics, send
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -84,7 +84,7 @@ def test_a_flood_for_one_customer_keeps_its_state_bounded(broker, redis_client, 
     assert after["memory"] < 16 * 1024
     h = redis_client.hgetall(keys.customer_key(CID))
     assert int(h["np"]) == 300 and sum(int(v) for f, v in h.items() if f.startswith("c:")) == 300
-    assert not read_all(broker.bootstrap, topics.dead_letter)
+    assert not read_to_end(broker.bootstrap, topics.dead_letter)
 
 
 def test_a_flood_of_new_customer_ids_stops_at_the_limit_and_loses_nothing(broker, redis_client, start_worker):
@@ -112,11 +112,11 @@ def test_a_flood_of_new_customer_ids_stops_at_the_limit_and_loses_nothing(broker
     send(broker, topics.clickstream, [page_view(c, i) for i in (1, 2) for c in made_up] + [page_view(c, 3) for c in known])
     expected_dead = 2 * (flood - (limit - len(known)))
     deadline = time.monotonic() + 90
-    while len(dead := read_all(broker.bootstrap, topics.dead_letter)) < expected_dead:
+    while len(dead := read_to_end(broker.bootstrap, topics.dead_letter)) < expected_dead:
         assert worker.proc.poll() is None and time.monotonic() < deadline, f"{len(dead)} dead letters\n{worker.log()[-3000:]}"
         time.sleep(0.5)
     time.sleep(1)
-    dead = read_all(broker.bootstrap, topics.dead_letter)
+    dead = read_to_end(broker.bootstrap, topics.dead_letter)
     assert len(dead) == expected_dead
     assert {dict(r.headers)["segflow.reason"] for r in dead} == {b"customer_limit"}
     assert int(redis_client.get(keys.CUSTOMERS)) == limit

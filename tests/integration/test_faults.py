@@ -24,10 +24,10 @@ from tests.integration.reliability_helpers import (
     assert_features_equal,
     check_changes,
     population,
-    read_all,
     reference,
     wait_for_total,
 )
+from streams.topic_reader import read_to_end
 from tests.kafka_helpers import fresh_topics, read_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -59,13 +59,13 @@ def wait_all_applied(client, workers, broker, topics, timeout: float = 90.0) -> 
     """Every event applied, none dead-lettered (else: why, with the dead letters' reasons)."""
     try:
         _, states, expected = traffic()
-        wait_for_total(client, list(states), expected, timeout, workers, lambda: len(read_all(broker.bootstrap, topics.dead_letter)))
-        dead = read_all(broker.bootstrap, topics.dead_letter)
+        wait_for_total(client, list(states), expected, timeout, workers, lambda: len(read_to_end(broker.bootstrap, topics.dead_letter)))
+        dead = read_to_end(broker.bootstrap, topics.dead_letter)
         assert not dead, f"{len(dead)} events dead-lettered"
     except AssertionError as exc:
-        dead = read_all(broker.bootstrap, topics.dead_letter)
+        dead = read_to_end(broker.bootstrap, topics.dead_letter)
         reasons = [(dict(r.headers).get("segflow.reason"), dict(r.headers).get("segflow.detail"), r.value[:200]) for r in dead[:5]]
-        ends = {t: [len(read_all(broker.bootstrap, t))] for t in topics.inputs}
+        ends = {t: [len(read_to_end(broker.bootstrap, t))] for t in topics.inputs}
         counts = {}
         for r in dead:
             reason = dict(r.headers).get("segflow.reason", b"?").decode()
@@ -80,7 +80,7 @@ def finish(client, worker: WorkerProcess, broker, topics, timeout: float = 90.0)
     quiet_since, last = time.monotonic(), None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # the deadline timer and outbox are quiet for 3 s
-        now = (client.xlen(keys.OUTBOX), client.zcard(keys.DEADLINES), len(read_all(broker.bootstrap, topics.segment_changes)))
+        now = (client.xlen(keys.OUTBOX), client.zcard(keys.DEADLINES), len(read_to_end(broker.bootstrap, topics.segment_changes)))
         if now != last:
             quiet_since, last = time.monotonic(), now
         elif time.monotonic() - quiet_since > 3:
@@ -88,8 +88,8 @@ def finish(client, worker: WorkerProcess, broker, topics, timeout: float = 90.0)
         time.sleep(0.5)
     worker.stop()
     assert client.xlen(keys.OUTBOX) == 0, "changes left unsent in the outbox after a clean stop"
-    report = check_changes(client, read_all(broker.bootstrap, topics.segment_changes))
-    dead = read_all(broker.bootstrap, topics.dead_letter)
+    report = check_changes(client, read_to_end(broker.bootstrap, topics.segment_changes))
+    dead = read_to_end(broker.bootstrap, topics.dead_letter)
     assert not dead, f"{len(dead)} events dead-lettered, e.g. {dict(dead[0].headers)}"
     return report
 

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from features import keys
-from tests.integration.reliability_helpers import read_all
+from streams.topic_reader import read_to_end
 from tests.kafka_helpers import fresh_topics, read_until, send
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -104,7 +104,7 @@ def test_fuzzed_messages_are_each_applied_dropped_or_dead_lettered(broker, redis
     # The counters are published when the batch is decided, the dead letters
     # sent right after: wait for them, then check there are exactly as many.
     read_until(broker, topics.dead_letter, lambda rs: len(rs) >= dead, timeout=30)
-    letters = read_all(broker.bootstrap, topics.dead_letter)
+    letters = read_to_end(broker.bootstrap, topics.dead_letter)
     assert len(letters) == dead
     reasons = {}
     for r in letters:

@@ -15,7 +15,7 @@ import pytest
 from features import keys
 from features.codec import state_from_hash
 from features.state import PAGE_VIEWS
-from tests.integration.reliability_helpers import read_all
+from streams.topic_reader import read_to_end
 from tests.kafka_helpers import fresh_topics, send
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -94,7 +94,7 @@ def test_odd_events_are_each_handled_as_documented(broker, redis_client, start_w
     sent = len(first) + len(second)
 
     expected_dead = {"fut-2": "absurd_timestamp", "bad-1": "invalid", "bad-2": "invalid", "bad-3": "key_mismatch", "late-1": "too_late"}
-    dead = wait(lambda: (rs := read_all(broker.bootstrap, topics.dead_letter)) and len(rs) >= len(expected_dead) and rs, "dead letters missing", worker)
+    dead = wait(lambda: (rs := read_to_end(broker.bootstrap, topics.dead_letter)) and len(rs) >= len(expected_dead) and rs, "dead letters missing", worker)
     got = {json.loads(r.value)["event_id"]: dict(r.headers)["segflow.reason"].decode() for r in dead}
     assert got == expected_dead
 
@@ -120,7 +120,7 @@ def test_odd_events_are_each_handled_as_documented(broker, redis_client, start_w
         assert state.purchases_total == 1 and state.revenue_total_cents == 1000, cid
         assert redis_client.hexists(keys.segments_key(cid), "lifecycle"), cid
     announced = wait(
-        lambda: (ids := {json.loads(r.value)["customer_id"] for r in read_all(broker.bootstrap, topics.segment_changes)}) >= set(ODD_IDS) and ids,
+        lambda: (ids := {json.loads(r.value)["customer_id"] for r in read_to_end(broker.bootstrap, topics.segment_changes)}) >= set(ODD_IDS) and ids,
         "odd ids never announced", worker,
     )
     assert set(ODD_IDS) <= announced
