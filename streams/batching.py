@@ -28,7 +28,10 @@ partitions it reads hold at least enough unread events to fill it (their high
 watermark minus what was delivered, from ``highwater``), it waits up to
 ``backlog_within`` to fill. Those events are there already: the wait is spent
 delivering them, which costs the same now as later, and no event waits for
-traffic that has not arrived. With no backlog, nothing changes.
+traffic that has not arrived. With no backlog, nothing changes. If such a wait
+brings in less than a tenth of what it waited for, the promised events are not
+arriving (a slow fetch; a high watermark that counts events still in flight),
+and batches stop waiting for a backlog for ten windows.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ import asyncio
 from typing import Any, AsyncIterator, Callable
 
 from faust.types import TP, EventT, StreamT
+
+# After a backlog wait that brought less than a tenth of the room, no backlog
+# wait for this many backlog windows (1 s at the default 0.1 s).
+BACKLOG_PAUSE_WAITS = 10
 
 
 def take_overlapped(stream: StreamT, max_: int, within: float, highwater: Callable[[TP], int | None] | None = None,
@@ -56,6 +63,7 @@ async def _take_overlapped(stream: Any, max_: int, within: float, highwater, bac
     pending: list[EventT] = []
     delivered: dict[TP, int] = {}  # last offset delivered per partition
     first_at = 0.0  # loop time the oldest pending event arrived
+    backlog_off_until = 0.0  # loop time before which a due batch does not wait for a backlog
     full = asyncio.Event()  # pending holds max_ events
     has_room = asyncio.Event()
     has_room.set()
@@ -98,8 +106,13 @@ async def _take_overlapped(stream: Any, max_: int, within: float, highwater, bac
                     await stream.wait(full, timeout=left)
             if not pending or (not full.is_set() and loop.time() - first_at < within):
                 continue
-            if highwater is not None and not full.is_set() and unread() >= max_ - len(pending):
+            if highwater is not None and not full.is_set() and loop.time() >= backlog_off_until and unread() >= max_ - len(pending):
+                before = len(pending)
                 await stream.wait(full, timeout=backlog_within)
+                if len(pending) - before < (max_ - before) / 10:
+                    # The events the high watermarks promise are not coming in (a slow
+                    # fetch, a stale watermark): every batch would pay the whole wait.
+                    backlog_off_until = loop.time() + BACKLOG_PAUSE_WAITS * backlog_within
             batch = pending[:]
             pending.clear()
             full.clear()

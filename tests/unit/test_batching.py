@@ -118,6 +118,29 @@ def test_a_due_batch_waits_to_fill_only_when_enough_unread_events_are_there(end_
     assert sum(batches, []) == list(range(10))
 
 
+def test_a_backlog_that_does_not_arrive_stops_delaying_batches():
+    put_at, delays = {}, {}
+
+    async def handle_batch(batch):
+        now = time.monotonic()
+        delays.update((e.value, now - put_at[e.value]) for e in batch)
+
+    async def feed(agent):
+        for i in range(30):  # a trickle, while the high watermark promises a backlog
+            put_at[i] = time.monotonic()
+            await agent.put(i)
+            await asyncio.sleep(0.03)
+        await asyncio.sleep(0.5)
+
+    run_agent(100, 0.01, handle_batch, feed, highwater=lambda tp: 10**6, backlog_within=0.2)
+    assert sorted(delays) == list(range(30))
+    # the first due batch waits the backlog window and brings in ~7 events of the 99 it waited for ...
+    assert max(delays[i] for i in range(3)) > 0.15
+    # ... then for ten windows (2 s, past the end of the trickle) no batch waits for it
+    late = [delays[i] for i in range(12, 30)]
+    assert max(late) < 0.1, late
+
+
 def test_refuses_a_batch_size_or_window_that_cannot_work():
     with pytest.raises(ValueError):
         take_overlapped(None, 0, 0.01)
