@@ -829,6 +829,131 @@ def run_mix_latency(stack, procs: Procs, work: Path, rate: float, seconds: float
         r.close()
 
 
+FLOOR_PREFIX = "benchfloor-"  # row 6's transport floor, own topics per consumer kind
+FLOOR_CONSUMERS = ("raw", "faust")
+
+
+def floor_consumer_main(kind: str) -> None:
+    """Subprocess entry: read the floor topics and write each message's (producer
+    timestamp, delivery time) pairs to ``SEGFLOW_BENCH_FLOOR_OUT`` as JSON, twice a second.
+
+    ``raw``: an aiokafka consumer with the worker's fetch wait; ``faust``: a Faust
+    agent with the worker's settings (fetch wait patched as the worker's) taking
+    ``take_events(batch size, within=SEGFLOW_BATCH_WITHIN)`` batches and doing nothing.
+    """
+    from streams.settings import load_settings
+
+    settings = load_settings()
+    out = Path(os.environ["SEGFLOW_BENCH_FLOOR_OUT"])
+    seen: list[tuple[float, float]] = []
+    last_dump = [0.0]
+
+    def dump(now: float) -> None:
+        if seen and now - last_dump[0] >= 0.5:
+            last_dump[0] = now
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(seen))
+            tmp.replace(out)  # the bench reads whole files only
+
+    if kind == "raw":
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        async def consume() -> None:
+            bootstrap = settings.kafka_url.removeprefix("kafka://")
+            c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=settings.fetch_max_wait_ms)
+            await c.start()
+            try:
+                c.assign([TopicPartition(t, p) for t in settings.topics.inputs for p in range(settings.partitions)])
+                await c.seek_to_beginning()
+                while True:
+                    batches = await c.getmany(timeout_ms=100, max_records=settings.batch_size)
+                    now = time.time()
+                    seen.extend((rec.timestamp / 1000, now) for records in batches.values() for rec in records)
+                    dump(now)
+            finally:
+                await c.stop()
+
+        asyncio.run(consume())
+        return
+
+    import faust
+
+    from streams.app import _shorten_fetch_wait
+    from streams.gc_tuning import settle_heap
+
+    _shorten_fetch_wait(settings.fetch_max_wait_ms)
+    app = faust.App(settings.app_id, broker=settings.kafka_url, datadir=str(settings.data_dir), web_enabled=False,
+                    **faust_app_kwargs(settings))
+    inputs = app.topic(*settings.topics.inputs, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(inputs)
+    async def floor(stream):
+        settle_heap(settings.gc_young_threshold)
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+            now = time.time()
+            seen.extend((event.message.timestamp, now) for event in events)
+            dump(now)
+
+    @app.timer(0.5)
+    async def flush_tail():
+        dump(time.time())
+
+    sys.argv = [sys.argv[0], "worker"]
+    faust.Worker(app, loglevel="warning", quiet=True, override_logging=False).execute_from_commandline()
+
+
+def run_latency_floor(stack, procs: Procs, work: Path, kind: str, rate: float, seconds: float) -> dict:
+    """Row 6's floor: the same traffic at the same rate, read by a consumer that does nothing
+    (``kind``: a raw aiokafka consumer, or a bare Faust agent). Latency = delivery to that
+    consumer minus the producer timestamp: what the broker and client add before segflow
+    sees an event, measured in the same run."""
+    from streams.admin import ensure_topics
+    from streams.producer import produce_events
+    from streams.topics import Topics
+
+    topics = Topics(f"{FLOOR_PREFIX}{kind}-")
+    ensure_topics(stack.broker.bootstrap, topics, PARTITIONS)
+    out = work / f"floor-{kind}.json"
+    env = worker_env(stack, topics.prefix, f"bench-floor-{kind}", work, "event", SEGFLOW_BENCH_FLOOR_OUT=str(out))
+    payloads = make_payloads(max(2_000, int(rate * seconds)), seed=29, id_prefix="m")
+
+    def delivered() -> list[list[float]]:
+        try:
+            return json.loads(out.read_text())
+        except (FileNotFoundError, ValueError):
+            return []
+
+    p = procs.start([sys.executable, "-m", "streams.bench", "floor-consumer", kind], env, work / f"floor-{kind}.log")
+    try:
+        produce_events(stack.broker.bootstrap, payloads[:1], topics)
+        until = time.monotonic() + 60
+        while not delivered() and time.monotonic() < until:
+            if p.poll() is not None:
+                raise RuntimeError(f"floor consumer ({kind}) exited with {p.returncode}; see {work / f'floor-{kind}.log'}")
+            time.sleep(0.2)
+        warm = len(delivered())
+        if not warm:
+            raise RuntimeError(f"floor consumer ({kind}) read nothing in 60 s; see {work / f'floor-{kind}.log'}")
+        start = time.time()
+        stats = produce_events(stack.broker.bootstrap, payloads[1:], topics, rate=rate)
+        until = time.monotonic() + 30
+        while len(delivered()) < warm + stats.sent and time.monotonic() < until:
+            time.sleep(0.25)
+    finally:
+        procs.stop(p)
+    pairs = [(ts, now) for ts, now in delivered()[warm:] if ts >= start - 1]
+    lat = sorted((now - ts) * 1000 for ts, now in pairs)
+    windows: dict[int, list[float]] = {}
+    for ts, now in pairs:
+        windows.setdefault(int((ts - start) // 5), []).append((now - ts) * 1000)
+    return {
+        "consumer": kind, "offered_rate": round(rate, 1), "achieved_rate": round(stats.rate, 1), "sent": stats.sent, "delivered": len(pairs),
+        "p50_ms": _pick(lat, 0.50), "p90_ms": _pick(lat, 0.90), "p99_ms": _pick(lat, 0.99), "max_ms": round(lat[-1], 1) if lat else None,
+        "timeline": [{"from_s": k * 5, "events": len(v), "p50_ms": _pick(sorted(v), 0.5), "p99_ms": _pick(sorted(v), 0.99)}
+                     for k, v in sorted(windows.items())],
+    }
+
+
 def _pick(xs: list[float], q: float) -> float | None:
     return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1) if xs else None
 
@@ -1066,6 +1191,10 @@ def run_bench(opts: BenchOptions) -> dict:
             rows["latency_mix"] = run_mix_latency(stack, procs, work, rate, opts.latency_mix_seconds)
             mix = rows["latency_mix"]
             say(f"    p50 {mix['p50_ms']} ms, p99 {mix['p99_ms']} ms, max {mix['max_ms']} ms over {mix['changes_timed']:,} changes")
+            for kind in FLOOR_CONSUMERS:
+                say(f"[6] latency floor: the same traffic at {rate:,.0f} ev/s read by a {'raw aiokafka consumer' if kind == 'raw' else 'bare Faust agent'} that does nothing")
+                floor = rows[f"latency_floor_{kind}"] = run_latency_floor(stack, procs, work, kind, rate, opts.latency_mix_seconds)
+                say(f"    p50 {floor['p50_ms']} ms, p99 {floor['p99_ms']} ms, max {floor['max_ms']} ms over {floor['delivered']:,} events")
             say(f"[6] latency at {rate:,.0f} ev/s offered (SEGFLOW_CLOCK=wall, fresh customers)")
             rows["latency"] = run_latency(stack, procs, work, rate, opts.latency_seconds)
             say(f"    p50 {rows['latency']['p50_ms']} ms, p99 {rows['latency']['p99_ms']} ms, max {rows['latency']['max_ms']} ms")
@@ -1106,6 +1235,9 @@ def targets(rows: dict) -> list[dict]:
     mix = rows.get("latency_mix", {})
     out.append({"target": "p99 change latency < 100 ms at half rate (row 5's kind of traffic)", "value": mix.get("p99_ms"),
                 "reached": mix.get("p99_ms") is not None and mix["p99_ms"] < 100 and (mix.get("changes_timed") or 0) > 0})
+    floors = {k: rows[f"latency_floor_{k}"].get("p99_ms") for k in FLOOR_CONSUMERS if f"latency_floor_{k}" in rows}
+    if floors:
+        out.append({"target": "(context) p99 of the same traffic reaching a consumer that does nothing, ms", "value": floors, "reached": None})
     lat = rows.get("latency", {})
     out.append({"target": "p99 change latency < 100 ms at half rate, fresh customers only (stress)", "value": lat.get("p99_ms"),
                 "reached": lat.get("p99_ms") is not None and lat["p99_ms"] < 100 and lat.get("answered") == lat.get("sent")})
@@ -1174,6 +1306,13 @@ def format_table(result: dict) -> str:
             f"{mix['changes_timed']:,} changes timed (+{mix['changes_by_deadline']:,} by deadlines), {mix['sent']:,} events of "
             f"{mix['customers']:,} new simulated customers, achieved {mix['achieved_rate']:,.0f} ev/s, p90 {mix['p90_ms']} ms; "
             f"to decision p50 {mix['to_decision_p50_ms']} / p99 {mix['to_decision_p99_ms']} ms")
+    for kind, label in (("raw", "raw aiokafka consumer"), ("faust", "bare Faust agent")):
+        fl = rows.get(f"latency_floor_{kind}")
+        if fl:
+            add(f"6 floor: producer -> {label}, same traffic",
+                f"p50 {fl['p50_ms']} / p99 {fl['p99_ms']} / max {fl['max_ms']} ms",
+                f"{fl['delivered']:,} of {fl['sent']:,} events delivered, achieved {fl['achieved_rate']:,.0f} ev/s; "
+                f"p99 per 5 s {', '.join(str(w['p99_ms']) for w in fl['timeline'])} ms")
     points = [rows.get("latency"), rows.get("latency_low"), *rows.get("latency_sweep", [])]
     for lat in sorted((p for p in points if p), key=lambda p: -p["offered_rate"]):
         if lat:
@@ -1241,6 +1380,8 @@ if __name__ == "__main__":
         mode = sys.argv[2]
         sys.argv = [sys.argv[0], "worker"]  # what faust.Worker's command line expects
         bare_faust_main(mode)
+    elif len(sys.argv) >= 3 and sys.argv[1] == "floor-consumer":
+        floor_consumer_main(sys.argv[2])
     else:
         print("usage: segflow bench (this module's own entry is for the bench's subprocesses)", file=sys.stderr)
         sys.exit(2)
