@@ -69,10 +69,11 @@ class BenchOptions:
     two_workers: bool = True  # row 5b: two worker processes (the machine's 2 cores are shared with broker and Redis)
     scale_sizes: tuple[int, ...] = (10_000, 100_000)
     scale_probe_events: int = 20_000
+    scale_probe_rounds: int = 5
 
     @classmethod
     def quick_run(cls, **kw) -> "BenchOptions":
-        base = dict(events=20_000, quick=True, latency_seconds=5.0, latency_mix_seconds=8.0, latency_sweep=(), two_workers=False, scale_sizes=(2_000, 10_000), scale_probe_events=4_000)
+        base = dict(events=20_000, quick=True, latency_seconds=5.0, latency_mix_seconds=8.0, latency_sweep=(), two_workers=False, scale_sizes=(2_000, 10_000), scale_probe_events=4_000, scale_probe_rounds=3)
         base.update(kw)
         return cls(**base)
 
@@ -378,8 +379,13 @@ async def _apply_batches(r, batches) -> float:
 
 def fcall_server_usec(r) -> dict:
     """Server-side cost of FCALL since the last CONFIG RESETSTAT (sync client)."""
-    stats = r.info("commandstats").get("cmdstat_fcall") or {}
-    return {"calls": int(stats.get("calls", 0)), "usec_per_call": float(stats.get("usec_per_call", 0.0))}
+    all_stats = r.info("commandstats")
+    stats = all_stats.get("cmdstat_fcall") or {}
+    calls = int(stats.get("calls", 0))
+    # Commands the functions ran (Redis counts them too): work per call, whatever the machine's speed.
+    inner = sum(int(v.get("calls", 0)) for k, v in all_stats.items() if k != "cmdstat_fcall" and k.startswith("cmdstat_"))
+    return {"calls": calls, "usec_per_call": float(stats.get("usec_per_call", 0.0)),
+            "inner_commands_per_call": round(inner / calls, 2) if calls else None}
 
 
 def redis_ceiling(url: str, payloads, batch: int = 2000) -> dict:
@@ -1042,8 +1048,10 @@ def run_deadline_latency(stack, procs: Procs, work: Path, customers: int = 200, 
 # -- row 7b: scale --------------------------------------------------------------------
 
 
-def scale_test(url: str, payloads, sizes: tuple[int, ...], probe_events: int, events_per_customer: int = 4, batch: int = 2000) -> list[dict]:
-    """Populate ``sizes`` customers by calling ``segflow_apply`` directly; at each size measure memory and per-event cost."""
+def scale_test(url: str, payloads, sizes: tuple[int, ...], probe_events: int, events_per_customer: int = 4, batch: int = 2000,
+               probe_rounds: int = 5) -> list[dict]:
+    """Populate ``sizes`` customers by calling ``segflow_apply`` directly; at each size measure memory and
+    per-event cost (the median of ``probe_rounds`` probes)."""
     import redis as redis_lib
     import redis.asyncio as aioredis
 
@@ -1086,19 +1094,32 @@ def scale_test(url: str, payloads, sizes: tuple[int, ...], probe_events: int, ev
                 populate_s = time.perf_counter() - t0
                 populated = size
                 # Probe: events of random existing customers, a later day, batches like the worker's.
+                # Several rounds, the median reported: one round of ~1 s moved by up to 25%
+                # between rounds at the same size on this machine. Every probe event opens a
+                # new day for its customer at every size, so the work per event is the same.
                 rng = random.Random(size)
-                probe = [deltas_for(rng.randrange(size), events_per_customer + 1 + k // size, f"q{size}.{k}.") for k in range(probe_events)]
-                batches = [_batch_calls(probe[i : i + batch]) for i in range(0, len(probe), batch)]
-                sync.config_resetstat()
-                seconds = await _apply_batches(r, batches)
-                server = fcall_server_usec(sync)
+                # Memory first: the probes add events (and duplicate-filter entries) to the customers.
                 info = sync.info("memory")
                 sample_ids = [f"s{rng.randrange(size)}" for _ in range(min(500, size))]
                 usage = [sync.memory_usage(keys.customer_key(c), samples=0) or 0 for c in sample_ids]
+                rounds = []
+                for round_no in range(probe_rounds):
+                    first_day = events_per_customer + 1 + round_no * (probe_events // size + 1)
+                    probe = [deltas_for(rng.randrange(size), first_day + k // size, f"q{size}.{round_no}.{k}.") for k in range(probe_events)]
+                    batches = [_batch_calls(probe[i : i + batch]) for i in range(0, len(probe), batch)]
+                    sync.config_resetstat()
+                    seconds = await _apply_batches(r, batches)
+                    server = fcall_server_usec(sync)
+                    rounds.append((server["usec_per_call"], seconds / probe_events * 1e6))
+                server_rounds = sorted(u for u, _ in rounds)
+                client_rounds = sorted(c for _, c in rounds)
                 row = {
                     "customers": size, "events_per_customer": events_per_customer, "populate_seconds": round(populate_s, 1),
-                    "probe_events": probe_events, "usec_per_event_client": round(seconds / probe_events * 1e6, 2),
-                    "usec_per_call_server": server["usec_per_call"],
+                    "probe_events": probe_events, "probe_rounds": probe_rounds,
+                    "usec_per_event_client": round(client_rounds[len(client_rounds) // 2], 2),
+                    "usec_per_call_server": server_rounds[len(server_rounds) // 2],
+                    "usec_per_call_server_rounds": [round(u, 2) for u, _ in rounds],
+                    "redis_commands_per_event": server["inner_commands_per_call"],  # of the last round
                     "used_memory_per_customer": round((int(info["used_memory"]) - baseline) / size),
                     "cust_key_bytes_sampled": round(sum(usage) / len(usage)),
                 }
@@ -1217,7 +1238,7 @@ def run_bench(opts: BenchOptions) -> dict:
 
             sizes = opts.scale_sizes + ((1_000_000,) if opts.scale_max else ())
             say(f"[7] scale: memory and per-event cost at {', '.join(f'{s:,}' for s in sizes)} customers")
-            rows["scale"] = scale_test(stack.redis.url, payloads, sizes, opts.scale_probe_events)
+            rows["scale"] = scale_test(stack.redis.url, payloads, sizes, opts.scale_probe_events, probe_rounds=opts.scale_probe_rounds)
     finally:
         procs.stop_all()
     result["load_average_end"] = loadavg()
@@ -1330,6 +1351,7 @@ def format_table(result: dict) -> str:
             f"{m['customers']:,} customers, by key {m['by_key']}, dataset {m['used_memory_dataset_per_customer']:,} B/customer")
     for s in rows.get("scale", []):
         add(f"7 scale {s['customers']:,} customers", f"{s['usec_per_call_server']} µs/event server",
+            f"median of {', '.join(map(str, s.get('usec_per_call_server_rounds', [])))}; {s.get('redis_commands_per_event')} Redis commands/event; "
             f"{s['usec_per_event_client']} µs/event client+server; {s['used_memory_per_customer']:,} B/customer used_memory, "
             f"cust hash {s['cust_key_bytes_sampled']:,} B ({s['events_per_customer']} events each)")
     w1 = max(len(a) for a, _, _ in lines) if lines else 10
