@@ -864,9 +864,11 @@ def floor_consumer_main(kind: str) -> None:
     if kind == "raw":
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
+        from streams.admin import bootstrap_of
+
         async def consume() -> None:
-            bootstrap = settings.kafka_url.removeprefix("kafka://")
-            c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=settings.fetch_max_wait_ms)
+            c = AIOKafkaConsumer(bootstrap_servers=bootstrap_of(settings.kafka_url), enable_auto_commit=False,
+                                 fetch_max_wait_ms=settings.fetch_max_wait_ms)
             await c.start()
             try:
                 c.assign([TopicPartition(t, p) for t in settings.topics.inputs for p in range(settings.partitions)])
