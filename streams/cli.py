@@ -414,7 +414,7 @@ def show_config(config: Optional[Path] = ConfigOpt):
 @cli.command()
 def bench(
     events: Optional[int] = typer.Option(None, help="Backlog size (default 300000; 20000 with --quick)"),
-    quick: bool = typer.Option(False, "--quick", help="Small sizes: a smoke run of about 2 minutes"),
+    quick: bool = typer.Option(False, "--quick", help="Small sizes: a smoke run of about 2.5 minutes"),
     out: Optional[Path] = typer.Option(None, help="JSON output (default docs/bench/bench-DATE.json)"),
     scale_max: bool = typer.Option(False, "--scale-max", help="Also measure 1 million customers (slow)"),
     profile: Optional[Path] = typer.Option(None, help="py-spy raw profile of the worker during the end-to-end row"),
