@@ -262,6 +262,15 @@ def faust_app_kwargs(settings) -> dict:
     )
 
 
+def bare_faust_app(settings):
+    """A Faust app with the worker's settings (:func:`faust_app_kwargs`) and its input topics, as raw bytes."""
+    import faust
+
+    app = faust.App(settings.app_id, broker=settings.kafka_url, datadir=str(settings.data_dir), web_enabled=False,
+                    **faust_app_kwargs(settings))
+    return app, app.topic(*settings.topics.inputs, key_serializer="raw", value_serializer="raw")
+
+
 def bare_faust_main(mode: str) -> None:
     """Subprocess entry: a Faust agent that only counts events; reports to Redis ``bench:faust:<mode>``."""
     import faust
@@ -271,11 +280,7 @@ def bare_faust_main(mode: str) -> None:
     from streams.settings import load_settings
 
     settings = load_settings()
-    app = faust.App(
-        settings.app_id, broker=settings.kafka_url, datadir=str(settings.data_dir), web_enabled=False,
-        **faust_app_kwargs(settings),
-    )
-    inputs = app.topic(*settings.topics.inputs, key_serializer="raw", value_serializer="raw")
+    app, inputs = bare_faust_app(settings)
     state = {"n": 0, "first": 0.0, "first_n": 0, "last": 0.0}
     r = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
 
@@ -811,11 +816,7 @@ def run_mix_latency(stack, procs: Procs, work: Path, rate: float, seconds: float
         timed_out = len(arrivals) - warm - len(timed)
         # p99 per 5 s of sending: shows whether the tail is the start (every customer new) or steady.
         start = min((sent for _, sent, _ in timed), default=0.0)
-        windows: dict[int, list[float]] = {}
-        for now, sent, _ in timed:
-            windows.setdefault(int((sent - start) // 5), []).append((now - sent) * 1000)
-        timeline = [{"from_s": k * 5, "changes": len(v), "p50_ms": _pick(sorted(v), 0.5), "p99_ms": _pick(sorted(v), 0.99)}
-                    for k, v in sorted(windows.items())]
+        timeline = _per_5s(((sent - start, (now - sent) * 1000) for now, sent, _ in timed), "changes")
 
 
         return {
@@ -890,9 +891,7 @@ def floor_consumer_main(kind: str) -> None:
     from streams.gc_tuning import settle_heap
 
     _shorten_fetch_wait(settings.fetch_max_wait_ms)
-    app = faust.App(settings.app_id, broker=settings.kafka_url, datadir=str(settings.data_dir), web_enabled=False,
-                    **faust_app_kwargs(settings))
-    inputs = app.topic(*settings.topics.inputs, key_serializer="raw", value_serializer="raw")
+    app, inputs = bare_faust_app(settings)
 
     @app.agent(inputs)
     async def floor(stream):
@@ -951,15 +950,20 @@ def run_latency_floor(stack, procs: Procs, work: Path, kind: str, rate: float, s
         procs.stop(p)
     pairs = [(ts, now) for ts, now in delivered()[warm:] if ts >= start - 1]
     lat = sorted((now - ts) * 1000 for ts, now in pairs)
-    windows: dict[int, list[float]] = {}
-    for ts, now in pairs:
-        windows.setdefault(int((ts - start) // 5), []).append((now - ts) * 1000)
     return {
         "consumer": kind, "offered_rate": round(rate, 1), "achieved_rate": round(stats.rate, 1), "sent": stats.sent, "delivered": len(pairs),
         "p50_ms": _pick(lat, 0.50), "p90_ms": _pick(lat, 0.90), "p99_ms": _pick(lat, 0.99), "max_ms": round(lat[-1], 1) if lat else None,
-        "timeline": [{"from_s": k * 5, "events": len(v), "p50_ms": _pick(sorted(v), 0.5), "p99_ms": _pick(sorted(v), 0.99)}
-                     for k, v in sorted(windows.items())],
+        "timeline": _per_5s(((ts - start, (now - ts) * 1000) for ts, now in pairs), "events"),
     }
+
+
+def _per_5s(samples, count_key: str) -> list[dict]:
+    """``samples`` of (seconds since the start, latency ms) -> p50/p99 per 5 s window."""
+    windows: dict[int, list[float]] = {}
+    for at, ms in samples:
+        windows.setdefault(int(at // 5), []).append(ms)
+    return [{"from_s": k * 5, count_key: len(v), "p50_ms": _pick(sorted(v), 0.5), "p99_ms": _pick(sorted(v), 0.99)}
+            for k, v in sorted(windows.items())]
 
 
 def _pick(xs: list[float], q: float) -> float | None:
