@@ -142,8 +142,6 @@ class Engine:
         before = await self._low_watermark(now)
         items = []
         sources = []
-        self.counters.received += len(messages)
-        self.counters.batches += 1
         for msg in messages:
             family = self.topics.family_of(msg.topic)
             try:
@@ -220,6 +218,12 @@ class Engine:
             out.changes = written.changes
             self.counters.conflicts += len(written.conflicts)
             await self._record_drift(drift)
+        # Counted once the batch is done, with its outcome: the deadline timer publishes
+        # the counters too, and may do so while this batch waits for the lock. A batch
+        # counted as received then, before Redis counted it applied, made the shared
+        # stats say "all received, some not applied" (CI, 2026-12-02).
+        self.counters.received += len(messages)
+        self.counters.batches += 1
         self._count(out)
         await self._publish_counts()
         return out

@@ -111,3 +111,32 @@ def test_changes_being_published_are_not_stale_however_old(redis_server, redis_c
     assert ids  # a new customer's first purchase moves it
     assert not ids & while_publishing
     assert ids <= after_publish  # not deleted: left to the relay
+
+
+def test_received_is_never_published_ahead_of_the_batch_outcome(redis_server, redis_client):
+    """``received`` in ``segflow:stats`` counts only batches whose outcome Redis has
+    counted too: the deadline timer publishes the counters while a batch may be
+    waiting for the engine lock, and a reader that waits for ``received`` to reach
+    what was sent then expects ``applied`` to be complete."""
+    settings = Settings(redis_url=redis_server.url, clock="event")
+    topic = settings.topics.purchases
+
+    async def scenario():
+        engine = await started_engine(settings, {(topic, 0)})
+        batch = [InboundMessage(topic, 0, n, b"wait", purchase("wait", n, T0_MS + n * 3_600_000)) for n in range(3)]
+        await engine.lock.acquire()  # as a deadline evaluation in progress holds it
+        batch_done = asyncio.create_task(engine.process(batch, now=time.time()))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not batch_done.done()
+        engine.lock.release()
+        await engine._publish_counts()  # what fire_deadlines does after its lock (the timer)
+        while_waiting = redis_client.hgetall("segflow:stats")
+        await batch_done
+        await engine.redis.aclose()
+        return while_waiting
+
+    while_waiting = run(scenario())
+    assert int(while_waiting.get("received", 0)) <= int(while_waiting.get("applied", 0))
+    done = redis_client.hgetall("segflow:stats")
+    assert int(done["received"]) == int(done["applied"]) == 3
