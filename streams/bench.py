@@ -841,8 +841,10 @@ FLOOR_CONSUMERS = ("raw", "faust")
 
 
 def floor_consumer_main(kind: str) -> None:
-    """Subprocess entry: read the floor topics and write each message's (producer
-    timestamp, delivery time) pairs to ``SEGFLOW_BENCH_FLOOR_OUT`` as JSON, twice a second.
+    """Subprocess entry: read the floor topics and append each message's (producer
+    timestamp, delivery time) pairs to ``SEGFLOW_BENCH_FLOOR_OUT``, twice a second,
+    one JSON list per line of the pairs since the last line (the cost of a write must
+    not grow with the run: it runs on the consumer's own loop, inside what it measures).
 
     ``raw``: an aiokafka consumer with the worker's fetch wait; ``faust``: a Faust
     agent with the worker's settings (fetch wait patched as the worker's) taking
@@ -852,15 +854,15 @@ def floor_consumer_main(kind: str) -> None:
 
     settings = load_settings()
     out = Path(os.environ["SEGFLOW_BENCH_FLOOR_OUT"])
-    seen: list[tuple[float, float]] = []
+    seen: list[tuple[float, float]] = []  # since the last line written
     last_dump = [0.0]
 
     def dump(now: float) -> None:
         if seen and now - last_dump[0] >= 0.5:
             last_dump[0] = now
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(seen))
-            tmp.replace(out)  # the bench reads whole files only
+            with out.open("a") as f:
+                f.write(json.dumps(seen) + "\n")
+            seen.clear()
 
     if kind == "raw":
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -920,14 +922,16 @@ def run_latency_floor(stack, procs: Procs, work: Path, kind: str, rate: float, s
 
     topics = Topics(f"{FLOOR_PREFIX}{kind}-")
     ensure_topics(stack.broker.bootstrap, topics, PARTITIONS)
-    out = work / f"floor-{kind}.json"
+    out = work / f"floor-{kind}.jsonl"
+    out.unlink(missing_ok=True)
     env = worker_env(stack, topics.prefix, f"bench-floor-{kind}", work, "event", SEGFLOW_BENCH_FLOOR_OUT=str(out))
     payloads = make_payloads(max(2_000, int(rate * seconds)), seed=29, id_prefix="m")
 
     def delivered() -> list[list[float]]:
         try:
-            return json.loads(out.read_text())
-        except (FileNotFoundError, ValueError):
+            with out.open() as f:
+                return [pair for line in f if line.endswith("\n") for pair in json.loads(line)]  # a line being written is skipped
+        except FileNotFoundError:
             return []
 
     p = procs.start([sys.executable, "-m", "streams.bench", "floor-consumer", kind], env, work / f"floor-{kind}.log")
@@ -1102,7 +1106,8 @@ def scale_test(url: str, payloads, sizes: tuple[int, ...], probe_events: int, ev
                 # Probe: events of random existing customers, a later day, batches like the worker's.
                 # Several rounds, the median reported: one round of ~1 s moved by up to 25%
                 # between rounds at the same size on this machine. Every probe event opens a
-                # new day for its customer at every size, so the work per event is the same.
+                # new day for its customer at every size (customers drawn without replacement
+                # within a day), so the work per event is the same.
                 rng = random.Random(size)
                 # Memory first: the probes add events (and duplicate-filter entries) to the customers.
                 info = sync.info("memory")
@@ -1111,7 +1116,10 @@ def scale_test(url: str, payloads, sizes: tuple[int, ...], probe_events: int, ev
                 rounds = []
                 for round_no in range(probe_rounds):
                     first_day = events_per_customer + 1 + round_no * (probe_events // size + 1)
-                    probe = [deltas_for(rng.randrange(size), first_day + k // size, f"q{size}.{round_no}.{k}.") for k in range(probe_events)]
+                    probe = []
+                    for day_no, start in enumerate(range(0, probe_events, size)):
+                        drawn = rng.sample(range(size), min(size, probe_events - start))
+                        probe += [deltas_for(c, first_day + day_no, f"q{size}.{round_no}.{start + k}.") for k, c in enumerate(drawn)]
                     batches = [_batch_calls(probe[i : i + batch]) for i in range(0, len(probe), batch)]
                     sync.config_resetstat()
                     seconds = await _apply_batches(r, batches)

@@ -86,8 +86,11 @@ class Counters:
 
     def flat(self) -> dict[str, int]:
         """The counters the worker adds to the ``segflow:stats`` hash."""
-        out = {k: v for k, v in self.__dict__.items() if isinstance(v, int) and k not in COUNTED_BY_REDIS}
+        out = {k: v for k, v in self.__dict__.items() if isinstance(v, int) and k not in COUNTED_BY_REDIS + ("received", "batches")}
         out.update({f"dead_lettered:{reason}": n for reason, n in self.reasons.items()})
+        # Last, so that a reader who sees a batch in ``received`` sees its other counts too
+        # (the HINCRBYs go in one round trip, in this order, but not as one transaction).
+        out.update(received=self.received, batches=self.batches)
         return out
 
 
@@ -256,8 +259,8 @@ class Engine:
                     continue
                 feats = compute(state, now_ms)
                 updates.append(self._evaluate(cid, feats, seg_hash, now_ms, f"deadline:{now_ms}"))
-            self.counters.deadline_evaluations += len(due)
             written = await self.segments.write(updates)
+            self.counters.deadline_evaluations += len(due)
             self.publishing.update(i for i, _ in written.changes)
             out.changes = written.changes
             self.counters.conflicts += len(written.conflicts)
@@ -323,7 +326,6 @@ class Engine:
         """Log and append drift events to the capped ``segflow:drift`` stream."""
         if not events:
             return
-        self.counters.drift_detected += len(events)
         version = self.segmenter.model_version
         pipe = self.redis.pipeline(transaction=False)
         for e in events:
@@ -331,6 +333,7 @@ class Engine:
             fields = {"kind": "drift", "signal": e.signal, "detail": e.detail, "at_ms": e.at_ms, "model_version": version}
             pipe.xadd(keys.DRIFT, fields, maxlen=DRIFT_STREAM_LEN, approximate=True)
         await pipe.execute()
+        self.counters.drift_detected += len(events)  # counted once recorded, as every counter here
 
     async def reseed_if_requested(self) -> int | None:
         """Apply a pending ``segflow reseed`` request (hash ``segflow:reseed``):

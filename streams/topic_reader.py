@@ -16,8 +16,10 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 
 def read_to_end(bootstrap: str, topic: str, timeout: float = 120.0, **consumer_config) -> list[ConsumerRecord]:
-    """Every record of ``topic``, partition by partition in offset order; raises
-    ``TimeoutError`` if the topic has no partitions or is not read within ``timeout`` seconds."""
+    """Every record of ``topic`` up to each partition's high watermark as the first
+    fetch of that partition reported it (a topic still being written is not chased),
+    partition by partition in offset order; raises ``TimeoutError`` if the topic has
+    no partitions or is not read within ``timeout`` seconds."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=8 << 20, **consumer_config)
     try:
         deadline = time.monotonic() + timeout
@@ -31,9 +33,15 @@ def read_to_end(bootstrap: str, topic: str, timeout: float = 120.0, **consumer_c
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
 
+        ends: dict[TopicPartition, int] = {}
+
         def behind(tp: TopicPartition) -> bool:
-            high = consumer.highwater(tp)  # None until a fetch for tp came back
-            return high is None or consumer.position(tp) < high
+            if tp not in ends:
+                high = consumer.highwater(tp)  # None until a fetch for tp came back
+                if high is None:
+                    return True
+                ends[tp] = high
+            return consumer.position(tp) < ends[tp]
 
         records: list[ConsumerRecord] = []
         while any(behind(tp) for tp in tps):

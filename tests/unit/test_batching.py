@@ -138,7 +138,7 @@ def test_a_backlog_that_does_not_arrive_stops_delaying_batches():
     assert max(delays[i] for i in range(3)) > 0.15
     # ... then for ten windows (2 s, past the end of the trickle) no batch waits for it
     late = [delays[i] for i in range(12, 30)]
-    assert max(late) < 0.1, late
+    assert max(late) < 0.15, late  # each would be over 0.2 s if they waited (slack for a busy machine)
 
 
 def test_refuses_a_batch_size_or_window_that_cannot_work():
