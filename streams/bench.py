@@ -1110,21 +1110,23 @@ def scale_test(url: str, payloads, sizes: tuple[int, ...], probe_events: int, ev
                 populated = size
                 # Probe: events of random existing customers, a later day, batches like the worker's.
                 # Several rounds, the median reported: one round of ~1 s moved by up to 25%
-                # between rounds at the same size on this machine. Every probe event opens a
-                # new day for its customer at every size (customers drawn without replacement
-                # within a day), so the work per event is the same.
+                # between rounds at the same size on this machine. Every probe event is its
+                # customer's next day (customers drawn without replacement within a block of
+                # ``size`` events), so at every size each event clears the same day buckets
+                # and the work per event is the same.
                 rng = random.Random(size)
                 # Memory first: the probes add events (and duplicate-filter entries) to the customers.
                 info = sync.info("memory")
                 sample_ids = [f"s{rng.randrange(size)}" for _ in range(min(500, size))]
                 usage = [sync.memory_usage(keys.customer_key(c), samples=0) or 0 for c in sample_ids]
                 rounds = []
+                last_day: dict[int, int] = {}
                 for round_no in range(probe_rounds):
-                    first_day = events_per_customer + 1 + round_no * (probe_events // size + 1)
                     probe = []
-                    for day_no, start in enumerate(range(0, probe_events, size)):
-                        drawn = rng.sample(range(size), min(size, probe_events - start))
-                        probe += [deltas_for(c, first_day + day_no, f"q{size}.{round_no}.{start + k}.") for k, c in enumerate(drawn)]
+                    for start in range(0, probe_events, size):
+                        for k, c in enumerate(rng.sample(range(size), min(size, probe_events - start))):
+                            last_day[c] = last_day.get(c, events_per_customer - 1) + 1
+                            probe.append(deltas_for(c, last_day[c], f"q{size}.{round_no}.{start + k}."))
                     batches = [_batch_calls(probe[i : i + batch]) for i in range(0, len(probe), batch)]
                     sync.config_resetstat()
                     seconds = await _apply_batches(r, batches)
