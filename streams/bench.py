@@ -1109,7 +1109,7 @@ def scale_test(url: str, payloads, sizes: tuple[int, ...], probe_events: int, ev
                 populate_s = time.perf_counter() - t0
                 populated = size
                 # Probe: events of random existing customers, a later day, batches like the worker's.
-                # Several rounds, the median reported: one round of ~1 s moved by up to 25%
+                # Several rounds, the median reported: one round of ~1 s moved by up to 70%
                 # between rounds at the same size on this machine. Every probe event is its
                 # customer's next day (customers drawn without replacement within a block of
                 # ``size`` events), so at every size each event clears the same day buckets
