@@ -67,6 +67,7 @@ class BenchOptions:
     latency_mix_seconds: float = 40.0  # row 6 on row 5's kind of traffic
     # Row 6 on row 5's traffic again at these fractions of row 5's sustained rate: where p99 < 100 ms holds.
     latency_mix_sweep: tuple[float, ...] = (0.3, 0.4)
+    latency_mix_two_workers: bool = True  # row 6 at half rate again, two worker processes in one group
     latency_low_rate: float = 100.0  # a second point, well below what fresh customers cost
     # More points of fresh-customer load: where p99 crosses 100 ms (each costs ~40 s).
     latency_sweep: tuple[float, ...] = (200.0, 400.0, 700.0)
@@ -77,7 +78,7 @@ class BenchOptions:
 
     @classmethod
     def quick_run(cls, **kw) -> "BenchOptions":
-        base = dict(events=20_000, quick=True, latency_seconds=5.0, latency_mix_seconds=8.0, latency_mix_sweep=(), latency_sweep=(), two_workers=False, scale_sizes=(2_000, 10_000), scale_probe_events=4_000, scale_probe_rounds=3)
+        base = dict(events=20_000, quick=True, latency_seconds=5.0, latency_mix_seconds=8.0, latency_mix_sweep=(), latency_mix_two_workers=False, latency_sweep=(), two_workers=False, scale_sizes=(2_000, 10_000), scale_probe_events=4_000, scale_probe_rounds=3)
         base.update(kw)
         return cls(**base)
 
@@ -739,7 +740,7 @@ def run_latency(stack, procs: Procs, work: Path, rate: float, seconds: float, ta
 MIX_PREFIX = "benchmix-"
 
 
-def run_mix_latency(stack, procs: Procs, work: Path, rate: float, seconds: float, tag: str = "") -> dict:
+def run_mix_latency(stack, procs: Procs, work: Path, rate: float, seconds: float, tag: str = "", workers: int = 1) -> dict:
     """Latency on the backlog's own kind of traffic (row 5's workload, new simulated
     customers, event clock) offered at ``rate``: the target's "half the sustained rate"
     on the workload that measured the sustained rate.
@@ -749,7 +750,8 @@ def run_mix_latency(stack, procs: Procs, work: Path, rate: float, seconds: float
     is in event-time order), so (customer, occurred_at) names the event and its send
     time. Changes that match no sent event were decided by the deadline timer
     (silence crossed on the event-time watermark) and are counted, not timed.
-    ``tag`` gives a point its own topics and worker (a sweep).
+    ``tag`` gives a point its own topics and worker (a sweep); ``workers`` > 1 runs
+    that many worker processes in one consumer group.
     """
     import redis as redis_lib
 
@@ -776,8 +778,12 @@ def run_mix_latency(stack, procs: Procs, work: Path, rate: float, seconds: float
     watcher = ChangeWatcher(stack.broker.bootstrap, topics.segment_changes, b"m")
     watcher.on_record = on_record
     watcher.start()
-    p = procs.start([sys.executable, "-m", "streams.cli", "worker"], worker_env(stack, topics.prefix, f"bench-mix{tag}", work, "event"),
-                    work / f"worker-mix{tag}.log")
+    logs = [work / f"worker-mix{tag}-{i}.log" for i in range(workers)]
+    for i in range(workers):
+        (work / f"mix{tag}-w{i}").mkdir(exist_ok=True)
+    started = [procs.start([sys.executable, "-m", "streams.cli", "worker"],
+                           worker_env(stack, topics.prefix, f"bench-mix{tag}", work / f"mix{tag}-w{i}", "event"), logs[i])
+               for i in range(workers)]  # own web port and data dir each
     try:
         watcher.ready.wait(30)
         if watcher.error:
@@ -787,11 +793,16 @@ def run_mix_latency(stack, procs: Procs, work: Path, rate: float, seconds: float
         until = time.monotonic() + 60
         produce_events(stack.broker.bootstrap, payloads[:1], topics)
         while not arrivals and time.monotonic() < until:
-            if p.poll() is not None:
-                raise RuntimeError(f"worker exited with {p.returncode}; see {work / f'worker-mix{tag}.log'}")
+            for p, log in zip(started, logs):
+                if p.poll() is not None:
+                    raise RuntimeError(f"worker exited with {p.returncode}; see {log}")
             time.sleep(0.2)
         if not arrivals:
-            raise RuntimeError(f"no change for the warm-up event in 60 s; see {work / f'worker-mix{tag}.log'}")
+            raise RuntimeError(f"no change for the warm-up event in 60 s; see {logs[0]}")
+        if workers > 1:
+            # The first change says one worker owns that partition, not that the group
+            # has settled: a rebalance takes about half a session timeout (docs/ARCHITECTURE.md).
+            time.sleep(2 * SESSION_TIMEOUT)
         warm = len(arrivals)
         # This process holds every payload and send time: a full collection of that
         # heap paused it ~20-40 ms, stamping changes late. Out of the collector's sight.
@@ -825,7 +836,7 @@ def run_mix_latency(stack, procs: Procs, work: Path, rate: float, seconds: float
 
 
         return {
-            "offered_rate": round(rate, 1), "achieved_rate": round(stats.rate, 1), "sent": stats.sent,
+            "offered_rate": round(rate, 1), "achieved_rate": round(stats.rate, 1), "sent": stats.sent, "workers": workers,
             "customers": len({k for _, k, _ in payloads}), "changes_timed": len(lat), "changes_by_deadline": timed_out,
             "p50_ms": _pick(lat, 0.50), "p90_ms": _pick(lat, 0.90), "p99_ms": _pick(lat, 0.99), "max_ms": round(lat[-1], 1) if lat else None,
             # Split at the change's emitted_at (the engine's clock when it decided):
@@ -836,7 +847,8 @@ def run_mix_latency(stack, procs: Procs, work: Path, rate: float, seconds: float
         gc.enable()
         gc.unfreeze()
         watcher.stop.set()
-        procs.stop(p)
+        for p in started:
+            procs.stop(p)
         watcher.join(5)
         r.close()
 
@@ -1237,6 +1249,10 @@ def run_bench(opts: BenchOptions) -> dict:
                 say(f"[6] latency floor: the same traffic at {rate:,.0f} ev/s read by a {'raw aiokafka consumer' if kind == 'raw' else 'bare Faust agent'} that does nothing")
                 floor = rows[f"latency_floor_{kind}"] = run_latency_floor(stack, procs, work, kind, rate, opts.latency_mix_seconds)
                 say(f"    p50 {floor['p50_ms']} ms, p99 {floor['p99_ms']} ms, max {floor['max_ms']} ms over {floor['delivered']:,} events")
+            if opts.latency_mix_two_workers:
+                say(f"[6] latency at {rate:,.0f} ev/s, row 5's kind of traffic, two worker processes in one group")
+                two = rows["latency_mix_2w"] = run_mix_latency(stack, procs, work, rate, opts.latency_mix_seconds, tag="2w-", workers=2)
+                say(f"    p50 {two['p50_ms']} ms, p99 {two['p99_ms']} ms, max {two['max_ms']} ms over {two['changes_timed']:,} changes")
             rows["latency_mix_sweep"] = []
             for i, fraction in enumerate(opts.latency_mix_sweep):
                 point_rate = max(50.0, e2e["rate"] * fraction)
@@ -1289,6 +1305,10 @@ def targets(rows: dict) -> list[dict]:
         under = [p["offered_rate"] for p in mix_points if p["p99_ms"] < 100]
         out.append({"target": "(where it holds) highest load of row 5's kind of traffic measured with p99 < 100 ms, ev/s",
                     "value": max(under) if under else None, "reached": None})
+    two = rows.get("latency_mix_2w")
+    if two:
+        out.append({"target": "(scale-out) p99 change latency at half rate with two worker processes (row 5's kind of traffic), ms",
+                    "value": two.get("p99_ms"), "reached": None})
     floors = {k: rows[f"latency_floor_{k}"].get("p99_ms") for k in FLOOR_CONSUMERS if f"latency_floor_{k}" in rows}
     if floors:
         out.append({"target": "(context) p99 of the same traffic reaching a consumer that does nothing, ms", "value": floors, "reached": None})
@@ -1354,7 +1374,8 @@ def format_table(result: dict) -> str:
     if e2:
         add("5b two segflow workers, one group", evs(e2), f"{e2['rate'] / e['rate']:.2f}x one worker" if e and e.get("rate") else "")
     def add_mix(mix: dict) -> None:
-        add(f"6 latency event -> change at {mix['offered_rate']:,.0f} ev/s, row 5's traffic",
+        workers = mix.get("workers", 1)
+        add(f"6 latency event -> change at {mix['offered_rate']:,.0f} ev/s, row 5's traffic" + (f", {workers} workers" if workers > 1 else ""),
             f"p50 {mix['p50_ms']} / p99 {mix['p99_ms']} / max {mix['max_ms']} ms",
             f"{mix['changes_timed']:,} changes timed (+{mix['changes_by_deadline']:,} by deadlines), {mix['sent']:,} events of "
             f"{mix['customers']:,} new simulated customers, achieved {mix['achieved_rate']:,.0f} ev/s, p90 {mix['p90_ms']} ms; "
@@ -1369,7 +1390,8 @@ def format_table(result: dict) -> str:
                 f"p50 {fl['p50_ms']} / p99 {fl['p99_ms']} / max {fl['max_ms']} ms",
                 f"{fl['delivered']:,} of {fl['sent']:,} events delivered, achieved {fl['achieved_rate']:,.0f} ev/s; "
                 f"p99 per 5 s {', '.join(str(w['p99_ms']) for w in fl['timeline'])} ms")
-    for mix in sorted(rows.get("latency_mix_sweep", []), key=lambda p: -p["offered_rate"]):
+    for mix in [*([rows["latency_mix_2w"]] if rows.get("latency_mix_2w") else []),
+                *sorted(rows.get("latency_mix_sweep", []), key=lambda p: -p["offered_rate"])]:
         add_mix(mix)
     points = [rows.get("latency"), rows.get("latency_low"), *rows.get("latency_sweep", [])]
     for lat in sorted((p for p in points if p), key=lambda p: -p["offered_rate"]):

@@ -29,7 +29,7 @@ def test_bench_faust_settings_match_the_real_app():
 
 def test_quick_bench_writes_every_row(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert bench.main(bench.BenchOptions.quick_run(events=6000, latency_seconds=3.0, latency_mix_seconds=3.0, latency_mix_sweep=(0.2,), latency_sweep=(60.0,), two_workers=True, scale_sizes=(500, 2000), scale_probe_events=1000, out=out)) == 0
+    assert bench.main(bench.BenchOptions.quick_run(events=6000, latency_seconds=3.0, latency_mix_seconds=3.0, latency_mix_sweep=(0.2,), latency_mix_two_workers=True, latency_sweep=(60.0,), two_workers=True, scale_sizes=(500, 2000), scale_probe_events=1000, out=out)) == 0
     result = json.loads(out.read_text())
     rows = result["rows"]
     for name in ("producer", "raw_consumer", "bare_faust_each", "bare_faust_take", "redis_ceiling", "segflow_e2e"):
@@ -39,6 +39,8 @@ def test_quick_bench_writes_every_row(tmp_path, capsys):
     mix = rows["latency_mix"]
     # Row 5's kind of traffic: changes matched to the event that caused them, timed.
     assert mix["sent"] > 0 and mix["changes_timed"] > 0 and 0 < mix["p50_ms"] <= mix["p99_ms"] <= mix["max_ms"]
+    two = rows["latency_mix_2w"]
+    assert two["workers"] == 2 and two["offered_rate"] == mix["offered_rate"] and two["changes_timed"] > 0
     (point,) = rows["latency_mix_sweep"]
     assert point["fraction_of_sustained"] == 0.2 and point["offered_rate"] <= mix["offered_rate"] and point["changes_timed"] > 0
     lat = rows["latency"]
