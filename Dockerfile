@@ -14,6 +14,8 @@ COPY pyproject.toml README.md ./
 COPY streams ./streams
 COPY features ./features
 COPY segmenter ./segmenter
+COPY lab ./lab
+COPY segflow ./segflow
 RUN pip install .
 
 FROM python:3.11-slim

@@ -17,4 +17,6 @@ Modules, one job each:
 - :mod:`segmenter.campaigns`   campaign routing from changes: triggers, holdout arms, cap model
 - :mod:`segmenter.assign`      all of the above for one customer
 - :mod:`segmenter.flaps`       flap rate of a list of changes (measurement)
+
+May import: :mod:`features` (pure modules). Nothing from :mod:`streams`, :mod:`lab`, :mod:`segflow`.
 """

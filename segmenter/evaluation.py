@@ -1,6 +1,6 @@
 """Quality measures of a segmentation run against ground truth: pure, no I/O.
 
-Used by ``segflow evaluate`` (:mod:`streams.evaluate`), which replays a
+Used by ``segflow evaluate`` (:mod:`lab.evaluate`), which replays a
 simulated population through the segmenter and scores it here:
 
 - :func:`adjusted_rand_index` / :func:`contingency`: clusters vs hidden personas;

@@ -205,3 +205,29 @@ def dedupe_token(event_id: str) -> str:
 def json_schemas() -> dict[str, dict]:
     """JSON Schema of every event family, for producers in any language."""
     return {family: model.model_json_schema(mode="validation") for family, model in FAMILIES.items()}
+
+
+def family_of_type(event_type: str) -> str | None:
+    """The family an event ``type`` belongs to, or None.
+
+    >>> family_of_type("add_to_cart"), family_of_type("purchase"), family_of_type("login"), family_of_type("x")
+    ('clickstream', 'purchase', 'login', None)
+    """
+    return _TYPE_FAMILY.get(event_type)
+
+
+_TYPE_FAMILY = {
+    "session_start": "clickstream",
+    "page_view": "clickstream",
+    "search": "clickstream",
+    "add_to_cart": "clickstream",
+    "remove_from_cart": "clickstream",
+    "checkout_started": "clickstream",
+    "purchase": "purchase",
+    "login": "login",
+}
+
+
+def event_to_json(event: Event) -> bytes:
+    """Compact JSON bytes of an event (``None`` fields left out), as published on Kafka."""
+    return event.model_dump_json(exclude_none=True).encode()

@@ -1,13 +1,11 @@
-"""Publishing events to Kafka: the imperative shell around :mod:`streams.simulate`.
+"""Publishing events to Kafka: JSONL files and ``(family, key, value)`` streams.
 
 Everything here is I/O; the pure pieces (:func:`parse_line`, :func:`bootstrap_servers`)
 are small and tested by their doctests.
 
 * :func:`produce_events` publishes ``(family, key, value)`` triples or
   ``(family, event)`` pairs to the family's topic, optionally paced to a rate.
-* :func:`produce_simulation` publishes a :class:`~streams.simulate.Simulation`.
 * :func:`produce_file` publishes a JSONL file (format in :func:`parse_line`).
-* :func:`write_jsonl` writes a simulation to a JSONL file that :func:`produce_file` replays.
 * :func:`create_topics` creates the input and output topics, idempotently.
 
 The Kafka key is always the customer id, so one customer's events stay in order
@@ -30,8 +28,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from streams.events import FAMILIES
-from streams.simulate import Simulation, event_to_json, family_of_type
+from streams.events import FAMILIES, event_to_json, family_of_type
 from streams.topics import TOPICS, Topics
 
 __all__ = [
@@ -45,8 +42,6 @@ __all__ = [
     "print_progress",
     "produce_events",
     "produce_file",
-    "produce_simulation",
-    "write_jsonl",
 ]
 
 log = logging.getLogger(__name__)
@@ -218,28 +213,6 @@ def produce_events(
     return stats
 
 
-def produce_simulation(
-    bootstrap: str,
-    sim: Simulation,
-    topics: Topics = TOPICS,
-    rate: float | None = None,
-    progress: Callable[[ProduceStats], None] | None = None,
-    *,
-    ground_truth_path: str | Path | None = None,
-    **kwargs: Any,
-) -> ProduceStats:
-    """Publish a simulation in event-time order, paced to ``rate`` events/s.
-
-    ``ground_truth_path``: where to write :meth:`Simulation.ground_truth_json`
-    first (personas, churners' silence times), for scoring the engine later.
-    Extra keyword arguments go to :func:`produce_events`.
-    """
-    if ground_truth_path is not None:
-        Path(ground_truth_path).write_bytes(sim.ground_truth_json())
-    items = ((family, event.customer_id.encode(), event_to_json(event)) for family, event in sim.events())
-    return produce_events(bootstrap, items, topics, rate, progress, **kwargs)
-
-
 class SkipLine(ValueError):
     """A JSONL line whose family cannot be determined; it is reported, not published."""
 
@@ -353,16 +326,6 @@ def produce_file(
     stats = ProduceStats()
     items = iter_file(path, default_family, stats.skipped)
     return produce_events(bootstrap, items, topics, rate, progress, stats=stats, **kwargs)
-
-
-def write_jsonl(sim: Simulation, path: str | Path) -> int:
-    """Write every event of ``sim`` as ``{"family": ..., "event": {...}}`` lines; return the count."""
-    n = 0
-    with open(path, "wb") as out:
-        for family, event in sim.events():
-            out.write(b'{"family":"' + family.encode() + b'","event":' + event_to_json(event) + b"}\n")
-            n += 1
-    return n
 
 
 def create_topics(

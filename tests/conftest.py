@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import redis as redis_lib
 
-from streams.embedded import Broker, RedisServer
+from lab.embedded import Broker, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +38,7 @@ class WorkerProcess:
         import os
         import sys
 
-        from streams.embedded import free_port
+        from lab.embedded import free_port
 
         self.prefix = prefix
         self.log_path = tmp_path / f"worker-{app_id}.log"
@@ -55,7 +55,7 @@ class WorkerProcess:
             "SEGFLOW_PARTITIONS": "2",
             **(extra_env or {}),
         }
-        self.cmd = [sys.executable, "-m", "streams.cli", "worker"]
+        self.cmd = [sys.executable, "-m", "segflow.cli", "worker"]
         self.proc = None
 
     def start(self) -> "WorkerProcess":

@@ -16,7 +16,7 @@ from features.state import CustomerState, apply_delta
 from segmenter.changes import read_history_entry
 from streams.events import decode
 from streams.producer import produce_events
-from streams.simulate import Simulation, event_to_json
+from lab.simulate import Simulation, event_to_json
 from streams.segment_store import StoredAssignment
 
 # Fields of the customer hash that legitimately depend on delivery, not on the

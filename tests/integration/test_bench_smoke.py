@@ -9,14 +9,14 @@ import json
 
 import pytest
 
-from streams import bench
+from lab import bench
 
 pytestmark = pytest.mark.integration
 
 
 def test_bench_faust_settings_match_the_real_app():
     from streams.app import create_app
-    from streams.cli import _segmenter_factory
+    from segflow.cli import _segmenter_factory
     from streams.settings import Settings
 
     settings = Settings(web_enabled=False)

@@ -16,8 +16,8 @@ import pytest
 from features import keys
 from features.catalogue import compute
 from features.codec import state_from_hash
-from streams.datasets import cdnow_events, cdnow_rows
-from streams.simulate import event_to_json
+from lab.datasets import cdnow_events, cdnow_rows
+from lab.simulate import event_to_json
 from tests.kafka_helpers import fresh_topics, send
 
 pytestmark = pytest.mark.integration

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.producer import produce_simulation
-from streams.simulate import Simulation
+from lab.publish import produce_simulation
+from lab.simulate import Simulation
 from streams.segment_store import StoredAssignment
 from tests.kafka_helpers import fresh_topics
 
@@ -79,7 +79,7 @@ def wait_until_quiet(base: str, worker, feeder) -> None:
 
 
 def cli(worker, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streams.cli", *args], env=worker.env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "segflow.cli", *args], env=worker.env, capture_output=True, text=True, timeout=60)
 
 
 def test_ops_queries_over_http_and_cli(broker, redis_client, start_worker):

@@ -13,7 +13,7 @@ from segmenter.assign import Segmenter
 from segmenter.config import default_config
 from segmenter.drift import DriftEvent
 from streams.app import redis_client as async_redis
-from streams.cli import cli
+from segflow.cli import cli
 from streams.engine import Engine, InboundMessage
 from streams.settings import Settings
 from tests.integration.test_engine_batches import DAY_MS, T0_MS, purchase

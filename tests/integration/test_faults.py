@@ -16,7 +16,7 @@ import pytest
 import redis as redis_lib
 
 from features import keys
-from streams.embedded import RedisServer
+from lab.embedded import RedisServer
 from tests.conftest import WorkerProcess
 from tests.integration.reliability_helpers import (
     Background,

@@ -48,7 +48,7 @@ def changes_of(records) -> list[dict]:
 
 
 def segflow_cli(worker, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streams.cli", *args], env=worker.env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "segflow.cli", *args], env=worker.env, capture_output=True, text=True, timeout=60)
 
 
 def test_events_become_features_segments_and_change_events(broker, redis_server, start_worker):

@@ -14,8 +14,9 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from streams.events import decode
-from streams.producer import create_topics, produce_events, produce_file, produce_simulation, write_jsonl
-from streams.simulate import Simulation
+from lab.publish import produce_simulation, write_jsonl
+from streams.producer import create_topics, produce_events, produce_file
+from lab.simulate import Simulation
 from streams.topics import Topics
 
 pytestmark = pytest.mark.integration

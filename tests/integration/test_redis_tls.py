@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from streams.embedded import RedisServer
+from lab.embedded import RedisServer
 from tests.conftest import WorkerProcess
 from tests.kafka_helpers import fresh_topics, send
 from tests.tls_helpers import make_pki

@@ -19,7 +19,7 @@ from features.catalogue import compute
 from features.codec import state_from_hash
 from features.extract import delta_of
 from features.state import CustomerState, apply_delta
-from streams.simulate import Simulation, event_to_json
+from lab.simulate import Simulation, event_to_json
 from tests.kafka_helpers import fresh_topics, send
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import redis as redis_lib
 
-from streams.embedded import RedisServer
+from lab.embedded import RedisServer
 from tests.conftest import WorkerProcess
 from tests.kafka_helpers import fresh_topics, read_until, send
 
@@ -39,7 +39,7 @@ def test_a_redis_password_comes_from_configuration_and_never_reaches_logs_or_top
                 time.sleep(0.3)
             changes = read_until(broker, topics.segment_changes, lambda rs: len(rs) >= 1)
             dead = read_until(broker, topics.dead_letter, lambda rs: len(rs) >= 1)
-            config = subprocess.run([sys.executable, "-m", "streams.cli", "config"], env=worker.env, capture_output=True, text=True, timeout=60)
+            config = subprocess.run([sys.executable, "-m", "segflow.cli", "config"], env=worker.env, capture_output=True, text=True, timeout=60)
         finally:
             worker.stop()
         assert config.returncode == 0 and "redis_url" in config.stdout

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from streams.soak import FAULTS, SoakOptions, run_soak
+from lab.soak import FAULTS, SoakOptions, run_soak
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -1,7 +1,7 @@
 """The worker against a broker that only speaks TLS and requires SASL SCRAM-SHA-512, configured
 through SEGFLOW_* variables alone; the passwords nowhere they should not be.
 
-The broker is the embedded Tansu behind :mod:`streams.secure_front` (Tansu 0.6.0
+The broker is the embedded Tansu behind :mod:`tests.secure_front` (Tansu 0.6.0
 can do neither TLS nor keep SCRAM users itself; that module says why). Redis
 is password-protected; Redis over TLS is not tested: the vendored Valkey server
 is built without TLS ("Failed finding TLS support").
@@ -23,12 +23,13 @@ import pytest
 import redis as redis_lib
 from kafka import KafkaAdminClient
 
-from streams.embedded import Broker, RedisServer
+from lab.embedded import RedisServer
 from streams.kafka_security import faust_credentials, kafka_python_config
 from streams.settings import Settings
 from streams.topics import Topics
 from tests.conftest import WorkerProcess
 from tests.kafka_helpers import read_until
+from tests.secure_front import SecuredBroker
 from tests.tls_helpers import make_pki
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -68,7 +69,7 @@ def refused_by_aiokafka(bootstrap: str, settings: Settings, caplog) -> str:
 
 def test_the_worker_over_sasl_ssl_applies_events_and_no_password_leaks(tmp_path, caplog):
     pki = make_pki(tmp_path / "pki")
-    broker = Broker(log_path=tmp_path / "broker.log", cert=pki["cert"], key=pki["key"], users={USER: KAFKA_SECRET}).start()
+    broker = SecuredBroker(log_path=tmp_path / "broker.log", cert=pki["cert"], key=pki["key"], users={USER: KAFKA_SECRET}).start()
     server = RedisServer(data_dir=tmp_path / "redis", password=REDIS_SECRET).start()
     try:
         secure = dict(kafka_url=broker.url, kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
@@ -108,7 +109,7 @@ def test_the_worker_over_sasl_ssl_applies_events_and_no_password_leaks(tmp_path,
             lines = [json.dumps(e) for e in events] + [json.dumps({"family": "login", "event": "{broken"})]
             (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
             # `segflow produce` over SASL_SSL (it creates missing topics first, as the worker does).
-            produce = subprocess.run([sys.executable, "-m", "streams.cli", "produce", str(tmp_path / "events.jsonl")],
+            produce = subprocess.run([sys.executable, "-m", "segflow.cli", "produce", str(tmp_path / "events.jsonl")],
                                      env=worker.env, capture_output=True, text=True, timeout=120)
             assert produce.returncode == 0, produce.stderr[-2000:]
             assert "sent 3" in produce.stderr, produce.stderr[-2000:]
@@ -121,7 +122,7 @@ def test_the_worker_over_sasl_ssl_applies_events_and_no_password_leaks(tmp_path,
                 time.sleep(0.3)
             changes = read_until(broker, topics.segment_changes, lambda rs: any(json.loads(r.value)["customer_id"] == "vault" for r in rs), **client_config)
             dead = read_until(broker, topics.dead_letter, lambda rs: len(rs) >= 1, **client_config)
-            config = subprocess.run([sys.executable, "-m", "streams.cli", "config"], env=worker.env, capture_output=True, text=True, timeout=60)
+            config = subprocess.run([sys.executable, "-m", "segflow.cli", "config"], env=worker.env, capture_output=True, text=True, timeout=60)
         finally:
             worker.stop()
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.docgen import _BLOCK, render
+from lab.docgen import _BLOCK, render
 
 DOCS = sorted((Path(__file__).parents[2] / "docs").glob("*.md"))
 

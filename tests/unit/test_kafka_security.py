@@ -8,7 +8,7 @@ from aiokafka.conn import ScramAuthenticator
 from kafka.net.sasl.scram import ScramClient
 
 from streams.kafka_security import KafkaSecurityError, faust_credentials, kafka_python_config, ssl_context
-from streams.secure_front import (
+from tests.secure_front import (
     AuthenticationFailed, ScramServer, authenticate_request_bytes, authenticate_response, parse_request, scram_credential,
 )
 from streams.settings import Settings

@@ -13,8 +13,8 @@ from river import metrics
 from segmenter.config import SEGMENTATIONS, default_config
 from segmenter.evaluation import adjusted_rand_index, contingency
 from segmenter.flaps import flaps
-from streams.evaluate import quality_report, replay
-from streams.simulate import Simulation
+from lab.evaluate import quality_report, replay
+from lab.simulate import Simulation
 
 CONFIG = default_config()
 DAY = 86_400_000

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.events import decode
-from streams.simulate import CATEGORIES, PERSONAS, Simulation, event_to_json, family_of_type
+from lab.simulate import CATEGORIES, PERSONAS, Simulation, event_to_json, family_of_type
 
 START = datetime(2026, 1, 5, tzinfo=timezone.utc)
 

@@ -48,7 +48,7 @@ from segmenter.assign import Segmenter
 from segmenter.config import SEGMENTATIONS, SegmentationConfig, default_config
 from segmenter.evaluation import Move, adjusted_rand_index, contingency, flap_stats, silence_detection
 from segmenter.hysteresis import Assignment
-from streams.simulate import Simulation
+from lab.simulate import Simulation
 
 __all__ = ["Replay", "replay", "quality_report", "format_report", "evaluate"]
 

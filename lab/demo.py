@@ -21,7 +21,7 @@ from pathlib import Path
 import redis as redis_lib
 
 from streams.admin import ensure_topics
-from streams.embedded import EmbeddedStack, free_port
+from lab.embedded import EmbeddedStack, free_port
 from streams.queries import customer_view, format_customer, format_sizes, segment_sizes
 from streams.settings import Settings
 from streams.topic_reader import read_to_end
@@ -33,8 +33,8 @@ def _say(msg: str) -> None:
 
 
 def run_demo(seconds: float = 60, customers: int = 300, days: float = 45, seed: int = 7) -> int:
-    from streams.producer import produce_simulation
-    from streams.simulate import Simulation
+    from lab.publish import produce_simulation
+    from lab.simulate import Simulation
 
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="segflow-demo-"))
@@ -55,7 +55,7 @@ def run_demo(seconds: float = 60, customers: int = 300, days: float = 45, seed: 
             "SEGFLOW_SESSION_TIMEOUT_SECONDS": "6",
         }
         log_path = work / "worker.log"
-        worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+        worker = subprocess.Popen([sys.executable, "-m", "segflow.cli", "worker"], env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
         _say(f"[2/4] worker started (pid {worker.pid}, log {log_path}); dashboard while it runs: http://127.0.0.1:{web_port}/dashboard")
         r = redis_lib.Redis.from_url(stack.redis.url, decode_responses=True)
         try:

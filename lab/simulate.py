@@ -39,7 +39,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Iterator
 
-from streams.events import ClickstreamEvent, Event, LoginEvent, PurchaseEvent, PurchaseItem
+from streams.events import ClickstreamEvent, Event, LoginEvent, PurchaseEvent, PurchaseItem, event_to_json, family_of_type
 
 __all__ = [
     "CATEGORIES",
@@ -147,32 +147,6 @@ class CustomerProfile:
     peak_hour: float
     joined_ms: int  # milliseconds after start of the first possible activity
     silenced_ms: int | None  # churners only: ms after start; no event at or after it
-
-
-def family_of_type(event_type: str) -> str | None:
-    """The family an event ``type`` belongs to, or None.
-
-    >>> family_of_type("add_to_cart"), family_of_type("purchase"), family_of_type("login"), family_of_type("x")
-    ('clickstream', 'purchase', 'login', None)
-    """
-    return _TYPE_FAMILY.get(event_type)
-
-
-_TYPE_FAMILY = {
-    "session_start": "clickstream",
-    "page_view": "clickstream",
-    "search": "clickstream",
-    "add_to_cart": "clickstream",
-    "remove_from_cart": "clickstream",
-    "checkout_started": "clickstream",
-    "purchase": "purchase",
-    "login": "login",
-}
-
-
-def event_to_json(event: Event) -> bytes:
-    """Compact JSON bytes of an event (``None`` fields left out), as published on Kafka."""
-    return event.model_dump_json(exclude_none=True).encode()
 
 
 def _seed_int(*parts: object) -> int:

@@ -102,7 +102,7 @@ def up(
     work_dir: Path = typer.Option(Path(".segflow"), help="Logs and Redis files"),
 ):
     """Start an embedded broker, Redis and one worker in the foreground until Ctrl-C."""
-    from streams.embedded import Broker, EmbeddedStack, RedisServer
+    from lab.embedded import Broker, EmbeddedStack, RedisServer
 
     stack = EmbeddedStack(work_dir=work_dir, broker=Broker(port=kafka_port), redis=RedisServer(port=redis_port))
     try:
@@ -130,7 +130,7 @@ def demo(
     seed: int = typer.Option(7),
 ):
     """Everything at once: embedded stack, worker, simulated customers, then a report."""
-    from streams.demo import run_demo
+    from lab.demo import run_demo
 
     raise typer.Exit(run_demo(seconds=seconds, customers=customers, days=days, seed=seed))
 
@@ -149,8 +149,8 @@ def simulate(
 ):
     """Produce a simulated population to the input topics, in event time."""
     from streams.admin import bootstrap_of, ensure_topics
-    from streams.producer import produce_simulation
-    from streams.simulate import Simulation
+    from lab.publish import produce_simulation
+    from lab.simulate import Simulation
 
     settings = _settings(config)
     sim = Simulation(customers=customers, days=days, seed=seed)
@@ -361,7 +361,7 @@ def features():
 @cli.command()
 def docs(docs_dir: Path = typer.Option(Path("docs"), help="Folder of the Markdown docs")):
     """Regenerate the tables in docs/ that come from code (features, topics, settings)."""
-    from streams.docgen import update
+    from lab.docgen import update
 
     changed = update(docs_dir)
     _echo(f"updated: {', '.join(map(str, changed)) or 'nothing (all current)'}")
@@ -384,7 +384,7 @@ def evaluate(
     from datetime import date
 
     from segmenter.config import ConfigError, default_config, load_config
-    from streams.evaluate import evaluate as run_evaluation, format_report, to_json
+    from lab.evaluate import evaluate as run_evaluation, format_report, to_json
 
     try:
         config = load_config(segments_config) if segments_config else default_config()
@@ -421,7 +421,7 @@ def bench(
     latency_rate: Optional[float] = typer.Option(None, help="Offered load for the latency row (default: half the sustained rate)"),
 ):
     """Benchmark on an embedded stack: ceilings, segflow end to end, latency, scale; one table + JSON."""
-    from streams.bench import BenchOptions, main as bench_main
+    from lab.bench import BenchOptions, main as bench_main
 
     kw = {k: v for k, v in dict(events=events, out=out, scale_max=scale_max, profile=profile, latency_rate=latency_rate).items() if v is not None}
     opts = BenchOptions.quick_run(**kw) if quick else BenchOptions(**kw)
@@ -442,7 +442,7 @@ def soak(
     fetch_max_wait_ms: int = typer.Option(250, help="The worker's SEGFLOW_FETCH_MAX_WAIT_MS"),
 ):
     """Fixed-rate traffic with periodic faults on an embedded stack, then: sent - applied - dead-lettered (must be 0) and features vs the reference."""
-    from streams.soak import SoakOptions, run_soak
+    from lab.soak import SoakOptions, run_soak
 
     command = "segflow soak " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "segflow soak"
     opts = SoakOptions(minutes=minutes, rate=rate, fault_every=fault_every, customers=customers, seed=seed,

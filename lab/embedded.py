@@ -61,22 +61,15 @@ def redis_binary() -> str:
 class Broker:
     """A Tansu broker process. Memory storage: a restart starts empty.
 
-    Optional, to exercise the secured client paths (TLS, SASL SCRAM-SHA-512):
-    ``cert``/``key`` (PEM) make ``port`` a TLS listener; ``users`` (name ->
-    password) make it require SASL SCRAM-SHA-512 with one of them. Tansu 0.6.0
-    can do neither itself (streams/secure_front.py says why), so then Tansu
-    listens on a private loopback port, advertises ``port``, and the front
-    (:mod:`streams.secure_front`, a child process) serves ``port``: it
-    terminates TLS, authenticates, and forwards to Tansu.
+    ``listen_port``: where Tansu listens when something else serves ``port``
+    (Tansu always advertises ``port``); tests put a TLS/SASL front there
+    (tests/secure_front.py).
     """
 
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
     proc: subprocess.Popen | None = None
-    cert: Path | None = None
-    key: Path | None = None
-    users: dict[str, str] = field(default_factory=dict, repr=False)
-    front: subprocess.Popen | None = None
+    listen_port: int | None = None
 
     @property
     def url(self) -> str:
@@ -87,10 +80,7 @@ class Broker:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> "Broker":
-        if bool(self.cert) != bool(self.key):
-            raise ValueError("Broker: cert and key go together")
-        secured = bool(self.cert or self.users)
-        tansu_port = free_port() if secured else self.port
+        tansu_port = self.listen_port or self.port
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [broker_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{tansu_port}",
@@ -101,16 +91,12 @@ class Broker:
         )
         try:
             wait_for_port(tansu_port, proc=self.proc)
-            if secured:
-                self.front = _start_secure_front(self.port, tansu_port, self.cert, self.key, self.users, log)
         except BaseException:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
-        stop_process(self.front)
-        self.front = None
         stop_process(self.proc)
         self.proc = None
 
@@ -215,17 +201,3 @@ class EmbeddedStack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def _start_secure_front(port: int, target_port: int, cert, key, users: dict[str, str], log) -> subprocess.Popen:
-    """Start :mod:`streams.secure_front` on ``port`` in front of ``target_port``; users go on stdin."""
-    import json
-
-    args = [sys.executable, "-m", "streams.secure_front", str(port), str(target_port)]
-    if cert:
-        args += ["--cert", str(cert), "--key", str(key)]
-    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT)
-    proc.stdin.write(json.dumps({"users": users}).encode())
-    proc.stdin.close()
-    wait_for_port(port, proc=proc)
-    return proc

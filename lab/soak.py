@@ -54,12 +54,12 @@ from typing import Callable
 import redis as redis_lib
 
 from streams.admin import ensure_topics
-from streams.embedded import EmbeddedStack, RedisServer, free_port
+from lab.embedded import EmbeddedStack, RedisServer, free_port
 from streams.topic_reader import read_to_end
 from streams.topics import TOPICS
 
 FAULTS = ("worker_sigkill", "worker_sigterm", "redis_sigterm", "redis_sigkill")
-EVENTS_PER_CUSTOMER_DAY = 8.0  # measured for the default persona mix (streams/simulate.py)
+EVENTS_PER_CUSTOMER_DAY = 8.0  # measured for the default persona mix (lab/simulate.py)
 VOLATILE = ("q", "r", "df")  # as in tests/integration/reliability_helpers.py
 
 
@@ -112,7 +112,7 @@ class Worker:
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen([sys.executable, "-m", "segflow.cli", "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.starts += 1
 
     def alive(self) -> bool:
@@ -148,7 +148,7 @@ class Feed:
         from features.state import CustomerState, apply_delta
         from streams.events import decode
         from streams.producer import ProduceStats, produce_events
-        from streams.simulate import event_to_json
+        from lab.simulate import event_to_json
 
         self.stop = threading.Event()
         self.stats = ProduceStats()
@@ -243,7 +243,7 @@ def change_summary(bootstrap: str) -> dict:
 
 def run_soak(opts: SoakOptions, say: Callable[[str], None] = lambda m: print(m, flush=True)) -> tuple[int, dict]:
     """Run the soak; return (exit code, report)."""
-    from streams.simulate import Simulation
+    from lab.simulate import Simulation
 
     in_main = threading.current_thread() is threading.main_thread()
     old_term = signal.getsignal(signal.SIGTERM) if in_main else None

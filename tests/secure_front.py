@@ -10,8 +10,8 @@ exists (measured, see docs/RELIABILITY.md, "TLS and SASL"):
   create``, or any admin client) is acknowledged and not kept: the next login
   gets ``e=unknown-user``. And ``tansu user create`` itself cannot authenticate.
 
-So :class:`~streams.embedded.Broker` with ``cert``/``key`` or ``users`` runs
-Tansu on a private loopback port and this front on its public one. The front
+So :class:`SecuredBroker` runs Tansu (:class:`~lab.embedded.Broker` with a
+``listen_port``) on a private loopback port and this front on its public one. The front
 terminates TLS, and with users it is the SASL server: it answers the Kafka
 SaslHandshake and SaslAuthenticate requests itself (SCRAM-SHA-512, RFC 5802,
 done by the ``scramp`` library: the client's proof is checked against the
@@ -21,7 +21,7 @@ Once a connection is authenticated (or at once, without users) its bytes are
 forwarded to Tansu unchanged; ApiVersions before authentication is forwarded
 too.
 
-Run as a child process: ``python -m streams.secure_front LISTEN_PORT TARGET_PORT
+Run as a child process: ``python -m tests.secure_front LISTEN_PORT TARGET_PORT
 [--cert C --key K]``, with ``{"users": {name: password}}`` as JSON on stdin
 (never on the command line). It logs no credential.
 """
@@ -35,9 +35,16 @@ import json
 import os
 import ssl
 import struct
+import subprocess
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from scramp import ScramException, ScramMechanism
+
+from lab.embedded import Broker, free_port, stop_process, wait_for_port
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 MECHANISM = "SCRAM-SHA-512"
 SASL_HANDSHAKE, SASL_AUTHENTICATE, API_VERSIONS = 17, 36, 18
@@ -66,7 +73,7 @@ class ScramServer:
     >>> server.final(b"c=biws,r=CN,p=AAAA")
     Traceback (most recent call last):
     ...
-    streams.secure_front.AuthenticationFailed: invalid-proof
+    tests.secure_front.AuthenticationFailed: invalid-proof
     """
 
     def __init__(self, credentials: dict[str, tuple[bytes, bytes, bytes, int]], nonce: str | None = None):
@@ -270,8 +277,57 @@ def serve(listen_port: int, target_port: int, context: ssl.SSLContext | None, us
     asyncio.run(main())
 
 
+@dataclass
+class SecuredBroker:
+    """The embedded broker behind this front: TLS with ``cert``/``key``, SASL
+    SCRAM-SHA-512 with ``users`` (name -> password), or both. Same ``url``,
+    ``bootstrap``, ``port``, ``start``/``stop`` as :class:`~lab.embedded.Broker`."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    users: dict[str, str] = field(default_factory=dict, repr=False)
+    log_path: Path | None = None
+    port: int = field(default_factory=free_port)
+    broker: Broker | None = None
+    front: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"kafka://127.0.0.1:{self.port}"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "SecuredBroker":
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("SecuredBroker: cert and key go together")
+        self.broker = Broker(port=self.port, listen_port=free_port(), log_path=self.log_path).start()
+        args = [sys.executable, "-m", "tests.secure_front", str(self.port), str(self.broker.listen_port)]
+        if self.cert:
+            args += ["--cert", str(self.cert), "--key", str(self.key)]
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        try:
+            self.front = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+            assert self.front.stdin is not None
+            self.front.stdin.write(json.dumps({"users": self.users}).encode())
+            self.front.stdin.close()
+            wait_for_port(self.port, proc=self.front)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        stop_process(self.front)
+        self.front = None
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m streams.secure_front", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.secure_front", description=__doc__.splitlines()[0])
     parser.add_argument("listen_port", type=int)
     parser.add_argument("target_port", type=int)
     parser.add_argument("--cert")

@@ -1,6 +1,6 @@
 """``segflow bench`` / ``make bench``: one run, one table, side by side.
 
-Everything runs on one :class:`~streams.embedded.EmbeddedStack` (Tansu broker
+Everything runs on one :class:`~lab.embedded.EmbeddedStack` (Tansu broker
 + Redis on loopback) in one invocation, so the rows are comparable even on a
 shared, noisy machine; ratios matter more than absolute numbers. Rows:
 
@@ -140,7 +140,7 @@ class Procs:
 
     @staticmethod
     def stop(p: subprocess.Popen | None, timeout: float = 20.0) -> None:
-        from streams.embedded import stop_process
+        from lab.embedded import stop_process
 
         stop_process(p, timeout)
 
@@ -150,7 +150,7 @@ class Procs:
 
 
 def worker_env(stack, prefix: str, app_id: str, work: Path, clock: str, **extra) -> dict:
-    from streams.embedded import free_port
+    from lab.embedded import free_port
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGFLOW_")}
     env.update({
@@ -177,7 +177,7 @@ def make_payloads(n: int, seed: int = 11, id_prefix: str = "b") -> list[tuple[st
     About 300 events per customer (a simulated customer makes ~700 in 90 days,
     so the backlog covers roughly the first 40 days of their lives).
     """
-    from streams.simulate import Simulation, event_to_json
+    from lab.simulate import Simulation, event_to_json
 
     out: list[tuple[str, bytes, bytes]] = []
     round_ = 0
@@ -325,7 +325,7 @@ def run_bare_faust(stack, procs: Procs, work: Path, mode: str, expected: int, ti
     key = f"bench:faust:{mode}"
     r.delete(key)
     env = worker_env(stack, BENCH_PREFIX, f"bench-faust-{mode}", work, "event")
-    p = procs.start([sys.executable, "-m", "streams.bench", "bare-faust", mode], env, work / f"faust-{mode}.log")
+    p = procs.start([sys.executable, "-m", "lab.bench", "bare-faust", mode], env, work / f"faust-{mode}.log")
     try:
         deadline = time.monotonic() + timeout
         h: dict = {}
@@ -441,8 +441,8 @@ def run_worker_e2e(stack, procs: Procs, work: Path, expected: int, timeout: floa
     for i in range(workers):
         (work / f"w{i}").mkdir(exist_ok=True)
     envs = [worker_env(stack, BENCH_PREFIX, group, work / f"w{i}", "event") for i in range(workers)]  # own web port and data dir each
-    others = [procs.start([sys.executable, "-m", "streams.cli", "worker"], envs[i], work / f"worker-e2e-{group}-{i}.log") for i in range(1, workers)]
-    p = procs.start([sys.executable, "-m", "streams.cli", "worker"], envs[0], work / f"worker-e2e-{group}-0.log")
+    others = [procs.start([sys.executable, "-m", "segflow.cli", "worker"], envs[i], work / f"worker-e2e-{group}-{i}.log") for i in range(1, workers)]
+    p = procs.start([sys.executable, "-m", "segflow.cli", "worker"], envs[0], work / f"worker-e2e-{group}-0.log")
     say(f"  {workers} worker(s), pids {[p.pid] + [o.pid for o in others]}, logs {work}/worker-e2e-{group}-*.log")
     samples: list[tuple[float, int, dict]] = []  # (time the hash changed, received, whole hash)
     spy = None
@@ -665,7 +665,7 @@ def run_latency(stack, procs: Procs, work: Path, rate: float, seconds: float, ta
     r.flushall()
     watcher = ChangeWatcher(stack.broker.bootstrap, topics.segment_changes, b"lat")
     watcher.start()
-    p = procs.start([sys.executable, "-m", "streams.cli", "worker"], worker_env(stack, topics.prefix, f"bench-latency-{tag}", work, "wall"),
+    p = procs.start([sys.executable, "-m", "segflow.cli", "worker"], worker_env(stack, topics.prefix, f"bench-latency-{tag}", work, "wall"),
                     work / f"worker-latency-{tag}.log")
     stop = threading.Event()
     try:
@@ -781,7 +781,7 @@ def run_mix_latency(stack, procs: Procs, work: Path, rate: float, seconds: float
     logs = [work / f"worker-mix{tag}-{i}.log" for i in range(workers)]
     for i in range(workers):
         (work / f"mix{tag}-w{i}").mkdir(exist_ok=True)
-    started = [procs.start([sys.executable, "-m", "streams.cli", "worker"],
+    started = [procs.start([sys.executable, "-m", "segflow.cli", "worker"],
                            worker_env(stack, topics.prefix, f"bench-mix{tag}", work / f"mix{tag}-w{i}", "event"), logs[i])
                for i in range(workers)]  # own web port and data dir each
     try:
@@ -951,7 +951,7 @@ def run_latency_floor(stack, procs: Procs, work: Path, kind: str, rate: float, s
         except FileNotFoundError:
             return []
 
-    p = procs.start([sys.executable, "-m", "streams.bench", "floor-consumer", kind], env, work / f"floor-{kind}.log")
+    p = procs.start([sys.executable, "-m", "lab.bench", "floor-consumer", kind], env, work / f"floor-{kind}.log")
     try:
         produce_events(stack.broker.bootstrap, payloads[:1], topics)
         until = time.monotonic() + 60
@@ -1040,7 +1040,7 @@ def run_deadline_latency(stack, procs: Procs, work: Path, customers: int = 200, 
     watcher.on_record = on_records
     watcher.start()
     env = worker_env(stack, topics.prefix, "bench-deadline", work, "wall", SEGFLOW_SEGMENTS_CONFIG=deadline_config(work, silence_s))
-    p = procs.start([sys.executable, "-m", "streams.cli", "worker"], env, work / "worker-deadline.log")
+    p = procs.start([sys.executable, "-m", "segflow.cli", "worker"], env, work / "worker-deadline.log")
     try:
         watcher.ready.wait(30)
         say("  waiting for the worker to join and answer a warm-up event")
@@ -1175,7 +1175,7 @@ def scale_test(url: str, payloads, sizes: tuple[int, ...], probe_events: int, ev
 
 def run_bench(opts: BenchOptions) -> dict:
     from streams.admin import ensure_topics
-    from streams.embedded import EmbeddedStack
+    from lab.embedded import EmbeddedStack
     from streams.topics import Topics
 
     facts = machine_facts()
