@@ -30,7 +30,12 @@ system-deps:
 		echo "installing Debian packages:$$missing"; apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "missing Debian packages (the tests that need them will fail):$$missing"; fi
 
-test: install system-deps
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: install system-deps lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
 test-unit: install

@@ -92,9 +92,7 @@ def _catalogue() -> tuple[Feature, ...]:
     for days in WINDOWS:
         for _, stem, unit, what in _WINDOWED:
             f.append(Feature(f"{stem}_{days}d", f"{what.capitalize()} in the last {days} day(s).", unit, days, "window"))
-        f.append(
-            Feature(f"discount_share_{days}d", f"Discount given as a share of gross revenue in the last {days} day(s).", "ratio", days, "window")
-        )
+        f.append(Feature(f"discount_share_{days}d", f"Discount given as a share of gross revenue in the last {days} day(s).", "ratio", days, "window"))
     f += [
         Feature("cart_abandonment_rate_30d", "1 - purchases / add-to-carts over 30 days (None without carts).", "ratio", 30, "ratio"),
         Feature("checkout_conversion_30d", "Purchases / checkouts started over 30 days, capped at 1.", "ratio", 30, "ratio"),
@@ -134,8 +132,7 @@ def window_sums(state: CustomerState, now_ms: int, days: int) -> list[int]:
 
 # Built once: names per window, and the engagement decay per day of age.
 _WINDOW_FEATURES = tuple(
-    (days, tuple((f"{stem}_{days}d", metric, metric == REVENUE_CENTS) for metric, stem, _, _ in _WINDOWED), f"discount_share_{days}d")
-    for days in WINDOWS
+    (days, tuple((f"{stem}_{days}d", metric, metric == REVENUE_CENTS) for metric, stem, _, _ in _WINDOWED), f"discount_share_{days}d") for days in WINDOWS
 )
 # Per-metric vectors (0 elsewhere), so a bucket's activity and weighted engagement are
 # one C-level sum each; the terms and their order are those of the dicts above.
@@ -222,4 +219,3 @@ def top_categories(state: CustomerState, n: int = 3) -> list[tuple[str, float]]:
         return []
     ranked = sorted(state.categories.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
     return [(cat, qty / total) for cat, qty in ranked]
-

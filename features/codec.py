@@ -21,7 +21,7 @@ versions), ``df:<family>`` its floors, ``o:<family>``
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from features.state import METRICS, CustomerState, EventDelta
 

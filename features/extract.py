@@ -49,7 +49,7 @@ def delta_of(event: Event, offset: tuple[int, int] | None = None) -> EventDelta:
     >>> d.increments, d.categories
     ({6: 1, 7: 1999, 8: 500}, {'books': 2})
     """
-    ts_ms = int(round(event.ts * 1000))
+    ts_ms = round(event.ts * 1000)
     # The first character names the family: the duplicate filter keeps its
     # overflow floor per family (features.state.apply_delta).
     token = _FAMILY_INITIAL[type(event)] + dedupe_token(event.event_id)

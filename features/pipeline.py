@@ -20,7 +20,7 @@ b'*3\\r\\n$3\\r\\nSET\\r\\n$1\\r\\nk\\r\\n'
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import hiredis
 from redis.exceptions import ResponseError
@@ -56,6 +56,6 @@ async def _round_trip(conn, packed: bytes, commands: Sequence[tuple]) -> list:
     for i, reply in enumerate(replies):
         if isinstance(reply, ResponseError):
             name = commands[i][0]
-            reply.args = (f"command #{i + 1} ({name}) of pipeline failed: {reply.args[0] if reply.args else ''}",) + reply.args[1:]
+            reply.args = (f"command #{i + 1} ({name}) of pipeline failed: {reply.args[0] if reply.args else ''}", *reply.args[1:])
             raise reply
     return replies

@@ -23,9 +23,10 @@ only remembers events not yet behind the lateness horizon (and at most
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 DAY_MS = 86_400_000
 

@@ -8,8 +8,9 @@ raw state and current segments.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 from features import keys
 from features.codec import delta_args, pairs, state_from_hash
@@ -33,14 +34,22 @@ class Applied(NamedTuple):
     segments: dict[str, str] | None = None
 
 
-def apply_call(customer_id: str, delta: EventDelta, late_before_ms: int | None, want_state: bool = True,
-               max_customers: int = 0) -> tuple:
+def apply_call(customer_id: str, delta: EventDelta, late_before_ms: int | None, want_state: bool = True, max_customers: int = 0) -> tuple:
     """One ``FCALL segflow_apply`` command (KEYS and ARGV, see segflow.lua), for
     ``redis.execute_command(*apply_call(...))`` or :func:`features.pipeline.run_pipeline`.
     ``max_customers`` > 0 refuses customers not yet known once that many have
     state (status ``over_capacity``)."""
-    return ("FCALL", "segflow_apply", 4, keys.customer_key(customer_id), keys.segments_key(customer_id), keys.CUSTOMERS, keys.STATS,
-            *delta_args(delta, late_before_ms, want_state), max_customers)
+    return (
+        "FCALL",
+        "segflow_apply",
+        4,
+        keys.customer_key(customer_id),
+        keys.segments_key(customer_id),
+        keys.CUSTOMERS,
+        keys.STATS,
+        *delta_args(delta, late_before_ms, want_state),
+        max_customers,
+    )
 
 
 async def load_library(redis) -> None:
@@ -59,9 +68,7 @@ class FeatureStore:
         self.redis = redis
         self.max_customers = max_customers
 
-    async def apply_batch(
-        self, items: Sequence[tuple[str, EventDelta]], late_before_ms: int | None, watermark_ms: int | None
-    ) -> list[Applied]:
+    async def apply_batch(self, items: Sequence[tuple[str, EventDelta]], late_before_ms: int | None, watermark_ms: int | None) -> list[Applied]:
         """Apply ``items`` in one pipeline; events older than ``late_before_ms`` are refused.
 
         ``watermark_ms``, the worker's event-time low watermark, is published
@@ -70,13 +77,12 @@ class FeatureStore:
         if not items:
             return []
         last = {customer_id: i for i, (customer_id, _) in enumerate(items)}
-        commands = [apply_call(customer_id, delta, late_before_ms, last[customer_id] == i, self.max_customers)
-                    for i, (customer_id, delta) in enumerate(items)]
+        commands = [apply_call(customer_id, delta, late_before_ms, last[customer_id] == i, self.max_customers) for i, (customer_id, delta) in enumerate(items)]
         if watermark_ms is not None:
             commands.append(("FCALL", "segflow_advance_watermark", 1, keys.WATERMARK, watermark_ms))
         replies = await run_pipeline(self.redis, commands)
         out = []
-        for (customer_id, _), reply in zip(items, replies):
+        for (customer_id, _), reply in zip(items, replies, strict=False):
             status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
             if len(reply) > 1:
                 out.append(Applied(customer_id, status, state_from_hash(pairs(reply[1]), dedupe=False), pairs(reply[2])))

@@ -43,9 +43,10 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from datetime import date, datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_PREFIX = "bench-"  # backlog topics (rows 1, 2, 3, 5)
@@ -77,8 +78,20 @@ class BenchOptions:
     scale_probe_rounds: int = 5
 
     @classmethod
-    def quick_run(cls, **kw) -> "BenchOptions":
-        base = dict(events=20_000, quick=True, latency_seconds=5.0, latency_mix_seconds=8.0, latency_mix_sweep=(), latency_mix_two_workers=False, latency_sweep=(), two_workers=False, scale_sizes=(2_000, 10_000), scale_probe_events=4_000, scale_probe_rounds=3)
+    def quick_run(cls, **kw) -> BenchOptions:
+        base = dict(
+            events=20_000,
+            quick=True,
+            latency_seconds=5.0,
+            latency_mix_seconds=8.0,
+            latency_mix_sweep=(),
+            latency_mix_two_workers=False,
+            latency_sweep=(),
+            two_workers=False,
+            scale_sizes=(2_000, 10_000),
+            scale_probe_events=4_000,
+            scale_probe_rounds=3,
+        )
         base.update(kw)
         return cls(**base)
 
@@ -104,7 +117,9 @@ def machine_facts() -> dict[str, Any]:
         pass
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5).stdout.strip())
+        dirty = bool(
+            subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         head, dirty = "", False
     return {
@@ -153,17 +168,19 @@ def worker_env(stack, prefix: str, app_id: str, work: Path, clock: str, **extra)
     from lab.embedded import free_port
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGFLOW_")}
-    env.update({
-        "SEGFLOW_KAFKA_URL": stack.broker.url,
-        "SEGFLOW_REDIS_URL": stack.redis.url,
-        "SEGFLOW_TOPIC_PREFIX": prefix,
-        "SEGFLOW_APP_ID": app_id,
-        "SEGFLOW_CLOCK": clock,
-        "SEGFLOW_WEB_PORT": str(free_port()),
-        "SEGFLOW_DATA_DIR": str(work / f"data-{app_id}"),
-        "SEGFLOW_SESSION_TIMEOUT_SECONDS": str(SESSION_TIMEOUT),
-        "SEGFLOW_PARTITIONS": str(PARTITIONS),
-    })
+    env.update(
+        {
+            "SEGFLOW_KAFKA_URL": stack.broker.url,
+            "SEGFLOW_REDIS_URL": stack.redis.url,
+            "SEGFLOW_TOPIC_PREFIX": prefix,
+            "SEGFLOW_APP_ID": app_id,
+            "SEGFLOW_CLOCK": clock,
+            "SEGFLOW_WEB_PORT": str(free_port()),
+            "SEGFLOW_DATA_DIR": str(work / f"data-{app_id}"),
+            "SEGFLOW_SESSION_TIMEOUT_SECONDS": str(SESSION_TIMEOUT),
+            "SEGFLOW_PARTITIONS": str(PARTITIONS),
+        }
+    )
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -271,8 +288,7 @@ def bare_faust_app(settings):
     """A Faust app with the worker's settings (:func:`faust_app_kwargs`) and its input topics, as raw bytes."""
     import faust
 
-    app = faust.App(settings.app_id, broker=settings.kafka_url, datadir=str(settings.data_dir), web_enabled=False,
-                    **faust_app_kwargs(settings))
+    app = faust.App(settings.app_id, broker=settings.kafka_url, datadir=str(settings.data_dir), web_enabled=False, **faust_app_kwargs(settings))
     return app, app.topic(*settings.topics.inputs, key_serializer="raw", value_serializer="raw")
 
 
@@ -290,6 +306,7 @@ def bare_faust_main(mode: str) -> None:
     r = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
 
     if mode == "take":
+
         @app.agent(inputs)
         async def bare(stream):
             settle_heap(settings.gc_young_threshold)  # as the worker does once started
@@ -300,8 +317,9 @@ def bare_faust_main(mode: str) -> None:
                 state["n"] += len(events)
                 state["last"] = now
     else:
+
         @app.agent(inputs)
-        async def bare(stream):  # noqa: F811
+        async def bare(stream):
             settle_heap(settings.gc_young_threshold)
             async for _value in stream:
                 now = time.time()
@@ -352,7 +370,7 @@ def _deltas(payloads) -> list[tuple[str, Any]]:
     from streams.events import decode
 
     out = []
-    for i, (family, key, value) in enumerate(payloads):
+    for i, (family, _key, value) in enumerate(payloads):
         event = decode(family, value)
         out.append((event.customer_id, delta_of(event, (0, i))))
     return out
@@ -394,8 +412,7 @@ def fcall_server_usec(r) -> dict:
     calls = int(stats.get("calls", 0))
     # Commands the functions ran (Redis counts them too): work per call, whatever the machine's speed.
     inner = sum(int(v.get("calls", 0)) for k, v in all_stats.items() if k != "cmdstat_fcall" and k.startswith("cmdstat_"))
-    return {"calls": calls, "usec_per_call": float(stats.get("usec_per_call", 0.0)),
-            "inner_commands_per_call": round(inner / calls, 2) if calls else None}
+    return {"calls": calls, "usec_per_call": float(stats.get("usec_per_call", 0.0)), "inner_commands_per_call": round(inner / calls, 2) if calls else None}
 
 
 def redis_ceiling(url: str, payloads, batch: int = 2000) -> dict:
@@ -423,8 +440,13 @@ def redis_ceiling(url: str, payloads, batch: int = 2000) -> dict:
     server = fcall_server_usec(sync)
     sync.flushdb()
     sync.close()
-    return {"events": len(deltas), "seconds": round(seconds, 3), "rate": round(len(deltas) / seconds, 1),
-            "batch": batch, "server_usec_per_call": server["usec_per_call"]}
+    return {
+        "events": len(deltas),
+        "seconds": round(seconds, 3),
+        "rate": round(len(deltas) / seconds, 1),
+        "batch": batch,
+        "server_usec_per_call": server["usec_per_call"],
+    }
 
 
 # -- row 5: segflow end to end ----------------------------------------------------
@@ -488,8 +510,13 @@ def run_worker_e2e(stack, procs: Procs, work: Path, expected: int, timeout: floa
         else:
             rate, window = 0.0, 0.0
         out = {
-            "events": int(final.get("received", 0)), "expected": expected, "rate": round(rate, 1), "window_seconds": round(window, 2),
-            "stats_samples": len(samples), "final_stats": final, "workers": workers,
+            "events": int(final.get("received", 0)),
+            "expected": expected,
+            "rate": round(rate, 1),
+            "window_seconds": round(window, 2),
+            "stats_samples": len(samples),
+            "final_stats": final,
+            "workers": workers,
         }
         out["memory"] = memory_per_customer(r, sample=2000 if not opts.quick else 300)
         if profile is not None:
@@ -578,8 +605,10 @@ def memory_per_customer(r, sample: int = 2000) -> dict:
     info = r.info("memory")
     per = {k: round(v / len(ids)) for k, v in parts.items()}
     return {
-        "customers": total_customers, "sampled": len(ids),
-        "bytes_per_customer_keys": sum(per.values()), "by_key": per,
+        "customers": total_customers,
+        "sampled": len(ids),
+        "bytes_per_customer_keys": sum(per.values()),
+        "by_key": per,
         "avg_fields_in_cust_hash": round(fields / len(ids), 1),
         "used_memory_dataset_per_customer": round(int(info.get("used_memory_dataset", 0)) / total_customers),
     }
@@ -634,7 +663,7 @@ class ChangeWatcher(threading.Thread):
 
 
 def _iso_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 def fresh_logins(run: str, stop: threading.Event, sent_at: dict) -> Iterator[tuple[str, bytes, bytes]]:
@@ -644,8 +673,7 @@ def fresh_logins(run: str, stop: threading.Event, sent_at: dict) -> Iterator[tup
         cid = f"lat{run}-{i}"
         ms = int(time.time() * 1000)
         sent_at[cid] = ms
-        value = (f'{{"event_id":"{cid}","customer_id":"{cid}","occurred_at":"{_iso_ms(ms)}",'
-                 f'"type":"login","success":true,"channel":"web"}}').encode()
+        value = (f'{{"event_id":"{cid}","customer_id":"{cid}","occurred_at":"{_iso_ms(ms)}","type":"login","success":true,"channel":"web"}}').encode()
         yield "login", cid.encode(), value
         i += 1
 
@@ -665,8 +693,11 @@ def run_latency(stack, procs: Procs, work: Path, rate: float, seconds: float, ta
     r.flushall()
     watcher = ChangeWatcher(stack.broker.bootstrap, topics.segment_changes, b"lat")
     watcher.start()
-    p = procs.start([sys.executable, "-m", "segflow.cli", "worker"], worker_env(stack, topics.prefix, f"bench-latency-{tag}", work, "wall"),
-                    work / f"worker-latency-{tag}.log")
+    p = procs.start(
+        [sys.executable, "-m", "segflow.cli", "worker"],
+        worker_env(stack, topics.prefix, f"bench-latency-{tag}", work, "wall"),
+        work / f"worker-latency-{tag}.log",
+    )
     stop = threading.Event()
     try:
         watcher.ready.wait(30)
@@ -720,14 +751,21 @@ def run_latency(stack, procs: Procs, work: Path, rate: float, seconds: float, ta
         decide.sort()
         publish.sort()
 
-
         return {
-            "offered_rate": round(rate, 1), "achieved_rate": round(achieved, 1), "seconds": seconds,
-            "sent": sent, "answered": len(lat), "p50_ms": _pick(lat, 0.50), "p99_ms": _pick(lat, 0.99),
-            "max_ms": round(lat[-1], 1) if lat else None, "change_messages": watcher.messages,
+            "offered_rate": round(rate, 1),
+            "achieved_rate": round(achieved, 1),
+            "seconds": seconds,
+            "sent": sent,
+            "answered": len(lat),
+            "p50_ms": _pick(lat, 0.50),
+            "p99_ms": _pick(lat, 0.99),
+            "max_ms": round(lat[-1], 1) if lat else None,
+            "change_messages": watcher.messages,
             # Split at the change's emitted_at (the engine's clock when it decided):
-            "to_decision_p50_ms": _pick(decide, 0.5), "to_decision_p99_ms": _pick(decide, 0.99),
-            "decision_to_arrival_p50_ms": _pick(publish, 0.5), "decision_to_arrival_p99_ms": _pick(publish, 0.99),
+            "to_decision_p50_ms": _pick(decide, 0.5),
+            "to_decision_p99_ms": _pick(decide, 0.99),
+            "decision_to_arrival_p50_ms": _pick(publish, 0.5),
+            "decision_to_arrival_p99_ms": _pick(publish, 0.99),
         }
     finally:
         stop.set()
@@ -781,9 +819,12 @@ def run_mix_latency(stack, procs: Procs, work: Path, rate: float, seconds: float
     logs = [work / f"worker-mix{tag}-{i}.log" for i in range(workers)]
     for i in range(workers):
         (work / f"mix{tag}-w{i}").mkdir(exist_ok=True)
-    started = [procs.start([sys.executable, "-m", "segflow.cli", "worker"],
-                           worker_env(stack, topics.prefix, f"bench-mix{tag}", work / f"mix{tag}-w{i}", "event"), logs[i])
-               for i in range(workers)]  # own web port and data dir each
+    started = [
+        procs.start(
+            [sys.executable, "-m", "segflow.cli", "worker"], worker_env(stack, topics.prefix, f"bench-mix{tag}", work / f"mix{tag}-w{i}", "event"), logs[i]
+        )
+        for i in range(workers)
+    ]  # own web port and data dir each
     try:
         watcher.ready.wait(30)
         if watcher.error:
@@ -793,7 +834,7 @@ def run_mix_latency(stack, procs: Procs, work: Path, rate: float, seconds: float
         until = time.monotonic() + 60
         produce_events(stack.broker.bootstrap, payloads[:1], topics)
         while not arrivals and time.monotonic() < until:
-            for p, log in zip(started, logs):
+            for p, log in zip(started, logs, strict=False):
                 if p.poll() is not None:
                     raise RuntimeError(f"worker exited with {p.returncode}; see {log}")
             time.sleep(0.2)
@@ -809,11 +850,12 @@ def run_mix_latency(stack, procs: Procs, work: Path, rate: float, seconds: float
         gc.collect()
         gc.freeze()
         gc.disable()  # and no collection while timing: this process's own pauses (up to ~40 ms) are not the worker's
-        say(f"  offering {rate:,.0f} ev/s of simulated traffic ({len(payloads) - 1:,} events, "
-            f"{len({k for _, k, _ in payloads}):,} customers) for ~{seconds:g}s")
+        say(
+            f"  offering {rate:,.0f} ev/s of simulated traffic ({len(payloads) - 1:,} events, {len({k for _, k, _ in payloads}):,} customers) for ~{seconds:g}s"
+        )
 
         def timed():
-            for (family, key, value), ms in zip(payloads[1:], event_ms[1:]):
+            for (family, key, value), ms in zip(payloads[1:], event_ms[1:], strict=False):
                 sent_at[(key.decode(), ms)] = time.time()
                 yield family, key, value
 
@@ -834,13 +876,21 @@ def run_mix_latency(stack, procs: Procs, work: Path, rate: float, seconds: float
         start = min((sent for _, sent, _ in timed), default=0.0)
         timeline = _per_5s(((sent - start, (now - sent) * 1000) for now, sent, _ in timed), "changes")
 
-
         return {
-            "offered_rate": round(rate, 1), "achieved_rate": round(stats.rate, 1), "sent": stats.sent, "workers": workers,
-            "customers": len({k for _, k, _ in payloads}), "changes_timed": len(lat), "changes_by_deadline": timed_out,
-            "p50_ms": _pick(lat, 0.50), "p90_ms": _pick(lat, 0.90), "p99_ms": _pick(lat, 0.99), "max_ms": round(lat[-1], 1) if lat else None,
+            "offered_rate": round(rate, 1),
+            "achieved_rate": round(stats.rate, 1),
+            "sent": stats.sent,
+            "workers": workers,
+            "customers": len({k for _, k, _ in payloads}),
+            "changes_timed": len(lat),
+            "changes_by_deadline": timed_out,
+            "p50_ms": _pick(lat, 0.50),
+            "p90_ms": _pick(lat, 0.90),
+            "p99_ms": _pick(lat, 0.99),
+            "max_ms": round(lat[-1], 1) if lat else None,
             # Split at the change's emitted_at (the engine's clock when it decided):
-            "to_decision_p50_ms": _pick(decide, 0.5), "to_decision_p99_ms": _pick(decide, 0.99),
+            "to_decision_p50_ms": _pick(decide, 0.5),
+            "to_decision_p99_ms": _pick(decide, 0.99),
             "timeline": timeline,
         }
     finally:
@@ -887,8 +937,7 @@ def floor_consumer_main(kind: str) -> None:
         from streams.admin import bootstrap_of
 
         async def consume() -> None:
-            c = AIOKafkaConsumer(bootstrap_servers=bootstrap_of(settings.kafka_url), enable_auto_commit=False,
-                                 fetch_max_wait_ms=settings.fetch_max_wait_ms)
+            c = AIOKafkaConsumer(bootstrap_servers=bootstrap_of(settings.kafka_url), enable_auto_commit=False, fetch_max_wait_ms=settings.fetch_max_wait_ms)
             await c.start()
             try:
                 c.assign([TopicPartition(t, p) for t in settings.topics.inputs for p in range(settings.partitions)])
@@ -972,8 +1021,15 @@ def run_latency_floor(stack, procs: Procs, work: Path, kind: str, rate: float, s
     pairs = [(ts, now) for ts, now in delivered()[warm:] if ts >= start - 1]
     lat = sorted((now - ts) * 1000 for ts, now in pairs)
     return {
-        "consumer": kind, "offered_rate": round(rate, 1), "achieved_rate": round(stats.rate, 1), "sent": stats.sent, "delivered": len(pairs),
-        "p50_ms": _pick(lat, 0.50), "p90_ms": _pick(lat, 0.90), "p99_ms": _pick(lat, 0.99), "max_ms": round(lat[-1], 1) if lat else None,
+        "consumer": kind,
+        "offered_rate": round(rate, 1),
+        "achieved_rate": round(stats.rate, 1),
+        "sent": stats.sent,
+        "delivered": len(pairs),
+        "p50_ms": _pick(lat, 0.50),
+        "p90_ms": _pick(lat, 0.90),
+        "p99_ms": _pick(lat, 0.99),
+        "max_ms": round(lat[-1], 1) if lat else None,
         "timeline": _per_5s(((ts - start, (now - ts) * 1000) for ts, now in pairs), "events"),
     }
 
@@ -983,8 +1039,7 @@ def _per_5s(samples, count_key: str) -> list[dict]:
     windows: dict[int, list[float]] = {}
     for at, ms in samples:
         windows.setdefault(int(at // 5), []).append(ms)
-    return [{"from_s": k * 5, count_key: len(v), "p50_ms": _pick(sorted(v), 0.5), "p99_ms": _pick(sorted(v), 0.99)}
-            for k, v in sorted(windows.items())]
+    return [{"from_s": k * 5, count_key: len(v), "p50_ms": _pick(sorted(v), 0.5), "p99_ms": _pick(sorted(v), 0.99)} for k, v in sorted(windows.items())]
 
 
 def _pick(xs: list[float], q: float) -> float | None:
@@ -1061,10 +1116,15 @@ def run_deadline_latency(stack, procs: Procs, work: Path, customers: int = 200, 
             time.sleep(0.2)
         lat = sorted(arrivals[c] * 1000 - (ms + silence_s * 1000) for c, ms in sent_at.items() if c in arrivals)
 
-
-        return {"customers": len(sent_at), "answered": len(lat), "silence_s": silence_s,
-                "p50_ms": _pick(lat, 0.5), "p99_ms": _pick(lat, 0.99), "max_ms": round(lat[-1], 1) if lat else None,
-                "early": sum(1 for x in lat if x < 0)}
+        return {
+            "customers": len(sent_at),
+            "answered": len(lat),
+            "silence_s": silence_s,
+            "p50_ms": _pick(lat, 0.5),
+            "p99_ms": _pick(lat, 0.99),
+            "max_ms": round(lat[-1], 1) if lat else None,
+            "early": sum(1 for x in lat if x < 0),
+        }
     finally:
         watcher.stop.set()
         procs.stop(p)
@@ -1075,8 +1135,9 @@ def run_deadline_latency(stack, procs: Procs, work: Path, customers: int = 200, 
 # -- row 7b: scale --------------------------------------------------------------------
 
 
-def scale_test(url: str, payloads, sizes: tuple[int, ...], probe_events: int, events_per_customer: int = 4, batch: int = 2000,
-               probe_rounds: int = 5) -> list[dict]:
+def scale_test(
+    url: str, payloads, sizes: tuple[int, ...], probe_events: int, events_per_customer: int = 4, batch: int = 2000, probe_rounds: int = 5
+) -> list[dict]:
     """Populate ``sizes`` customers by calling ``segflow_apply`` directly; at each size measure memory and
     per-event cost (the median of ``probe_rounds`` probes)."""
     import redis as redis_lib
@@ -1147,8 +1208,11 @@ def scale_test(url: str, payloads, sizes: tuple[int, ...], probe_events: int, ev
                 server_rounds = sorted(u for u, _ in rounds)
                 client_rounds = sorted(c for _, c in rounds)
                 row = {
-                    "customers": size, "events_per_customer": events_per_customer, "populate_seconds": round(populate_s, 1),
-                    "probe_events": probe_events, "probe_rounds": probe_rounds,
+                    "customers": size,
+                    "events_per_customer": events_per_customer,
+                    "populate_seconds": round(populate_s, 1),
+                    "probe_events": probe_events,
+                    "probe_rounds": probe_rounds,
                     "usec_per_event_client": round(client_rounds[len(client_rounds) // 2], 2),
                     "usec_per_call_server": server_rounds[len(server_rounds) // 2],
                     "usec_per_call_server_rounds": [round(u, 2) for u, _ in rounds],
@@ -1156,8 +1220,10 @@ def scale_test(url: str, payloads, sizes: tuple[int, ...], probe_events: int, ev
                     "used_memory_per_customer": round((int(info["used_memory"]) - baseline) / size),
                     "cust_key_bytes_sampled": round(sum(usage) / len(usage)),
                 }
-                say(f"  {size:,} customers: {row['usec_per_event_client']} µs/event (server {row['usec_per_call_server']} µs), "
-                    f"{row['used_memory_per_customer']} B/customer")
+                say(
+                    f"  {size:,} customers: {row['usec_per_event_client']} µs/event (server {row['usec_per_call_server']} µs), "
+                    f"{row['used_memory_per_customer']} B/customer"
+                )
                 results.append(row)
         finally:
             await r.aclose()
@@ -1174,19 +1240,22 @@ def scale_test(url: str, payloads, sizes: tuple[int, ...], probe_events: int, ev
 
 
 def run_bench(opts: BenchOptions) -> dict:
-    from streams.admin import ensure_topics
     from lab.embedded import EmbeddedStack
+    from streams.admin import ensure_topics
     from streams.topics import Topics
 
     facts = machine_facts()
     load_start = loadavg()
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     say(f"{facts['cpu_count']} CPUs ({facts['cpu_model']}), Python {facts['python']}, load average {load_start}")
     work = Path(tempfile.mkdtemp(prefix="segflow-bench-"))
     procs = Procs()
     result: dict[str, Any] = {
-        "date": started_at.isoformat(timespec="seconds"), "command": command_line(opts), "machine": facts,
-        "load_average_start": load_start, "options": {"events": opts.events, "quick": opts.quick, "scale_max": opts.scale_max},
+        "date": started_at.isoformat(timespec="seconds"),
+        "command": command_line(opts),
+        "machine": facts,
+        "load_average_start": load_start,
+        "options": {"events": opts.events, "quick": opts.quick, "scale_max": opts.scale_max},
     }
     rows: dict[str, Any] = {}
     result["rows"] = rows
@@ -1205,8 +1274,10 @@ def run_bench(opts: BenchOptions) -> dict:
             say(f"simulating {n:,} events (pre-serialised before timing)")
             payloads = make_payloads(n)
             result["workload"] = {
-                "events": len(payloads), "customers": len({k for _, k, _ in payloads}),
-                "families": dict(Counter(f for f, _, _ in payloads)), "avg_bytes": round(sum(len(v) for _, _, v in payloads) / len(payloads)),
+                "events": len(payloads),
+                "customers": len({k for _, k, _ in payloads}),
+                "families": dict(Counter(f for f, _, _ in payloads)),
+                "avg_bytes": round(sum(len(v) for _, _, v in payloads) / len(payloads)),
             }
 
             say("[1] load generator: kafka-python producer, pre-serialised payloads")
@@ -1246,7 +1317,9 @@ def run_bench(opts: BenchOptions) -> dict:
             mix = rows["latency_mix"]
             say(f"    p50 {mix['p50_ms']} ms, p99 {mix['p99_ms']} ms, max {mix['max_ms']} ms over {mix['changes_timed']:,} changes")
             for kind in FLOOR_CONSUMERS:
-                say(f"[6] latency floor: the same traffic at {rate:,.0f} ev/s read by a {'raw aiokafka consumer' if kind == 'raw' else 'bare Faust agent'} that does nothing")
+                say(
+                    f"[6] latency floor: the same traffic at {rate:,.0f} ev/s read by a {'raw aiokafka consumer' if kind == 'raw' else 'bare Faust agent'} that does nothing"
+                )
                 floor = rows[f"latency_floor_{kind}"] = run_latency_floor(stack, procs, work, kind, rate, opts.latency_mix_seconds)
                 say(f"    p50 {floor['p50_ms']} ms, p99 {floor['p99_ms']} ms, max {floor['max_ms']} ms over {floor['delivered']:,} events")
             if opts.latency_mix_two_workers:
@@ -1286,7 +1359,7 @@ def run_bench(opts: BenchOptions) -> dict:
     finally:
         procs.stop_all()
     result["load_average_end"] = loadavg()
-    result["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     result["targets"] = targets(rows)
     return result
 
@@ -1298,35 +1371,61 @@ def targets(rows: dict) -> list[dict]:
     ratio = e2e.get("ratio_to_bare_faust_take")
     out.append({"target": ">= 60% of bare Faust (take_events)", "value": ratio, "reached": ratio is not None and ratio >= 0.6})
     mix = rows.get("latency_mix", {})
-    out.append({"target": "p99 change latency < 100 ms at half rate (row 5's kind of traffic)", "value": mix.get("p99_ms"),
-                "reached": mix.get("p99_ms") is not None and mix["p99_ms"] < 100 and (mix.get("changes_timed") or 0) > 0})
+    out.append(
+        {
+            "target": "p99 change latency < 100 ms at half rate (row 5's kind of traffic)",
+            "value": mix.get("p99_ms"),
+            "reached": mix.get("p99_ms") is not None and mix["p99_ms"] < 100 and (mix.get("changes_timed") or 0) > 0,
+        }
+    )
     mix_points = [p for p in [mix, *rows.get("latency_mix_sweep", [])] if p.get("p99_ms") is not None and (p.get("changes_timed") or 0) > 0]
     if rows.get("latency_mix_sweep"):
         under = [p["offered_rate"] for p in mix_points if p["p99_ms"] < 100]
-        out.append({"target": "(where it holds) highest load of row 5's kind of traffic measured with p99 < 100 ms, ev/s",
-                    "value": max(under) if under else None, "reached": None})
+        out.append(
+            {
+                "target": "(where it holds) highest load of row 5's kind of traffic measured with p99 < 100 ms, ev/s",
+                "value": max(under) if under else None,
+                "reached": None,
+            }
+        )
     two = rows.get("latency_mix_2w")
     if two:
-        out.append({"target": "(scale-out) p99 change latency at half rate with two worker processes (row 5's kind of traffic), ms",
-                    "value": two.get("p99_ms"), "reached": None})
+        out.append(
+            {
+                "target": "(scale-out) p99 change latency at half rate with two worker processes (row 5's kind of traffic), ms",
+                "value": two.get("p99_ms"),
+                "reached": None,
+            }
+        )
     floors = {k: rows[f"latency_floor_{k}"].get("p99_ms") for k in FLOOR_CONSUMERS if f"latency_floor_{k}" in rows}
     if floors:
         out.append({"target": "(context) p99 of the same traffic reaching a consumer that does nothing, ms", "value": floors, "reached": None})
     lat = rows.get("latency", {})
-    out.append({"target": "p99 change latency < 100 ms at half rate, fresh customers only (stress)", "value": lat.get("p99_ms"),
-                "reached": lat.get("p99_ms") is not None and lat["p99_ms"] < 100 and lat.get("answered") == lat.get("sent")})
+    out.append(
+        {
+            "target": "p99 change latency < 100 ms at half rate, fresh customers only (stress)",
+            "value": lat.get("p99_ms"),
+            "reached": lat.get("p99_ms") is not None and lat["p99_ms"] < 100 and lat.get("answered") == lat.get("sent"),
+        }
+    )
     points = [p for p in [rows.get("latency_low"), *rows.get("latency_sweep", []), lat] if p and p.get("p99_ms") is not None]
     under = [p["offered_rate"] for p in points if p["p99_ms"] < 100 and p.get("answered") == p.get("sent")]
-    out.append({"target": "(where it holds) highest fresh-customer load measured with p99 < 100 ms, ev/s", "value": max(under) if under else None,
-                "reached": None})
+    out.append(
+        {"target": "(where it holds) highest fresh-customer load measured with p99 < 100 ms, ev/s", "value": max(under) if under else None, "reached": None}
+    )
     mem = e2e.get("memory", {}).get("bytes_per_customer_keys")
     out.append({"target": "< 2 KiB Redis per customer (cust + seg + hist keys)", "value": mem, "reached": mem is not None and mem < 2048})
     scale = rows.get("scale", [])
     if len(scale) >= 2:
         first, last = scale[0]["usec_per_call_server"], scale[-1]["usec_per_call_server"]
         growth = round(last / first - 1, 3) if first else None
-        out.append({"target": f"per-event cost at {scale[-1]['customers']:,} within 20% of {scale[0]['customers']:,} (server µs/call)",
-                    "value": growth, "reached": growth is not None and growth <= 0.2})
+        out.append(
+            {
+                "target": f"per-event cost at {scale[-1]['customers']:,} within 20% of {scale[0]['customers']:,} (server µs/call)",
+                "value": growth,
+                "reached": growth is not None and growth <= 0.2,
+            }
+        )
     return out
 
 
@@ -1367,52 +1466,72 @@ def format_table(result: dict) -> str:
         add("4 Redis ceiling: pipelined FCALL segflow_apply", evs(rc), f"server {rc['server_usec_per_call']} µs/call, batches of {rc['batch']}")
     e = rows.get("segflow_e2e")
     if e:
-        note = f"{e.get('ratio_to_bare_faust_take', 0) or 0:.0%} of bare Faust (take), {e.get('ratio_to_bare_faust_each', 0) or 0:.0%} of (each), " \
-               f"{e.get('ratio_to_raw_consumer', 0) or 0:.1%} of raw"
+        note = (
+            f"{e.get('ratio_to_bare_faust_take', 0) or 0:.0%} of bare Faust (take), {e.get('ratio_to_bare_faust_each', 0) or 0:.0%} of (each), "
+            f"{e.get('ratio_to_raw_consumer', 0) or 0:.1%} of raw"
+        )
         add("5 segflow worker end to end (event clock)", evs(e), note)
     e2 = rows.get("segflow_e2e_2w")
     if e2:
         add("5b two segflow workers, one group", evs(e2), f"{e2['rate'] / e['rate']:.2f}x one worker" if e and e.get("rate") else "")
+
     def add_mix(mix: dict) -> None:
         workers = mix.get("workers", 1)
-        add(f"6 latency event -> change at {mix['offered_rate']:,.0f} ev/s, row 5's traffic" + (f", {workers} workers" if workers > 1 else ""),
+        add(
+            f"6 latency event -> change at {mix['offered_rate']:,.0f} ev/s, row 5's traffic" + (f", {workers} workers" if workers > 1 else ""),
             f"p50 {mix['p50_ms']} / p99 {mix['p99_ms']} / max {mix['max_ms']} ms",
             f"{mix['changes_timed']:,} changes timed (+{mix['changes_by_deadline']:,} by deadlines), {mix['sent']:,} events of "
             f"{mix['customers']:,} new simulated customers, achieved {mix['achieved_rate']:,.0f} ev/s, p90 {mix['p90_ms']} ms; "
-            f"to decision p50 {mix['to_decision_p50_ms']} / p99 {mix['to_decision_p99_ms']} ms")
+            f"to decision p50 {mix['to_decision_p50_ms']} / p99 {mix['to_decision_p99_ms']} ms",
+        )
 
     if rows.get("latency_mix"):
         add_mix(rows["latency_mix"])
     for kind, label in (("raw", "raw aiokafka consumer"), ("faust", "bare Faust agent")):
         fl = rows.get(f"latency_floor_{kind}")
         if fl:
-            add(f"6 floor: producer -> {label}, same traffic",
+            add(
+                f"6 floor: producer -> {label}, same traffic",
                 f"p50 {fl['p50_ms']} / p99 {fl['p99_ms']} / max {fl['max_ms']} ms",
                 f"{fl['delivered']:,} of {fl['sent']:,} events delivered, achieved {fl['achieved_rate']:,.0f} ev/s; "
-                f"p99 per 5 s {', '.join(str(w['p99_ms']) for w in fl['timeline'])} ms")
-    for mix in [*([rows["latency_mix_2w"]] if rows.get("latency_mix_2w") else []),
-                *sorted(rows.get("latency_mix_sweep", []), key=lambda p: -p["offered_rate"])]:
+                f"p99 per 5 s {', '.join(str(w['p99_ms']) for w in fl['timeline'])} ms",
+            )
+    for mix in [
+        *([rows["latency_mix_2w"]] if rows.get("latency_mix_2w") else []),
+        *sorted(rows.get("latency_mix_sweep", []), key=lambda p: -p["offered_rate"]),
+    ]:
         add_mix(mix)
     points = [rows.get("latency"), rows.get("latency_low"), *rows.get("latency_sweep", [])]
     for lat in sorted((p for p in points if p), key=lambda p: -p["offered_rate"]):
         if lat:
-            add(f"6 latency, fresh customers only, at {lat['offered_rate']:,.0f} ev/s",
+            add(
+                f"6 latency, fresh customers only, at {lat['offered_rate']:,.0f} ev/s",
                 f"p50 {lat['p50_ms']} / p99 {lat['p99_ms']} / max {lat['max_ms']} ms",
                 f"{lat['answered']:,} of {lat['sent']:,} answered, achieved {lat['achieved_rate']:,.0f} ev/s; "
-                f"to decision p50 {lat['to_decision_p50_ms']} ms, decision to arrival p50 {lat['decision_to_arrival_p50_ms']} ms")
+                f"to decision p50 {lat['to_decision_p50_ms']} ms, decision to arrival p50 {lat['decision_to_arrival_p50_ms']} ms",
+            )
     dl = rows.get("deadline_latency")
     if dl:
-        add(f"6b latency deadline -> change ({dl['silence_s']:g}s silence)", f"p50 {dl['p50_ms']} / p99 {dl['p99_ms']} / max {dl['max_ms']} ms",
-            f"{dl['answered']} of {dl['customers']} silent customers moved with no event from them, {dl['early']} early")
+        add(
+            f"6b latency deadline -> change ({dl['silence_s']:g}s silence)",
+            f"p50 {dl['p50_ms']} / p99 {dl['p99_ms']} / max {dl['max_ms']} ms",
+            f"{dl['answered']} of {dl['customers']} silent customers moved with no event from them, {dl['early']} early",
+        )
     if e and e.get("memory", {}).get("customers"):
         m = e["memory"]
-        add("7 Redis per customer after row 5 (cust+seg+hist)", f"{m['bytes_per_customer_keys']:,} B",
-            f"{m['customers']:,} customers, by key {m['by_key']}, dataset {m['used_memory_dataset_per_customer']:,} B/customer")
+        add(
+            "7 Redis per customer after row 5 (cust+seg+hist)",
+            f"{m['bytes_per_customer_keys']:,} B",
+            f"{m['customers']:,} customers, by key {m['by_key']}, dataset {m['used_memory_dataset_per_customer']:,} B/customer",
+        )
     for s in rows.get("scale", []):
-        add(f"7 scale {s['customers']:,} customers", f"{s['usec_per_call_server']} µs/event server",
+        add(
+            f"7 scale {s['customers']:,} customers",
+            f"{s['usec_per_call_server']} µs/event server",
             f"median of {', '.join(map(str, s.get('usec_per_call_server_rounds', [])))}; {s.get('redis_commands_per_event')} Redis commands/event; "
             f"{s['usec_per_event_client']} µs/event client+server; {s['used_memory_per_customer']:,} B/customer used_memory, "
-            f"cust hash {s['cust_key_bytes_sampled']:,} B ({s['events_per_customer']} events each)")
+            f"cust hash {s['cust_key_bytes_sampled']:,} B ({s['events_per_customer']} events each)",
+        )
     w1 = max(len(a) for a, _, _ in lines) if lines else 10
     w2 = max(len(b) for _, b, _ in lines) if lines else 10
     m = result["machine"]
@@ -1437,6 +1556,7 @@ def default_out(quick: bool) -> Path:
 
 def main(opts: BenchOptions) -> int:
     """CLI entry: run, print the table, write the JSON. SIGTERM is handled like Ctrl-C."""
+
     def on_term(signum, frame):
         raise KeyboardInterrupt
 

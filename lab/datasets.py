@@ -7,10 +7,10 @@ quantity in category ``cds``.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Iterator
 
 from streams.events import PurchaseEvent, PurchaseItem
 
@@ -29,7 +29,7 @@ def cdnow_rows(path: Path | None = None) -> Iterator[tuple[int, str, datetime, i
             if len(parts) != 4 or not parts[0].isdigit():
                 continue
             cid, date, cds, value = parts
-            when = datetime.strptime(date, "%Y%m%d").replace(tzinfo=timezone.utc)
+            when = datetime.strptime(date, "%Y%m%d").replace(tzinfo=UTC)
             yield n, f"cdnow-{cid}", when, int(cds), Decimal(value)
 
 
@@ -37,7 +37,15 @@ def cdnow_events(path: Path | None = None) -> Iterator[tuple[str, PurchaseEvent]
     """The file as (family, event), in file order (by customer, then date)."""
     for n, cid, when, cds, value in cdnow_rows(path):
         items = [PurchaseItem(product_id="cd", category="cds", quantity=cds, unit_price=(value / cds).quantize(Decimal("0.0001")))] if cds > 0 else []
-        yield "purchase", PurchaseEvent(
-            event_id=f"cdnow-line-{n}", customer_id=cid, occurred_at=when, order_id=f"cdnow-{n}",
-            amount=value, currency="USD", items=items,
+        yield (
+            "purchase",
+            PurchaseEvent(
+                event_id=f"cdnow-line-{n}",
+                customer_id=cid,
+                occurred_at=when,
+                order_id=f"cdnow-{n}",
+                amount=value,
+                currency="USD",
+                items=items,
+            ),
         )

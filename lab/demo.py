@@ -20,8 +20,8 @@ from pathlib import Path
 
 import redis as redis_lib
 
-from streams.admin import ensure_topics
 from lab.embedded import EmbeddedStack, free_port
+from streams.admin import ensure_topics
 from streams.queries import customer_view, format_customer, format_sizes, segment_sizes
 from streams.settings import Settings
 from streams.topic_reader import read_to_end

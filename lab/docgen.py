@@ -57,8 +57,13 @@ def dead_letter_reasons_table() -> str:
     return "\n".join(rows)
 
 
-GENERATORS = {"features": features_table, "topics": topics_table, "settings": settings_table, "campaigns": campaigns_table,
-              "dead_letter_reasons": dead_letter_reasons_table}
+GENERATORS = {
+    "features": features_table,
+    "topics": topics_table,
+    "settings": settings_table,
+    "campaigns": campaigns_table,
+    "dead_letter_reasons": dead_letter_reasons_table,
+}
 _BLOCK = re.compile(r"(<!-- BEGIN GENERATED: (\w+) -->\n)(.*?)(<!-- END GENERATED -->)", re.S)
 
 

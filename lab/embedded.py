@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -79,12 +78,11 @@ class Broker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "Broker":
+    def start(self) -> Broker:
         tansu_port = self.listen_port or self.port
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            [broker_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{tansu_port}",
-             "--advertised-listener-url", f"tcp://127.0.0.1:{self.port}"],
+            [broker_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{tansu_port}", "--advertised-listener-url", f"tcp://127.0.0.1:{self.port}"],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
@@ -130,7 +128,7 @@ class RedisServer:
             return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls_ca}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         # Absolute: Redis changes into --dir before opening --logfile, so a
         # relative path (`segflow up`'s default .segflow) would be resolved twice.
         data_dir = (self.data_dir or Path(tempfile.mkdtemp(prefix="segflow-redis-"))).resolve()
@@ -138,11 +136,35 @@ class RedisServer:
         self.data_dir = data_dir
         listen = ["--port", str(self.port)]
         if self.tls_cert:
-            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls_cert),
-                      "--tls-key-file", str(self.tls_key), "--tls-ca-cert-file", str(self.tls_ca), "--tls-auth-clients", "no"]
-        args = [self.binary or redis_binary(), *listen, "--bind", "127.0.0.1", "--dir", str(data_dir),
-                "--save", "", "--logfile", str(data_dir / "redis.log"), "--protected-mode", "no",
-                *REDIS_TUNING]
+            listen = [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(self.tls_cert),
+                "--tls-key-file",
+                str(self.tls_key),
+                "--tls-ca-cert-file",
+                str(self.tls_ca),
+                "--tls-auth-clients",
+                "no",
+            ]
+        args = [
+            self.binary or redis_binary(),
+            *listen,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data_dir),
+            "--save",
+            "",
+            "--logfile",
+            str(data_dir / "redis.log"),
+            "--protected-mode",
+            "no",
+            *REDIS_TUNING,
+        ]
         # fsync before each reply, so an acknowledged write survives a machine crash
         # too, not only a process kill; a worker's Redis calls come in pipelines,
         # so that is one fsync per batch: +4-8 ms per 2000 writes (docs/RELIABILITY.md).
@@ -178,7 +200,7 @@ class EmbeddedStack:
     broker: Broker = field(default_factory=Broker)
     redis: RedisServer = field(default_factory=RedisServer)
 
-    def start(self) -> "EmbeddedStack":
+    def start(self) -> EmbeddedStack:
         work = self.work_dir or Path(tempfile.mkdtemp(prefix="segflow-"))
         work.mkdir(parents=True, exist_ok=True)
         self.work_dir = work
@@ -196,7 +218,7 @@ class EmbeddedStack:
         self.broker.stop()
         self.redis.stop()
 
-    def __enter__(self) -> "EmbeddedStack":
+    def __enter__(self) -> EmbeddedStack:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -37,20 +37,20 @@ import heapq
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import UTC, datetime
 
 from features.catalogue import compute
 from features.extract import delta_of
 from features.state import DAY_MS, CustomerState, apply_delta
+from lab.simulate import Simulation
 from segmenter.assign import Segmenter
 from segmenter.config import SEGMENTATIONS, SegmentationConfig, default_config
 from segmenter.evaluation import Move, adjusted_rand_index, contingency, flap_stats, silence_detection
 from segmenter.hysteresis import Assignment
-from lab.simulate import Simulation
 
-__all__ = ["Replay", "replay", "quality_report", "format_report", "evaluate"]
+__all__ = ["Replay", "evaluate", "format_report", "quality_report", "replay"]
 
 DEFAULT_LATENESS_MS = 6 * 3600 * 1000  # Settings.lateness_seconds default
 # Lifecycle segments that say "this customer is slipping away", worst last.
@@ -230,9 +230,7 @@ def quality_report(
         "ari_if_persona_majority": _ari_of(_majority_labels(final_behaviour, personas), personas),
         "ari_by_day": series,
         "contingency_final": contingency([personas[c] for c in seen], [final_behaviour[c] for c in seen]),
-        "centroids": {
-            name: {f: round(v, 2) for f, v in prof.items()} for name, prof in run.segmenter.behaviour.centroid_profiles().items()
-        },
+        "centroids": {name: {f: round(v, 2) for f, v in prof.items()} for name, prof in run.segmenter.behaviour.centroid_profiles().items()},
         "model_version": run.segmenter.model_version,
         "renames": run.segmenter.behaviour.renames,
     }
@@ -271,7 +269,7 @@ def quality_report(
             "duplicates": run.counters["duplicate"],
             "deadline_evaluations": run.counters["deadline_evaluations"],
             "changes": run.counters["changes"],
-            "end": datetime.fromtimestamp(end_ms / 1000, tz=timezone.utc).isoformat(),
+            "end": datetime.fromtimestamp(end_ms / 1000, tz=UTC).isoformat(),
         },
         "parameters": {"settle_days": settle_days, "detect_within_days": detect_within_days, "revert_days": revert_days},
         "behaviour": behaviour,
@@ -282,7 +280,7 @@ def quality_report(
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False))) for r in rows)
 
 
 def _fmt(x) -> str:
@@ -310,15 +308,17 @@ def format_report(report: dict) -> str:
         f"{r['events_applied']} events, {r['deadline_evaluations']} deadline evaluations, {r['changes']} changes",
         "",
         f"Behaviour clusters vs hidden persona (adjusted Rand index; {b['customers_seen']} customers seen)",
-        _table([
-            ["measure", "ARI"],
-            ["served segments at the end", _fmt(b["ari_final"])],
-            ["  customers not silenced", _fmt(b["ari_final_not_silenced"])],
-            [f"served, mean over the last {p['settle_days']} days", _fmt(b["ari_settled_mean"])],
-            [f"served, worst day of the last {p['settle_days']}", _fmt(b["ari_settled_min"])],
-            ["final model, everyone re-predicted at the end", _fmt(b["ari_model_at_end"])],
-            ["ceiling: each persona all in its majority segment", _fmt(b["ari_if_persona_majority"])],
-        ]),
+        _table(
+            [
+                ["measure", "ARI"],
+                ["served segments at the end", _fmt(b["ari_final"])],
+                ["  customers not silenced", _fmt(b["ari_final_not_silenced"])],
+                [f"served, mean over the last {p['settle_days']} days", _fmt(b["ari_settled_mean"])],
+                [f"served, worst day of the last {p['settle_days']}", _fmt(b["ari_settled_min"])],
+                ["final model, everyone re-predicted at the end", _fmt(b["ari_model_at_end"])],
+                ["ceiling: each persona all in its majority segment", _fmt(b["ari_if_persona_majority"])],
+            ]
+        ),
         "",
         _contingency_table(b["contingency_final"]),
         "",
@@ -328,16 +328,34 @@ def format_report(report: dict) -> str:
     for key, d in report["silence"].items():
         if not key.startswith("at_risk"):
             continue
-        rows.append([key, _fmt(d["recall_within"]), _fmt(d["median_delay_days"]), _fmt(d["p90_delay_days"]),
-                     _fmt(d["precision_of_flags"]), _fmt(d["precision_at_end"]), _fmt(d["recall_at_end"])])
+        rows.append(
+            [
+                key,
+                _fmt(d["recall_within"]),
+                _fmt(d["median_delay_days"]),
+                _fmt(d["p90_delay_days"]),
+                _fmt(d["precision_of_flags"]),
+                _fmt(d["precision_at_end"]),
+                _fmt(d["recall_at_end"]),
+            ]
+        )
     out.append(_table(rows))
     wrong = report["silence"]["at_risk"]["wrong_flags_by_persona"]
     out.append(f"at_risk flags of customers who were not silent, by persona: {wrong or 'none'}")
     out += ["", f"Changes and flapping (revert = A->B->A within {p['revert_days']:g} days)"]
     rows = [["segmentation", "changes", "per cust/30d", "reverts", "revert share", "reverts<dwell", "min dwell d"]]
     for name, f in report["flapping"].items():
-        rows.append([name, str(f["changes"]), _fmt(f["changes_per_customer_30d"]), str(f["reverts"]),
-                     _fmt(f["revert_share"]), str(f["reverts_within_dwell"]), f"{f['min_dwell_days']:g}"])
+        rows.append(
+            [
+                name,
+                str(f["changes"]),
+                _fmt(f["changes_per_customer_30d"]),
+                str(f["reverts"]),
+                _fmt(f["revert_share"]),
+                str(f["reverts_within_dwell"]),
+                f"{f['min_dwell_days']:g}",
+            ]
+        )
     out.append(_table(rows))
     for name, f in report["flapping"].items():
         top = ", ".join(f"{k} {v}" for k, v in list(f["transitions"].items())[:5])

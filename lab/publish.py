@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lab.simulate import Simulation, event_to_json
 from streams.producer import ProduceStats, produce_events

@@ -34,10 +34,10 @@ import json
 import math
 import random
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Iterator
 
 from streams.events import ClickstreamEvent, Event, LoginEvent, PurchaseEvent, PurchaseItem, event_to_json, family_of_type
 
@@ -53,7 +53,7 @@ __all__ = [
     "family_of_type",
 ]
 
-DEFAULT_START = datetime(2026, 1, 5, tzinfo=timezone.utc)  # a Monday
+DEFAULT_START = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday
 
 # category -> median unit price in USD; product prices spread ~0.2x..4.5x around it.
 CATEGORIES: dict[str, int] = {
@@ -109,19 +109,49 @@ class Persona:
 PERSONAS: dict[str, Persona] = {
     p.name: p
     for p in (
-        Persona("power_user", 1.6, 8, 2, 2.0, 0.10, 0.35, 0.10, (4, 2), 1.2, 0.15, (0.05, 0.15), 0.9,
-                (("ios", 0.45), ("android", 0.3), ("web", 0.23), ("api", 0.02)), 0.02, 20),
-        Persona("steady", 0.3, 6, 1, 1.2, 0.10, 0.40, 0.10, (2, 2), 0.6, 0.12, (0.05, 0.15), 0.6,
-                (("web", 0.6), ("ios", 0.2), ("android", 0.2)), 0.03, 19),
-        Persona("explorer", 0.9, 14, 4, 3.0, 0.35, 0.03, 0.30, (2, 2), 0.4, 0.10, (0.05, 0.15), 0.4,
-                (("web", 0.7), ("ios", 0.15), ("android", 0.15)), 0.03, 21),
-        Persona("bargain_hunter", 0.35, 9, 3, 1.5, 0.20, 0.30, 0.15, (1.5, 4), 1.0, 0.85, (0.15, 0.45), 0.6,
-                (("web", 0.5), ("android", 0.35), ("ios", 0.15)), 0.03, 13),
-        Persona("dormant", 0.03, 3, 0.5, 0.5, 0.10, 0.20, 0.05, (2, 2), 0.3, 0.10, (0.05, 0.15), 0.5,
-                (("web", 0.8), ("ios", 0.1), ("android", 0.1)), 0.05, 18),
+        Persona(
+            "power_user",
+            1.6,
+            8,
+            2,
+            2.0,
+            0.10,
+            0.35,
+            0.10,
+            (4, 2),
+            1.2,
+            0.15,
+            (0.05, 0.15),
+            0.9,
+            (("ios", 0.45), ("android", 0.3), ("web", 0.23), ("api", 0.02)),
+            0.02,
+            20,
+        ),
+        Persona("steady", 0.3, 6, 1, 1.2, 0.10, 0.40, 0.10, (2, 2), 0.6, 0.12, (0.05, 0.15), 0.6, (("web", 0.6), ("ios", 0.2), ("android", 0.2)), 0.03, 19),
+        Persona(
+            "explorer", 0.9, 14, 4, 3.0, 0.35, 0.03, 0.30, (2, 2), 0.4, 0.10, (0.05, 0.15), 0.4, (("web", 0.7), ("ios", 0.15), ("android", 0.15)), 0.03, 21
+        ),
+        Persona(
+            "bargain_hunter",
+            0.35,
+            9,
+            3,
+            1.5,
+            0.20,
+            0.30,
+            0.15,
+            (1.5, 4),
+            1.0,
+            0.85,
+            (0.15, 0.45),
+            0.6,
+            (("web", 0.5), ("android", 0.35), ("ios", 0.15)),
+            0.03,
+            13,
+        ),
+        Persona("dormant", 0.03, 3, 0.5, 0.5, 0.10, 0.20, 0.05, (2, 2), 0.3, 0.10, (0.05, 0.15), 0.5, (("web", 0.8), ("ios", 0.1), ("android", 0.1)), 0.05, 18),
         # Normal, fairly engaged customers... until silenced_at.
-        Persona("churner", 0.5, 7, 1.5, 1.3, 0.10, 0.35, 0.10, (2, 2), 0.6, 0.15, (0.05, 0.2), 0.6,
-                (("web", 0.5), ("ios", 0.25), ("android", 0.25)), 0.03, 19),
+        Persona("churner", 0.5, 7, 1.5, 1.3, 0.10, 0.35, 0.10, (2, 2), 0.6, 0.15, (0.05, 0.2), 0.6, (("web", 0.5), ("ios", 0.25), ("android", 0.25)), 0.03, 19),
     )
 }
 
@@ -228,7 +258,7 @@ class Simulation:
         self.customers = customers
         self.days = float(days)
         self.seed = seed
-        self.start = start.astimezone(timezone.utc)
+        self.start = start.astimezone(UTC)
         self.end = self.start + timedelta(days=self.days)
         self._start_ms = round(self.start.timestamp() * 1000)
         self._span_s = self.days * 86400.0
@@ -247,7 +277,7 @@ class Simulation:
             rng = random.Random(_seed_int(seed, i, "profile"))
             weights = [rng.gammavariate(0.5, 1.0) + 1e-9 for _ in _CATEGORY_NAMES]
             total = sum(weights)
-            prefs = {c: w / total for c, w in zip(_CATEGORY_NAMES, weights)}
+            prefs = {c: w / total for c, w in zip(_CATEGORY_NAMES, weights, strict=False)}
             weekend = rng.random() < weekend_share
             failure_prone = rng.random() < failure_prone_share
             peak = (PERSONAS[persona].peak_hour + rng.gauss(0, 2.5) - (5 if weekend else 0)) % 24
@@ -258,12 +288,8 @@ class Simulation:
             self.profiles[cid] = CustomerProfile(cid, persona, weekend, failure_prone, prefs, peak, joined, silenced)
 
         self.personas: dict[str, str] = {cid: p.persona for cid, p in self.profiles.items()}
-        self.silenced_at: dict[str, datetime] = {
-            cid: self._dt_ms(p.silenced_ms) for cid, p in self.profiles.items() if p.silenced_ms is not None
-        }
-        self.joined_at: dict[str, datetime] = {
-            cid: self._dt_ms(p.joined_ms) for cid, p in self.profiles.items() if p.joined_ms > 0
-        }
+        self.silenced_at: dict[str, datetime] = {cid: self._dt_ms(p.silenced_ms) for cid, p in self.profiles.items() if p.silenced_ms is not None}
+        self.joined_at: dict[str, datetime] = {cid: self._dt_ms(p.joined_ms) for cid, p in self.profiles.items() if p.joined_ms > 0}
         self.weekend_heavy: set[str] = {cid for cid, p in self.profiles.items() if p.weekend_heavy}
 
     # ------------------------------------------------------------------ public
@@ -379,9 +405,9 @@ class Simulation:
             return str(uuid.uuid5(self._namespace, f"{cid}/{state['session']}/{counter[0]}"))
 
         def click(kind: str, **extra) -> None:
-            out.append((t, "clickstream", ClickstreamEvent(
-                event_id=eid(), customer_id=cid, occurred_at=self._dt_ms(t), type=kind, session_id=session_id,
-                **extra)))
+            out.append(
+                (t, "clickstream", ClickstreamEvent(event_id=eid(), customer_id=cid, occurred_at=self._dt_ms(t), type=kind, session_id=session_id, **extra))
+            )
 
         def gap(mean_s: float) -> int:
             return 1000 + round(rng.expovariate(1.0 / mean_s) * 1000)
@@ -407,16 +433,14 @@ class Simulation:
                 failures = 1 + _poisson(rng, 0.8)
             for _ in range(failures):
                 t += gap(6)
-                out.append((t, "login", LoginEvent(event_id=eid(), customer_id=cid, occurred_at=self._dt_ms(t),
-                                                   success=False, channel=channel)))
+                out.append((t, "login", LoginEvent(event_id=eid(), customer_id=cid, occurred_at=self._dt_ms(t), success=False, channel=channel)))
             if failures and rng.random() < 0.2:
                 # gave up: a glance at the landing page and gone
                 t += gap(10)
                 click("page_view", page="/login", category=None)
                 return out
             t += gap(4)
-            out.append((t, "login", LoginEvent(event_id=eid(), customer_id=cid, occurred_at=self._dt_ms(t),
-                                               success=True, channel=channel)))
+            out.append((t, "login", LoginEvent(event_id=eid(), customer_id=cid, occurred_at=self._dt_ms(t), success=True, channel=channel)))
 
         n_pages = _poisson(rng, max(persona.page_views - 1, 0)) + 1
         n_search = _poisson(rng, persona.searches)
@@ -473,11 +497,22 @@ class Simulation:
         if rng.random() < persona.discount_prob:
             discount_cents = round(gross_cents * rng.uniform(*persona.discount_range))
         state["order"] += 1
-        out.append((t, "purchase", PurchaseEvent(
-            event_id=eid(), customer_id=cid, occurred_at=self._dt_ms(t),
-            order_id=f"o-{self._tag}-{cid}-{state['order']}",
-            amount=Decimal(gross_cents - discount_cents).scaleb(-2), currency="USD",
-            discount=Decimal(discount_cents).scaleb(-2), items=items)))
+        out.append(
+            (
+                t,
+                "purchase",
+                PurchaseEvent(
+                    event_id=eid(),
+                    customer_id=cid,
+                    occurred_at=self._dt_ms(t),
+                    order_id=f"o-{self._tag}-{cid}-{state['order']}",
+                    amount=Decimal(gross_cents - discount_cents).scaleb(-2),
+                    currency="USD",
+                    discount=Decimal(discount_cents).scaleb(-2),
+                    items=items,
+                ),
+            )
+        )
         return out
 
 

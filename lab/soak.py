@@ -46,15 +46,15 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable
 
 import redis as redis_lib
 
-from streams.admin import ensure_topics
 from lab.embedded import EmbeddedStack, RedisServer, free_port
+from streams.admin import ensure_topics
 from streams.topic_reader import read_to_end
 from streams.topics import TOPICS
 
@@ -91,7 +91,7 @@ class SoakOptions:
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
 def machine() -> dict:
@@ -99,8 +99,7 @@ def machine() -> dict:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load = None
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "load_at_start": load}
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(), "load_at_start": load}
 
 
 class Worker:
@@ -146,9 +145,9 @@ class Feed:
     def __init__(self, bootstrap: str, sim, rate: float, linger_ms: int = 10):
         from features.extract import delta_of
         from features.state import CustomerState, apply_delta
+        from lab.simulate import event_to_json
         from streams.events import decode
         from streams.producer import ProduceStats, produce_events
-        from lab.simulate import event_to_json
 
         self.stop = threading.Event()
         self.stats = ProduceStats()
@@ -169,14 +168,13 @@ class Feed:
 
         def run():
             try:
-                produce_events(bootstrap, items(), TOPICS, rate, None, stats=self.stats, stop=self.stop,
-                               producer_config={"linger_ms": linger_ms})
+                produce_events(bootstrap, items(), TOPICS, rate, None, stats=self.stats, stop=self.stop, producer_config={"linger_ms": linger_ms})
             except BaseException as exc:  # reported in the result
                 self.error = exc
 
         self.thread = threading.Thread(target=run, name="soak-producer", daemon=True)
 
-    def start(self) -> "Feed":
+    def start(self) -> Feed:
         self.thread.start()
         return self
 
@@ -225,13 +223,12 @@ def compare_features(client, states: dict) -> dict:
     for cid in ids:
         pipe.hgetall(keys.customer_key(cid))
     mismatched = []
-    for cid, h in zip(ids, pipe.execute()):
+    for cid, h in zip(ids, pipe.execute(), strict=False):
         want = comparable(state_to_hash(states[cid]))
         got = comparable(state_to_hash(state_from_hash(h)))
         if got != want:
             fields = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
-            mismatched.append({"customer": cid, "fields": fields[:10],
-                               "example": {k: [got.get(k), want.get(k)] for k in fields[:3]}})
+            mismatched.append({"customer": cid, "fields": fields[:10], "example": {k: [got.get(k), want.get(k)] for k in fields[:3]}})
     return {"customers_compared": len(ids), "mismatches": len(mismatched), "examples": mismatched[:5]}
 
 
@@ -259,14 +256,16 @@ def run_soak(opts: SoakOptions, say: Callable[[str], None] = lambda m: print(m, 
     traffic_s = opts.minutes * 60
     needed = opts.rate * traffic_s * 1.3 + 1000
     days = max(7.0, math.ceil(needed / (max(1, opts.customers) * EVENTS_PER_CUSTOMER_DAY)))
-    sim_start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=days + 1)
+    sim_start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=days + 1)
     sim = Simulation(customers=opts.customers, days=days, seed=opts.seed, start=sim_start)
     report: dict = {
         "command": opts.command or f"segflow soak --minutes {opts.minutes:g}",
-        "date": _now_iso(), "machine": machine(),
+        "date": _now_iso(),
+        "machine": machine(),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items() if k not in ("out", "work_dir", "command", "keep_work_dir")},
         "simulation": {"customers": opts.customers, "days": days, "seed": opts.seed, "clock": "event"},
-        "faults": [], "unexpected_worker_exits": [],
+        "faults": [],
+        "unexpected_worker_exits": [],
     }
     code = 1
     faults = f"a fault every {opts.fault_every:g}s ({', '.join(FAULTS)} in turn)" if opts.fault_every > 0 else "no faults"
@@ -303,9 +302,14 @@ def run_soak(opts: SoakOptions, say: Callable[[str], None] = lambda m: print(m, 
 
         def progress(phase: str) -> None:
             st = _safe(lambda: client.hgetall("segflow:stats"), None)
-            s = "Redis unreachable" if st is None else (
-                f"received={st.get('received', 0)} applied={st.get('applied', 0)} duplicates={st.get('duplicates', 0)} "
-                f"dead-lettered={st.get('dead_lettered', 0)} changes={st.get('changes', 0)}")
+            s = (
+                "Redis unreachable"
+                if st is None
+                else (
+                    f"received={st.get('received', 0)} applied={st.get('applied', 0)} duplicates={st.get('duplicates', 0)} "
+                    f"dead-lettered={st.get('dead_lettered', 0)} changes={st.get('changes', 0)}"
+                )
+            )
             last = report["faults"][-1]["kind"] if report["faults"] else "-"
             say(f"  [{phase}] t={time.monotonic() - t0:6.0f}s sent={feed.stats.sent} {s} faults={len(report['faults'])} (last {last})")
 
@@ -346,18 +350,27 @@ def run_soak(opts: SoakOptions, say: Callable[[str], None] = lambda m: print(m, 
         changes = change_summary(stack.broker.bootstrap)
         features = compare_features(client, feed.states)
         difference = sent - applied - dead["distinct"]
-        report.update({
-            "traffic_seconds": round(feed.stats.elapsed, 1),
-            "events_sent": sent, "produce_failed": feed.stats.failed, "produce_first_error": feed.stats.first_error,
-            "reference_folded": feed.folded, "reference_fold_problems": feed.bad_fold,
-            "events_applied": applied, "duplicates": stats.get("duplicates", 0),
-            "dead_lettered": dead, "stats": stats, "drained": drained,
-            "changes": {"stats_changes": stats.get("changes", 0), **changes},
-            "outbox_left": client.xlen("segflow:outbox"),
-            "difference": difference, "features": features,
-            "worker_starts": worker.starts,
-            "total_seconds": round(time.monotonic() - started, 1),
-        })
+        report.update(
+            {
+                "traffic_seconds": round(feed.stats.elapsed, 1),
+                "events_sent": sent,
+                "produce_failed": feed.stats.failed,
+                "produce_first_error": feed.stats.first_error,
+                "reference_folded": feed.folded,
+                "reference_fold_problems": feed.bad_fold,
+                "events_applied": applied,
+                "duplicates": stats.get("duplicates", 0),
+                "dead_lettered": dead,
+                "stats": stats,
+                "drained": drained,
+                "changes": {"stats_changes": stats.get("changes", 0), **changes},
+                "outbox_left": client.xlen("segflow:outbox"),
+                "difference": difference,
+                "features": features,
+                "worker_starts": worker.starts,
+                "total_seconds": round(time.monotonic() - started, 1),
+            }
+        )
         code = 0 if difference == 0 and features["mismatches"] == 0 else (1 if difference != 0 else 2)
         if feed.stats.failed or feed.folded != sent:
             code = 1
@@ -454,19 +467,27 @@ def _drain(client, worker: Worker, stack, customer_ids, sent: int, timeout: floa
 def _print_report(r: dict, say) -> None:
     say("")
     say("soak report")
-    say(f"  traffic            {r['traffic_seconds']}s, {len(r['faults'])} faults: {dict(Counter(f['kind'] for f in r['faults']))}"
-        f", unexpected worker exits {len(r['unexpected_worker_exits'])}")
+    say(
+        f"  traffic            {r['traffic_seconds']}s, {len(r['faults'])} faults: {dict(Counter(f['kind'] for f in r['faults']))}"
+        f", unexpected worker exits {len(r['unexpected_worker_exits'])}"
+    )
     say(f"  events sent        {r['events_sent']} (producer failures {r['produce_failed']})")
     stats_applied = r["stats"].get("applied", 0)
-    say(f"  events applied     {r['events_applied']} (sum of per-customer counters; stats 'applied' {stats_applied}, "
-        f"{'equal' if stats_applied == r['events_applied'] else 'DIFFERENT'})")
+    say(
+        f"  events applied     {r['events_applied']} (sum of per-customer counters; stats 'applied' {stats_applied}, "
+        f"{'equal' if stats_applied == r['events_applied'] else 'DIFFERENT'})"
+    )
     say(f"  duplicates dropped {r['duplicates']}")
     d = r["dead_lettered"]
     say(f"  dead-lettered      {d['distinct']} distinct ({d['records']} records) by reason {d['by_reason']}")
     c = r["changes"]
-    say(f"  changes emitted    stats {c['stats_changes']}, topic {c['topic_records']} records, {c['distinct_change_ids']} distinct change ids; outbox left {r['outbox_left']}")
+    say(
+        f"  changes emitted    stats {c['stats_changes']}, topic {c['topic_records']} records, {c['distinct_change_ids']} distinct change ids; outbox left {r['outbox_left']}"
+    )
     say(f"  difference         sent - applied - dead-lettered = {r['difference']}  {'OK' if r['difference'] == 0 else 'NOT ZERO'}")
     f = r["features"]
-    say(f"  features           {f['mismatches']} of {f['customers_compared']} customers differ from the reference"
-        + (f", e.g. {f['examples'][:2]}" if f["mismatches"] else ""))
+    say(
+        f"  features           {f['mismatches']} of {f['customers_compared']} customers differ from the reference"
+        + (f", e.g. {f['examples'][:2]}" if f["mismatches"] else "")
+    )
     say(f"  exit code          {r['exit_code']}")

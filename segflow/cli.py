@@ -13,24 +13,22 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from streams.settings import Settings, SettingsError, load_settings
 
 # No local variables in crash reports: they can hold a password (the kafka-python client arguments).
-cli = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
-                  help="segflow: streaming, real-time customer segmentation.")
+cli = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="segflow: streaming, real-time customer segmentation.")
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML settings file (default: $SEGFLOW_CONFIG)")
 
 
-def _settings(config: Optional[Path], **overrides) -> Settings:
+def _settings(config: Path | None, **overrides) -> Settings:
     try:
         return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
     except SettingsError as exc:
         typer.secho(f"bad settings: {exc}", fg="red", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 def _sync_redis(settings: Settings):
@@ -47,7 +45,7 @@ def _kafka_config(settings: Settings) -> dict:
         return kafka_python_config(settings)
     except KafkaSecurityError as exc:
         typer.secho(f"bad settings: {exc}", fg="red", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 def _echo(msg: str) -> None:
@@ -89,14 +87,14 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
 
 
 @cli.command()
-def worker(config: Optional[Path] = ConfigOpt, loglevel: str = typer.Option("warning", help="Faust's log level")):
+def worker(config: Path | None = ConfigOpt, loglevel: str = typer.Option("warning", help="Faust's log level")):
     """Run a worker against an existing Kafka and Redis (production path)."""
     run_worker(_settings(config), loglevel)
 
 
 @cli.command()
 def up(
-    config: Optional[Path] = ConfigOpt,
+    config: Path | None = ConfigOpt,
     kafka_port: int = typer.Option(9092, help="Loopback port for the embedded broker"),
     redis_port: int = typer.Option(6379, help="Loopback port for the embedded Redis"),
     work_dir: Path = typer.Option(Path(".segflow"), help="Logs and Redis files"),
@@ -109,7 +107,7 @@ def up(
         stack.start()
     except (OSError, RuntimeError, TimeoutError) as exc:
         typer.secho(f"could not start the embedded stack: {exc} (is the port in use? try --kafka-port/--redis-port)", fg="red", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     os.environ["SEGFLOW_KAFKA_URL"] = stack.broker.url
     os.environ["SEGFLOW_REDIS_URL"] = stack.redis.url
     os.environ.setdefault("SEGFLOW_CLOCK", "event")
@@ -140,17 +138,17 @@ def demo(
 
 @cli.command()
 def simulate(
-    config: Optional[Path] = ConfigOpt,
+    config: Path | None = ConfigOpt,
     customers: int = typer.Option(1000, help="Population size"),
     days: float = typer.Option(90, help="Event-time span to simulate"),
     rate: float = typer.Option(2000, help="Events per wall-clock second (0 = as fast as possible)"),
     seed: int = typer.Option(1),
-    ground_truth: Optional[Path] = typer.Option(None, help="Write the hidden personas and churn times here (JSON)"),
+    ground_truth: Path | None = typer.Option(None, help="Write the hidden personas and churn times here (JSON)"),
 ):
     """Produce a simulated population to the input topics, in event time."""
-    from streams.admin import bootstrap_of, ensure_topics
     from lab.publish import produce_simulation
     from lab.simulate import Simulation
+    from streams.admin import bootstrap_of, ensure_topics
 
     settings = _settings(config)
     sim = Simulation(customers=customers, days=days, seed=seed)
@@ -163,8 +161,11 @@ def simulate(
 
 
 @cli.command()
-def produce(file: Path = typer.Argument(..., exists=True, dir_okay=False), config: Optional[Path] = ConfigOpt,
-            rate: float = typer.Option(0, help="Events per second (0 = as fast as possible)")):
+def produce(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False),
+    config: Path | None = ConfigOpt,
+    rate: float = typer.Option(0, help="Events per second (0 = as fast as possible)"),
+):
     """Publish events from a JSONL file (one event per line) to their topics."""
     from streams.admin import bootstrap_of, ensure_topics
     from streams.producer import produce_file
@@ -179,8 +180,8 @@ def produce(file: Path = typer.Argument(..., exists=True, dir_okay=False), confi
 @cli.command()
 def reseed(
     reason: str = typer.Option(..., "--reason", help="Why the clusters start over (recorded with the new model version)"),
-    seed: Optional[int] = typer.Option(None, help="k-means seed for the fresh clusters (default: the segments config's)"),
-    config: Optional[Path] = ConfigOpt,
+    seed: int | None = typer.Option(None, help="k-means seed for the fresh clusters (default: the segments config's)"),
+    config: Path | None = ConfigOpt,
 ):
     """Request fresh behaviour clusters: the worker's next snapshot tick re-seeds, saves a new model version and records it in segflow:drift."""
     from features import keys
@@ -202,7 +203,7 @@ def reseed(
 @cli.command()
 def customer(
     customer_id: str,
-    config: Optional[Path] = ConfigOpt,
+    config: Path | None = ConfigOpt,
     as_json: bool = typer.Option(False, "--json"),
     history: int = typer.Option(10, "--history", min=0, help="How many of the latest segment changes to show"),
 ):
@@ -213,7 +214,7 @@ def customer(
     view = customer_view(_sync_redis(settings), customer_id, settings, history=history)
     if view is None:
         typer.secho(f"unknown customer: {customer_id!r}", fg="red", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps(view, indent=2, default=str))
         return
@@ -223,7 +224,7 @@ def customer(
 
 
 @cli.command()
-def segments(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(False, "--json")):
+def segments(config: Path | None = ConfigOpt, as_json: bool = typer.Option(False, "--json")):
     """Size of every segment of every segmentation."""
     from streams.queries import format_sizes, segment_sizes
 
@@ -234,14 +235,14 @@ def segments(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(Fa
 
 def _query_failed(exc: Exception):
     typer.secho(str(exc), fg="red", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(2) from None
 
 
 @cli.command()
 def members(
     segment: str = typer.Argument(..., help="A segment name, or segmentation:segment when the name is in several segmentations"),
-    config: Optional[Path] = ConfigOpt,
-    segmentation: Optional[str] = typer.Option(None, "--segmentation", "-s", help="lifecycle, behaviour or value"),
+    config: Path | None = ConfigOpt,
+    segmentation: str | None = typer.Option(None, "--segmentation", "-s", help="lifecycle, behaviour or value"),
     limit: int = typer.Option(100, "--limit", "-n", help="At most this many members (read with SSCAN)"),
     as_json: bool = typer.Option(False, "--json"),
 ):
@@ -259,11 +260,12 @@ def members(
 @cli.command()
 def flows(
     since: str = typer.Option("1h", "--since", help="How far back: 30m, 1h, 2d (hourly buckets, kept 8 days)"),
-    config: Optional[Path] = ConfigOpt,
+    config: Path | None = ConfigOpt,
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Segment transitions (from x to) per segmentation, summed over the hourly flow counters."""
-    from streams.queries import FLOWS_KEPT_S, QueryError, flows as flows_query, format_flows, parse_duration, segment_catalogue
+    from streams.queries import FLOWS_KEPT_S, QueryError, format_flows, parse_duration, segment_catalogue
+    from streams.queries import flows as flows_query
 
     settings = _settings(config)
     try:
@@ -274,7 +276,7 @@ def flows(
 
 
 @cli.command()
-def schemas(out_dir: Optional[Path] = typer.Option(None, help="Write one .json file per schema here")):
+def schemas(out_dir: Path | None = typer.Option(None, help="Write one .json file per schema here")):
     """JSON Schemas of the input events, the segment-change and the campaign-trigger contracts."""
     from segmenter.campaigns import campaign_trigger_json_schema
     from segmenter.changes import segment_change_json_schema
@@ -291,7 +293,7 @@ def schemas(out_dir: Optional[Path] = typer.Option(None, help="Write one .json f
 
 
 @cli.command()
-def campaigns(config: Optional[Path] = ConfigOpt):
+def campaigns(config: Path | None = ConfigOpt):
     """The campaigns the worker routes segment changes to (SEGFLOW_CAMPAIGNS_FILE or the shipped ones)."""
     from segmenter.config import ConfigError
     from streams.campaign_router import campaigns_for
@@ -301,7 +303,7 @@ def campaigns(config: Optional[Path] = ConfigOpt):
         routed = campaigns_for(settings)
     except ConfigError as exc:
         typer.secho(f"bad campaigns: {exc}", fg="red", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     for c in routed.campaigns:
         p = c.policy
         cap = f"{p.max_triggers} per {p.period_ms / 86_400_000:g}d" if p.max_triggers else "no cap"
@@ -312,11 +314,11 @@ def campaigns(config: Optional[Path] = ConfigOpt):
 @cli.command()
 def subscribe(
     campaign: str = typer.Option(..., "--campaign", help="The campaign whose triggers to receive"),
-    group: Optional[str] = typer.Option(None, "--group", help="Kafka consumer group (default: segflow-campaign-<campaign>)"),
+    group: str | None = typer.Option(None, "--group", help="Kafka consumer group (default: segflow-campaign-<campaign>)"),
     from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest trigger on the topic, even if the group has committed offsets"),
     max_triggers: int = typer.Option(0, "--max", help="Stop after this many triggers (0: until Ctrl-C)"),
     idle_timeout: float = typer.Option(0, "--idle-timeout", help="Stop after this many seconds without a trigger (0: never)"),
-    config: Optional[Path] = ConfigOpt,
+    config: Path | None = ConfigOpt,
 ):
     """Example campaign-system subscriber: print one campaign's triggers as JSON lines.
 
@@ -328,15 +330,24 @@ def subscribe(
 
     settings = _settings(config)
     _kafka_config(settings)  # impossible security settings: exit 2 before connecting
-    stats = run_subscriber(settings, campaign, group=group, from_beginning=from_beginning,
-                           max_triggers=max_triggers or None, idle_timeout=idle_timeout or None,
-                           out=lambda line: typer.echo(line), note=_echo)
-    _echo(f"{stats['received']} triggers for {campaign} ({stats['treatment']} treatment, {stats['holdout']} holdout), "
-          f"{stats['duplicates']} duplicates dropped, {stats['other']} for other campaigns skipped")
+    stats = run_subscriber(
+        settings,
+        campaign,
+        group=group,
+        from_beginning=from_beginning,
+        max_triggers=max_triggers or None,
+        idle_timeout=idle_timeout or None,
+        out=lambda line: typer.echo(line),
+        note=_echo,
+    )
+    _echo(
+        f"{stats['received']} triggers for {campaign} ({stats['treatment']} treatment, {stats['holdout']} holdout), "
+        f"{stats['duplicates']} duplicates dropped, {stats['other']} for other campaigns skipped"
+    )
 
 
 @cli.command()
-def topics(config: Optional[Path] = ConfigOpt, create: bool = typer.Option(False, "--create", help="Create missing topics")):
+def topics(config: Path | None = ConfigOpt, create: bool = typer.Option(False, "--create", help="Create missing topics")):
     """List segflow's topics (and create them with --create)."""
     settings = _settings(config)
     for name, purpose in settings.topics.describe():
@@ -372,27 +383,27 @@ def evaluate(
     customers: int = typer.Option(2000, help="Simulated customers"),
     days: float = typer.Option(120, help="Event-time span simulated"),
     seed: int = typer.Option(1),
-    segments_config: Optional[Path] = typer.Option(None, "--segments", help="Segmentation YAML (default: the shipped one)"),
+    segments_config: Path | None = typer.Option(None, "--segments", help="Segmentation YAML (default: the shipped one)"),
     settle_days: int = typer.Option(30, help="Clustering is scored over these last days"),
     detect_days: float = typer.Option(21, help="at_risk must follow a customer's silence within this many days"),
     revert_days: float = typer.Option(7, help="A->B->A within this many days counts as a flap"),
-    out: Optional[Path] = typer.Option(None, help="JSON output (default docs/quality/quality-DATE-CxD-sSEED.json)"),
+    out: Path | None = typer.Option(None, help="JSON output (default docs/quality/quality-DATE-CxD-sSEED.json)"),
     no_write: bool = typer.Option(False, "--no-write", help="Print only"),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON instead of the tables"),
 ):
     """Replay a simulated population in-process (no broker, no Redis) and score the segments against its hidden truth."""
     from datetime import date
 
+    from lab.evaluate import evaluate as run_evaluation
+    from lab.evaluate import format_report, to_json
     from segmenter.config import ConfigError, default_config, load_config
-    from lab.evaluate import evaluate as run_evaluation, format_report, to_json
 
     try:
         config = load_config(segments_config) if segments_config else default_config()
     except ConfigError as exc:
         typer.secho(f"bad segments config: {exc}", fg="red", err=True)
-        raise typer.Exit(2)
-    report = run_evaluation(customers, days, seed, config, settle_days=settle_days, detect_within_days=detect_days,
-                            revert_days=revert_days, progress=_echo)
+        raise typer.Exit(2) from None
+    report = run_evaluation(customers, days, seed, config, settle_days=settle_days, detect_within_days=detect_days, revert_days=revert_days, progress=_echo)
     report["command"] = "segflow evaluate " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "segflow evaluate"
     report["date"] = date.today().isoformat()
     typer.echo(to_json(report) if as_json else format_report(report))
@@ -404,24 +415,25 @@ def evaluate(
 
 
 @cli.command("config")
-def show_config(config: Optional[Path] = ConfigOpt):
+def show_config(config: Path | None = ConfigOpt):
     """Effective settings (secrets masked) and the environment variable of each."""
     settings = _settings(config)
     for name, value in settings.redacted().items():
-        typer.echo(f"{name:28} {str(value):40} SEGFLOW_{name.upper()}")
+        typer.echo(f"{name:28} {value!s:40} SEGFLOW_{name.upper()}")
 
 
 @cli.command()
 def bench(
-    events: Optional[int] = typer.Option(None, help="Backlog size (default 300000; 20000 with --quick)"),
+    events: int | None = typer.Option(None, help="Backlog size (default 300000; 20000 with --quick)"),
     quick: bool = typer.Option(False, "--quick", help="Small sizes: a smoke run of about 2.5 minutes"),
-    out: Optional[Path] = typer.Option(None, help="JSON output (default docs/bench/bench-DATE.json)"),
+    out: Path | None = typer.Option(None, help="JSON output (default docs/bench/bench-DATE.json)"),
     scale_max: bool = typer.Option(False, "--scale-max", help="Also measure 1 million customers (slow)"),
-    profile: Optional[Path] = typer.Option(None, help="py-spy raw profile of the worker during the end-to-end row"),
-    latency_rate: Optional[float] = typer.Option(None, help="Offered load for the latency row (default: half the sustained rate)"),
+    profile: Path | None = typer.Option(None, help="py-spy raw profile of the worker during the end-to-end row"),
+    latency_rate: float | None = typer.Option(None, help="Offered load for the latency row (default: half the sustained rate)"),
 ):
     """Benchmark on an embedded stack: ceilings, segflow end to end, latency, scale; one table + JSON."""
-    from lab.bench import BenchOptions, main as bench_main
+    from lab.bench import BenchOptions
+    from lab.bench import main as bench_main
 
     kw = {k: v for k, v in dict(events=events, out=out, scale_max=scale_max, profile=profile, latency_rate=latency_rate).items() if v is not None}
     opts = BenchOptions.quick_run(**kw) if quick else BenchOptions(**kw)
@@ -436,7 +448,7 @@ def soak(
     customers: int = typer.Option(2000, help="Simulated customers"),
     seed: int = typer.Option(1),
     drain_timeout: float = typer.Option(300, help="At most this many seconds for the worker to catch up at the end"),
-    out: Optional[Path] = typer.Option(None, help="Also write the report here (JSON)"),
+    out: Path | None = typer.Option(None, help="Also write the report here (JSON)"),
     partitions: int = typer.Option(1, help="Partitions per input topic (the embedded broker's fetch cost grows with batches per partition)"),
     linger_ms: int = typer.Option(250, help="Producer linger: fewer, larger batches on the broker"),
     fetch_max_wait_ms: int = typer.Option(250, help="The worker's SEGFLOW_FETCH_MAX_WAIT_MS"),
@@ -445,9 +457,19 @@ def soak(
     from lab.soak import SoakOptions, run_soak
 
     command = "segflow soak " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "segflow soak"
-    opts = SoakOptions(minutes=minutes, rate=rate, fault_every=fault_every, customers=customers, seed=seed,
-                       drain_timeout=drain_timeout, out=out, command=command, partitions=partitions,
-                       linger_ms=linger_ms, fetch_max_wait_ms=fetch_max_wait_ms)
+    opts = SoakOptions(
+        minutes=minutes,
+        rate=rate,
+        fault_every=fault_every,
+        customers=customers,
+        seed=seed,
+        drain_timeout=drain_timeout,
+        out=out,
+        command=command,
+        partitions=partitions,
+        linger_ms=linger_ms,
+        fetch_max_wait_ms=fetch_max_wait_ms,
+    )
     code, _ = run_soak(opts, say=_echo)
     raise typer.Exit(code)
 

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from segmenter.changes import SegmentChange
 from segmenter.churn import churn_propensity
@@ -44,8 +44,14 @@ from segmenter.value import RFMScorer, ValueSegmentation
 
 # The daily counters that together count a customer's events of the day (UTC).
 DAILY_EVENT_COUNTS = (
-    "sessions_1d", "page_views_1d", "searches_1d", "add_to_carts_1d", "checkouts_1d",
-    "purchases_1d", "logins_1d", "failed_logins_1d",
+    "sessions_1d",
+    "page_views_1d",
+    "searches_1d",
+    "add_to_carts_1d",
+    "checkouts_1d",
+    "purchases_1d",
+    "logins_1d",
+    "failed_logins_1d",
 )
 SNAPSHOT_FORMAT = 1
 NO_BRAKES = HysteresisPolicy()
@@ -122,7 +128,7 @@ class Segmenter:
         self.n_learned = 0
 
     @classmethod
-    def from_config(cls, config: SegmentationConfig) -> "Segmenter":
+    def from_config(cls, config: SegmentationConfig) -> Segmenter:
         return cls(config)
 
     @property

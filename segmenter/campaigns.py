@@ -58,10 +58,11 @@ import functools
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Iterable, Literal
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError
@@ -97,9 +98,7 @@ def parse_duration(value) -> float:
         m = _DURATION.match(value)
         if m:
             return float(m.group(1)) * _UNITS[m.group(2)]
-    raise PydanticCustomError(
-        "duration", "'{value}' is not a duration: use a number of seconds or e.g. 90s, 15m, 12h, 30d, 2w", {"value": str(value)}
-    )
+    raise PydanticCustomError("duration", "'{value}' is not a duration: use a number of seconds or e.g. 90s, 15m, 12h, 30d, 2w", {"value": str(value)})
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
@@ -323,7 +322,7 @@ class Campaign(BaseModel):
     cooldown: Duration = 0.0
 
     @model_validator(mode="after")
-    def _consistent(self, info: ValidationInfo) -> "Campaign":
+    def _consistent(self, info: ValidationInfo) -> Campaign:
         if (self.enter is None) == (self.leave is None):
             raise _issue("a campaign needs exactly one of 'enter' or 'leave' (a list of segments)", "enter")
         if self.enter is not None and self.to is not None:
@@ -412,7 +411,7 @@ class CampaignConfig(BaseModel):
     campaigns: tuple[Campaign, ...] = ()
 
     @model_validator(mode="after")
-    def _unique(self) -> "CampaignConfig":
+    def _unique(self) -> CampaignConfig:
         seen: set[str] = set()
         for i, c in enumerate(self.campaigns):
             if c.name in seen:
@@ -468,8 +467,7 @@ def parse_campaigns(text: str, source_name: str = "<campaigns>", segments: Segme
     ...
     segmenter.config.ConfigError: campaigns.yaml line 5: campaigns[0].enter[0]: 'champion' is not a value segment ['champions', 'loyal', 'need_attention', 'at_risk', 'lost']
     """
-    return validate_yaml(text, source_name, CampaignConfig, "the campaigns file must be a YAML mapping with a 'campaigns' list",
-                         context={"segments": segments})
+    return validate_yaml(text, source_name, CampaignConfig, "the campaigns file must be a YAML mapping with a 'campaigns' list", context={"segments": segments})
 
 
 def load_campaigns(path: str | Path, segments: SegmentationConfig | None = None) -> CampaignConfig:
@@ -492,4 +490,3 @@ def default_campaigns() -> CampaignConfig:
     """The campaigns shipped with segflow (``segmenter/default_campaigns.yaml``)."""
     text = (Path(__file__).parent / DEFAULT_CAMPAIGNS_NAME).read_text()
     return parse_campaigns(text, DEFAULT_CAMPAIGNS_NAME, _default_segments())
-

@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -34,7 +34,7 @@ SCHEMA_VERSION = 1
 
 
 def ms_to_datetime(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def datetime_to_ms(dt: datetime) -> int:
@@ -89,7 +89,7 @@ class SegmentChange(BaseModel):
         cause: str,
         features: dict[str, float | None],
         emitted_at_ms: int | None = None,
-    ) -> "SegmentChange":
+    ) -> SegmentChange:
         """Build a change with its deterministic ``change_id``."""
         return cls(
             change_id=change_id_of(customer_id, segmentation, from_segment, to_segment, occurred_at_ms, cause),
@@ -142,8 +142,7 @@ def history_entry(change: SegmentChange) -> str:
     short_id = base64.urlsafe_b64encode(bytes.fromhex(change.change_id)).decode().rstrip("=")
     texts = (change.segmentation, change.from_segment or "", change.to_segment, change.reason)
     if change.from_segment == "" or any(FIELD_SEP in t for t in texts):
-        values = [short_id, change.occurred_at_ms, change.segmentation, change.from_segment, change.to_segment,
-                  change.reason, change.model_version]
+        values = [short_id, change.occurred_at_ms, change.segmentation, change.from_segment, change.to_segment, change.reason, change.model_version]
         return json.dumps(values, separators=(",", ":"))
     version = "" if change.model_version is None else str(change.model_version)
     return FIELD_SEP.join((short_id, base36(change.occurred_at_ms), *texts, version))
@@ -155,12 +154,18 @@ def read_history_entry(entry: str | bytes) -> dict:
     if isinstance(entry, bytes):
         entry = entry.decode()
     if entry.startswith("["):
-        out = dict(zip(HISTORY_FIELDS, json.loads(entry)))
+        out = dict(zip(HISTORY_FIELDS, json.loads(entry), strict=False))
     else:
         short_id, at, segmentation, from_segment, to_segment, reason, version = entry.split(FIELD_SEP)
-        out = {"change_id": short_id, "occurred_at_ms": int(at, 36), "segmentation": segmentation, "from": from_segment or None,
-               "to": to_segment, "reason": reason, "model_version": int(version) if version else None}
+        out = {
+            "change_id": short_id,
+            "occurred_at_ms": int(at, 36),
+            "segmentation": segmentation,
+            "from": from_segment or None,
+            "to": to_segment,
+            "reason": reason,
+            "model_version": int(version) if version else None,
+        }
     out["change_id"] = base64.urlsafe_b64decode(out["change_id"] + "==").hex()
     out["occurred_at"] = ms_to_datetime(out["occurred_at_ms"]).strftime("%Y-%m-%dT%H:%M:%SZ")
     return out
-

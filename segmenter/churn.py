@@ -49,9 +49,15 @@ WEIGHTS = ChurnWeights()
 
 # Every feature churn_signals reads (a test checks it reads no other): the
 # deadline search projects only these forward in time.
-CHURN_INPUTS = frozenset({
-    "days_since_last_activity", "purchase_interval_mean_days", "engagement_trend", "days_since_last_login", "failed_logins_7d",
-})
+CHURN_INPUTS = frozenset(
+    {
+        "days_since_last_activity",
+        "purchase_interval_mean_days",
+        "engagement_trend",
+        "days_since_last_login",
+        "failed_logins_7d",
+    }
+)
 
 
 def _clip01(x: float) -> float:

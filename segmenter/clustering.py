@@ -77,7 +77,7 @@ class BehaviourModel:
         self.renames = 0  # how often the naming changed (should stay ~0)
 
     @classmethod
-    def from_config(cls, config: BehaviourConfig) -> "BehaviourModel":
+    def from_config(cls, config: BehaviourConfig) -> BehaviourModel:
         k = config.kmeans
         return cls(
             config.features,
@@ -136,7 +136,7 @@ class BehaviourModel:
     def best_naming(self) -> dict[int, str]:
         """Cluster -> name with the least total centroid-to-prototype distance."""
         clusters = list(self.kmeans.centers)
-        candidates = (dict(zip(clusters, perm)) for perm in itertools.permutations(self.names))
+        candidates = (dict(zip(clusters, perm, strict=False)) for perm in itertools.permutations(self.names))
         return min(candidates, key=self._naming_cost)
 
     def refresh_names(self) -> bool:
@@ -162,13 +162,13 @@ class BehaviourModel:
         return pickle.dumps((SNAPSHOT_FORMAT, self), protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
-    def from_bytes(cls, blob: bytes) -> "BehaviourModel":
+    def from_bytes(cls, blob: bytes) -> BehaviourModel:
         fmt, model = pickle.loads(blob)
         if fmt != SNAPSHOT_FORMAT or not isinstance(model, cls):
             raise ValueError(f"not a behaviour model snapshot (format {fmt!r})")
         return model
 
-    def same_setup(self, other: "BehaviourModel") -> bool:
+    def same_setup(self, other: BehaviourModel) -> bool:
         """Same features and prototypes: a snapshot of ``other`` can replace this model."""
         return self.features == other.features and self.prototypes == other.prototypes
 

@@ -46,7 +46,7 @@ _COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operato
 
 CHURN_FEATURE = "churn_propensity"
 # Features a lifecycle rule may test: the catalogue plus the derived churn score.
-RULE_FEATURES: tuple[str, ...] = FEATURE_NAMES + (CHURN_FEATURE,)
+RULE_FEATURES: tuple[str, ...] = (*FEATURE_NAMES, CHURN_FEATURE)
 # Value rules may also test the RFM scores (1..5) computed by segmenter.value.
 RFM_SCORES: tuple[str, ...] = ("recency_score", "frequency_score", "monetary_score")
 VALUE_RULE_FEATURES: tuple[str, ...] = RULE_FEATURES + RFM_SCORES
@@ -64,7 +64,7 @@ _ID_PATTERN = r"^[a-z][a-z0-9_]*$"
 class ConfigError(ValueError):
     """A segmentation config that cannot be used; ``issues`` holds every problem found."""
 
-    def __init__(self, issues: list["ConfigIssue"]):
+    def __init__(self, issues: list[ConfigIssue]):
         self.issues = issues
         super().__init__("\n".join(str(i) for i in issues))
 
@@ -113,7 +113,7 @@ class Condition(BaseModel):
         return _check_feature(name, cls.allowed_features)
 
     @model_validator(mode="after")
-    def _value_matches_op(self) -> "Condition":
+    def _value_matches_op(self) -> Condition:
         if self.op in COMPARISONS and self.value is None:
             raise _issue(f"operator '{self.op}' needs a value", "value")
         if self.op in NULL_TESTS and self.value is not None:
@@ -154,7 +154,7 @@ class Rule(BaseModel):
     any_of: tuple[Condition, ...] = Field(default=(), alias="any")
 
     @model_validator(mode="after")
-    def _has_conditions(self) -> "Rule":
+    def _has_conditions(self) -> Rule:
         if not self.when and not self.any_of:
             raise _issue("a rule needs 'when' or 'any' conditions (use 'default' for the catch-all)", "when")
         return self
@@ -181,7 +181,7 @@ class RuleSet(BaseModel):
     rules: tuple[Rule, ...] = ()
 
     @model_validator(mode="after")
-    def _consistent(self) -> "RuleSet":
+    def _consistent(self) -> RuleSet:
         if len(set(self.segments)) != len(self.segments):
             raise _issue("segments must be unique", "segments")
         if self.default not in self.segments:
@@ -237,7 +237,7 @@ class BehaviourConfig(BaseModel):
         return names
 
     @model_validator(mode="after")
-    def _prototypes_fit(self) -> "BehaviourConfig":
+    def _prototypes_fit(self) -> BehaviourConfig:
         if len(self.prototypes) != self.n_clusters:
             raise _issue(f"{len(self.prototypes)} prototypes for n_clusters={self.n_clusters}: every cluster needs exactly one name", "prototypes")
         for name, profile in self.prototypes.items():
@@ -329,7 +329,7 @@ class SegmentationConfig(BaseModel):
     hysteresis: HysteresisConfig = HysteresisConfig()
 
     @model_validator(mode="after")
-    def _urgent_segments_exist(self) -> "SegmentationConfig":
+    def _urgent_segments_exist(self) -> SegmentationConfig:
         for name in SEGMENTATIONS:
             known = self.segments_of(name)
             for j, seg in enumerate(getattr(self.hysteresis, name).urgent):
@@ -456,9 +456,9 @@ def _duplicate_keys(node: yaml.Node, path: tuple) -> Any:
         for key, value in node.value:
             k = key.value if isinstance(key, yaml.ScalarNode) else str(key.start_mark)
             if k in seen:
-                yield path + (k,), key.start_mark.line + 1
+                yield (*path, k), key.start_mark.line + 1
             seen.add(k)
-            yield from _duplicate_keys(value, path + (k,))
+            yield from _duplicate_keys(value, (*path, k))
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            yield from _duplicate_keys(item, path + (i,))
+            yield from _duplicate_keys(item, (*path, i))

@@ -36,8 +36,8 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from river import drift
 
@@ -73,7 +73,7 @@ class DriftMonitor:
         self.n_detected = 0
 
     @classmethod
-    def from_config(cls, config, **kw) -> "DriftMonitor":
+    def from_config(cls, config, **kw) -> DriftMonitor:
         """A monitor for every segment of a :class:`~segmenter.config.SegmentationConfig`."""
         from segmenter.config import SEGMENTATIONS
 

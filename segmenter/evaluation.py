@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Iterable, Mapping, Sequence
 
 from segmenter.flaps import flaps
 
@@ -44,7 +44,7 @@ def adjusted_rand_index(truth: Sequence[Hashable], predicted: Sequence[Hashable]
     n = len(truth)
     if n < 2:
         return 1.0
-    index = sum(_pairs(c) for c in Counter(zip(truth, predicted)).values())
+    index = sum(_pairs(c) for c in Counter(zip(truth, predicted, strict=False)).values())
     rows = sum(_pairs(c) for c in Counter(truth).values())
     cols = sum(_pairs(c) for c in Counter(predicted).values())
     expected = rows * cols / _pairs(n)
@@ -62,7 +62,7 @@ def contingency(truth: Sequence[str], predicted: Sequence[str]) -> dict[str, dic
     """
     cols = sorted(set(predicted))
     table = {t: {c: 0 for c in cols} for t in sorted(set(truth))}
-    for t, p in zip(truth, predicted):
+    for t, p in zip(truth, predicted, strict=False):
         table[t][p] += 1
     return table
 

@@ -19,7 +19,7 @@ assignments and first moves cannot flap).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from segmenter.changes import SegmentChange
 

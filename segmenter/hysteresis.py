@@ -54,12 +54,12 @@ class Assignment:
         return json.dumps({"segment": self.segment, "since_ms": self.since_ms, "reason": self.reason}, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "Assignment":
+    def from_json(cls, text: str | bytes) -> Assignment:
         d = json.loads(text)
         return cls(str(d["segment"]), int(d["since_ms"]), str(d.get("reason", "")))
 
     @classmethod
-    def of(cls, other: AssignmentLike) -> "Assignment":
+    def of(cls, other: AssignmentLike) -> Assignment:
         return other if isinstance(other, cls) else cls(other.segment, int(other.since_ms), other.reason)
 
 

@@ -38,7 +38,7 @@ nothing and schedules the next deadline.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from features.catalogue import CATALOGUE
 from features.state import DAY_MS
@@ -111,8 +111,9 @@ class RuleBook:
     vector; it is also applied to projected features to time their flips.
     """
 
-    def __init__(self, rules: RuleSet, derive: Derive = with_churn,
-                 time_derived: Mapping[str, tuple[Callable[[Features], float], frozenset[str]]] = TIME_DERIVED):
+    def __init__(
+        self, rules: RuleSet, derive: Derive = with_churn, time_derived: Mapping[str, tuple[Callable[[Features], float], frozenset[str]]] = TIME_DERIVED
+    ):
         self.rules: tuple[Rule, ...] = tuple(rules.rules)
         self.default: str = rules.default
         self.segments: tuple[str, ...] = tuple(rules.segments)

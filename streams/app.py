@@ -13,18 +13,20 @@ import logging
 import time
 
 import faust
-from faust.types import TP
 import redis.asyncio as aioredis
+from faust.types import TP
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import BusyLoadingError, ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams.batching import take_overlapped
 from streams.campaign_router import CampaignRouter, campaigns_for, trigger_message
 from streams.engine import BatchOutcome, Engine, InboundMessage
 from streams.gc_tuning import settle_heap
-from streams.redis_packing import use_hiredis_packer
 from streams.kafka_security import faust_credentials
+from streams.redis_packing import use_hiredis_packer
 from streams.settings import Settings
 
 log = logging.getLogger("segflow.worker")
@@ -33,13 +35,15 @@ log = logging.getLogger("segflow.worker")
 def redis_client(url: str) -> aioredis.Redis:
     """An asyncio Redis client that waits and retries with backoff while Redis is away
     (and packs commands with hiredis, :mod:`streams.redis_packing`)."""
-    return use_hiredis_packer(aioredis.Redis.from_url(
-        url,
-        retry=Retry(ExponentialBackoff(cap=5.0, base=0.05), retries=60),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError, BusyLoadingError],
-        health_check_interval=10,
-        socket_connect_timeout=5,
-    ))
+    return use_hiredis_packer(
+        aioredis.Redis.from_url(
+            url,
+            retry=Retry(ExponentialBackoff(cap=5.0, base=0.05), retries=60),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError, BusyLoadingError],
+            health_check_interval=10,
+            socket_connect_timeout=5,
+        )
+    )
 
 
 def broker_credentials(settings: Settings):
@@ -177,8 +181,9 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
     async def ingest(stream):
         e = await engine()
         # Faust keeps delivering while a batch waits on Redis; under a backlog batches grow (streams.batching).
-        async for events in take_overlapped(stream, settings.batch_size, settings.batch_within,
-                                            highwater=highwater, backlog_within=settings.batch_backlog_within):
+        async for events in take_overlapped(
+            stream, settings.batch_size, settings.batch_within, highwater=highwater, backlog_within=settings.batch_backlog_within
+        ):
             e.assign({(tp.topic, tp.partition) for tp in app.consumer.assignment()})
             batch = [
                 InboundMessage(ev.message.topic, ev.message.partition, ev.message.offset, ev.message.key, ev.message.value, int(ev.message.timestamp * 1000))
@@ -224,7 +229,14 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
         elapsed = time.monotonic() - holder["started"]
         log.warning(
             "progress (this worker): received=%d in %d batches, applied=%d duplicates=%d dead_lettered=%d changes=%d deadline_evals=%d (%.0f ev/s avg)",
-            c.received, c.batches, c.applied, c.duplicates, c.dead_lettered, c.changes, c.deadline_evaluations, c.received / max(elapsed, 1e-9),
+            c.received,
+            c.batches,
+            c.applied,
+            c.duplicates,
+            c.dead_lettered,
+            c.changes,
+            c.deadline_evaluations,
+            c.received / max(elapsed, 1e-9),
         )
 
     from streams.web import add_sizes_recorder, add_web_views
@@ -233,4 +245,3 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
     add_sizes_recorder(app, settings)
     app.segflow_engine = engine  # for tests
     return app
-

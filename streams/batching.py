@@ -37,7 +37,8 @@ and batches stop waiting for a backlog for ten windows.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from faust.types import TP, EventT, StreamT
 
@@ -46,8 +47,9 @@ from faust.types import TP, EventT, StreamT
 BACKLOG_PAUSE_WAITS = 10
 
 
-def take_overlapped(stream: StreamT, max_: int, within: float, highwater: Callable[[TP], int | None] | None = None,
-                    backlog_within: float = 0.0) -> AsyncIterator[list[EventT]]:
+def take_overlapped(
+    stream: StreamT, max_: int, within: float, highwater: Callable[[TP], int | None] | None = None, backlog_within: float = 0.0
+) -> AsyncIterator[list[EventT]]:
     """Lists of up to ``max_`` events of ``stream``, each out within ``within`` seconds of its first
     (``within + backlog_within`` when ``highwater(tp)``, the offset after a partition's last
     message, says enough events are waiting to fill the batch)."""

@@ -35,8 +35,8 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from datetime import datetime, timezone
-from typing import Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from redis.exceptions import NoScriptError
 
@@ -137,7 +137,7 @@ class CampaignRouter:
 
     def decide(self, payloads: Iterable[str | bytes]) -> list[TriggerDecision]:
         """The pure part: every (change, matching campaign), before caps."""
-        emitted = datetime.fromtimestamp(self.clock(), tz=timezone.utc)
+        emitted = datetime.fromtimestamp(self.clock(), tz=UTC)
         decisions: list[TriggerDecision] = []
         for payload in payloads:
             try:
@@ -158,8 +158,22 @@ class CampaignRouter:
             for i in limited:
                 d = decisions[i]
                 p = d.policy
-                commands.append(("EVALSHA", CAPS_SHA, 2, d.cap_key, d.seen_key, d.trigger.trigger_id, d.occurred_at_ms,
-                                 p.max_triggers or 0, p.period_ms, p.cooldown_ms, now_ms, REMEMBER_MS))
+                commands.append(
+                    (
+                        "EVALSHA",
+                        CAPS_SHA,
+                        2,
+                        d.cap_key,
+                        d.seen_key,
+                        d.trigger.trigger_id,
+                        d.occurred_at_ms,
+                        p.max_triggers or 0,
+                        p.period_ms,
+                        p.cooldown_ms,
+                        now_ms,
+                        REMEMBER_MS,
+                    )
+                )
             try:
                 results = await run_pipeline(self.redis, commands)
             except NoScriptError:
@@ -168,7 +182,7 @@ class CampaignRouter:
                 # ran (every command is this script); load it and run them again.
                 await self.redis.script_load(CAPS_LUA)
                 results = await run_pipeline(self.redis, commands)
-            for i, (status, reason) in zip(limited, results):
+            for i, (status, reason) in zip(limited, results, strict=False):
                 verdicts[i] = CapVerdict(_text(status), _text(reason))
         return verdicts  # type: ignore[return-value]
 
@@ -180,7 +194,7 @@ class CampaignRouter:
         verdicts = await self.charge(decisions)
         out = []
         counts: Counter[str] = Counter()
-        for d, v in zip(decisions, verdicts):
+        for d, v in zip(decisions, verdicts, strict=False):
             name = d.trigger.campaign
             if v.publish:
                 out.append(d.trigger)

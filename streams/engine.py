@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 from features import keys
 from features.catalogue import compute
@@ -86,7 +87,7 @@ class Counters:
 
     def flat(self) -> dict[str, int]:
         """The counters the worker adds to the ``segflow:stats`` hash."""
-        out = {k: v for k, v in self.__dict__.items() if isinstance(v, int) and k not in COUNTED_BY_REDIS + ("received", "batches")}
+        out = {k: v for k, v in self.__dict__.items() if isinstance(v, int) and k not in (*COUNTED_BY_REDIS, "received", "batches")}
         out.update({f"dead_lettered:{reason}": n for reason, n in self.reasons.items()})
         # Last, so that a reader who sees a batch in ``received`` sees its other counts too
         # (the HINCRBYs go in one round trip, in this order, but not as one transaction).
@@ -177,7 +178,7 @@ class Engine:
             latest: dict[str, tuple] = {}
             redelivered: dict[str, tuple] = {}
             final = {r.customer_id: r for r in results if r.state is not None}
-            for (msg, event), result in zip(sources, results):
+            for (msg, event), result in zip(sources, results, strict=False):
                 if result.status == "duplicate":
                     self.counters.duplicates += 1
                     redelivered[event.customer_id] = event
@@ -186,15 +187,22 @@ class Engine:
                     out.dead_letters.append(DeadLetter(msg, "too_late", f"older than the allowed lateness of {self.settings.lateness_seconds:g}s"))
                     continue
                 if result.status == "unverifiable":
-                    out.dead_letters.append(DeadLetter(
-                        msg, "unverifiable_duplicate",
-                        "not newer than an event this customer's duplicate filter (capped) had to forget within the lateness",
-                    ))
+                    out.dead_letters.append(
+                        DeadLetter(
+                            msg,
+                            "unverifiable_duplicate",
+                            "not newer than an event this customer's duplicate filter (capped) had to forget within the lateness",
+                        )
+                    )
                     continue
                 if result.status == "over_capacity":
-                    out.dead_letters.append(DeadLetter(
-                        msg, "customer_limit", f"{self.settings.max_customers} customers already have state (SEGFLOW_MAX_CUSTOMERS)",
-                    ))
+                    out.dead_letters.append(
+                        DeadLetter(
+                            msg,
+                            "customer_limit",
+                            f"{self.settings.max_customers} customers already have state (SEGFLOW_MAX_CUSTOMERS)",
+                        )
+                    )
                     continue
                 self.counters.applied += 1
                 latest[event.customer_id] = event
@@ -215,7 +223,9 @@ class Engine:
                 now_ms = after.state.last_seen_ms
                 feats = compute(after.state, now_ms)
                 learned = learn and self.segmenter.learn_one(feats)
-                updates.append(self._evaluate(customer_id, feats, after.segments, now_ms, f"event:{event.event_id}", seen_ms=now_ms, drift=drift, learned=learned))
+                updates.append(
+                    self._evaluate(customer_id, feats, after.segments, now_ms, f"event:{event.event_id}", seen_ms=now_ms, drift=drift, learned=learned)
+                )
             written = await self.segments.write(updates)
             self.publishing.update(i for i, _ in written.changes)
             out.changes = written.changes
@@ -252,9 +262,9 @@ class Engine:
                 return out
             rows = await self.features.read(due)
             updates = []
-            gone = [cid for cid, (state, _) in zip(due, rows) if not state.exists]
+            gone = [cid for cid, (state, _) in zip(due, rows, strict=False) if not state.exists]
             await self.segments.drop_deadlines(gone)  # else their lease would bring them back forever
-            for cid, (state, seg_hash) in zip(due, rows):
+            for cid, (state, seg_hash) in zip(due, rows, strict=False):
                 if not state.exists:
                     continue
                 feats = compute(state, now_ms)
@@ -277,8 +287,17 @@ class Engine:
             pending = {by_topic[tp] for tp in await self.backlog_probe(set(by_topic))}
         return self.watermark.value(now, pending)
 
-    def _evaluate(self, customer_id: str, feats: dict, seg_hash: dict[str, str], now_ms: int, cause: str, seen_ms: int | None = None,
-                  drift: list[DriftEvent] | None = None, learned: bool = False) -> CustomerUpdate:
+    def _evaluate(
+        self,
+        customer_id: str,
+        feats: dict,
+        seg_hash: dict[str, str],
+        now_ms: int,
+        cause: str,
+        seen_ms: int | None = None,
+        drift: list[DriftEvent] | None = None,
+        learned: bool = False,
+    ) -> CustomerUpdate:
         previous = parse_segments(seg_hash)
         evaluation = self.segmenter.evaluate(customer_id, feats, previous, now_ms, cause, emitted_at_ms=int(time.time() * 1000))
         if drift is not None:  # event-driven evaluations feed the drift monitor (deadline ones would skew the shares)
@@ -290,8 +309,15 @@ class Engine:
             if name not in previous or previous[name].segment != a.segment
         }
         return CustomerUpdate(
-            customer_id, changed, previous, evaluation.changes, evaluation.churn_propensity, evaluation.next_deadline_ms,
-            version=version_of(seg_hash), evaluated_at_ms=now_ms, seen_ms=seen_ms,
+            customer_id,
+            changed,
+            previous,
+            evaluation.changes,
+            evaluation.churn_propensity,
+            evaluation.next_deadline_ms,
+            version=version_of(seg_hash),
+            evaluated_at_ms=now_ms,
+            seen_ms=seen_ms,
         )
 
     async def _publish_counts(self) -> None:
@@ -353,8 +379,14 @@ class Engine:
         await self.segments.save_model(version, blob)
         self.counters.reseeds += 1
         log.warning("behaviour clusters re-seeded: model v%d, reason %r, requested at %s", version, reason, request.get("requested_at_ms"))
-        entry = {"kind": "reseed", "signal": "reseed", "detail": reason, "at_ms": int(time.time() * 1000),
-                 "requested_at_ms": request.get("requested_at_ms", ""), "model_version": version}
+        entry = {
+            "kind": "reseed",
+            "signal": "reseed",
+            "detail": reason,
+            "at_ms": int(time.time() * 1000),
+            "requested_at_ms": request.get("requested_at_ms", ""),
+            "model_version": version,
+        }
         pipe = self.redis.pipeline(transaction=True)
         pipe.xadd(keys.DRIFT, entry, maxlen=DRIFT_STREAM_LEN, approximate=True)
         pipe.delete(keys.RESEED)

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from functools import cached_property
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Literal, Union
+from functools import cached_property
+from typing import Annotated, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -38,7 +38,7 @@ SCHEMA_VERSION = 1
 
 # Events dated before this are not customer behaviour but broken clocks
 # (epoch zero, 1900 defaults). CDNOW, the oldest real data we replay, is 1997.
-EARLIEST_PLAUSIBLE = datetime(1990, 1, 1, tzinfo=timezone.utc)
+EARLIEST_PLAUSIBLE = datetime(1990, 1, 1, tzinfo=UTC)
 _EARLIEST_PLAUSIBLE_TS = EARLIEST_PLAUSIBLE.timestamp()
 
 NonEmptyId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -123,7 +123,7 @@ class PurchaseEvent(Envelope):
     items: list[PurchaseItem] = Field(default_factory=list, max_length=500)
 
     @model_validator(mode="after")
-    def _discount_within_gross(self) -> "PurchaseEvent":
+    def _discount_within_gross(self) -> PurchaseEvent:
         # The discount is given on the gross price (amount + discount), so any
         # non-negative discount is coherent; an absurd one is not.
         if self.discount > self.amount * 100 + 1000:
@@ -139,7 +139,7 @@ class LoginEvent(Envelope):
     channel: Literal["web", "ios", "android", "api"]
 
 
-Event = Union[ClickstreamEvent, PurchaseEvent, LoginEvent]
+Event = ClickstreamEvent | PurchaseEvent | LoginEvent
 
 # family name -> model; the single list every other module reads.
 FAMILIES: dict[str, type[Envelope]] = {

@@ -46,8 +46,7 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 def _sasl_credentials(settings: Settings) -> tuple[str, str]:
     if not settings.kafka_username or settings.kafka_password is None:
-        raise KafkaSecurityError(
-            f"{settings.kafka_security_protocol} needs kafka_username and kafka_password (SEGFLOW_KAFKA_USERNAME, SEGFLOW_KAFKA_PASSWORD)")
+        raise KafkaSecurityError(f"{settings.kafka_security_protocol} needs kafka_username and kafka_password (SEGFLOW_KAFKA_USERNAME, SEGFLOW_KAFKA_PASSWORD)")
     return settings.kafka_username, settings.kafka_password.get_secret_value()
 
 

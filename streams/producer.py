@@ -20,9 +20,10 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
@@ -84,9 +85,14 @@ class ProduceStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "sent": self.sent, "delivered": self.delivered, "failed": self.failed,
-            "skipped": len(self.skipped), "per_topic": dict(self.per_topic),
-            "elapsed": round(self.elapsed, 3), "rate": round(self.rate, 1), "done": self.done,
+            "sent": self.sent,
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "skipped": len(self.skipped),
+            "per_topic": dict(self.per_topic),
+            "elapsed": round(self.elapsed, 3),
+            "rate": round(self.rate, 1),
+            "done": self.done,
             "first_error": self.first_error,
         }
 
@@ -122,7 +128,7 @@ def bootstrap_servers(url: str) -> list[str]:
     """
     for scheme in ("kafka://", "tcp://", "plaintext://"):
         if url.lower().startswith(scheme):
-            url = url[len(scheme):]
+            url = url[len(scheme) :]
             break
     return [part.strip().rstrip("/") for part in url.split(",") if part.strip()]
 
@@ -160,9 +166,7 @@ def produce_events(
     stats.started = time.monotonic()
     owned = producer is None
     if producer is None:
-        producer = KafkaProducer(
-            bootstrap_servers=bootstrap_servers(bootstrap), **{**DEFAULT_PRODUCER_CONFIG, **(producer_config or {})}
-        )
+        producer = KafkaProducer(bootstrap_servers=bootstrap_servers(bootstrap), **{**DEFAULT_PRODUCER_CONFIG, **(producer_config or {})})
     by_family = topics.by_family
 
     def on_error(exc: BaseException) -> None:
@@ -288,9 +292,7 @@ def _key_of(obj: Any) -> bytes | None:
     return None
 
 
-def iter_file(
-    path: str | Path, default_family: str | None = None, skipped: list[tuple[int, str]] | None = None
-) -> Iterator[tuple[str, bytes | None, bytes]]:
+def iter_file(path: str | Path, default_family: str | None = None, skipped: list[tuple[int, str]] | None = None) -> Iterator[tuple[str, bytes | None, bytes]]:
     """Stream ``(family, key, value)`` from a JSONL file (``-`` = stdin); skipped lines go to ``skipped``."""
     if default_family is not None and default_family not in FAMILIES:
         raise ValueError(f"unknown family {default_family!r}; expected one of {sorted(FAMILIES)}")
@@ -368,4 +370,3 @@ def create_topics(
 def print_progress(stats: ProduceStats, stream=sys.stderr) -> None:
     """A ready-made ``progress`` callback: one line per report."""
     print(f"[segflow producer] {stats.summary()}", file=stream, flush=True)
-

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from features import keys
 from features.catalogue import BY_NAME, compute, top_categories
@@ -14,7 +14,7 @@ from streams.settings import Settings
 
 
 def _iso(ms: int | None) -> str | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat()
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
 def now_ms_for(redis, settings: Settings) -> int:
@@ -23,7 +23,7 @@ def now_ms_for(redis, settings: Settings) -> int:
         wm = redis.get(keys.WATERMARK)
         if wm is not None:
             return int(wm)
-    return int(datetime.now(timezone.utc).timestamp() * 1000)
+    return int(datetime.now(UTC).timestamp() * 1000)
 
 
 def customer_view(redis, customer_id: str, settings: Settings, history: int = 10) -> dict | None:
@@ -87,7 +87,7 @@ def segment_sizes(redis) -> dict[str, dict[str, int]]:
     for name in names:
         pipe.scard(name)
     sizes: dict[str, dict[str, int]] = {}
-    for name, size in zip(names, pipe.execute()):
+    for name, size in zip(names, pipe.execute(), strict=False):
         _, segmentation, segment = name.split(":", 2)
         sizes.setdefault(segmentation, {})[segment] = size
     return sizes
@@ -208,8 +208,7 @@ def resolve_segment(catalogue: dict[str, tuple[str, ...]], name: str, segmentati
         raise QueryError(f"unknown segment {name!r}; known: {known}")
     if len(owners) > 1:
         raise QueryError(
-            f"segment {name!r} exists in more than one segmentation ({', '.join(owners)}): "
-            f"name one, e.g. {owners[0]}:{name} or --segmentation {owners[0]}"
+            f"segment {name!r} exists in more than one segmentation ({', '.join(owners)}): name one, e.g. {owners[0]}:{name} or --segmentation {owners[0]}"
         )
     return owners[0], name
 
@@ -221,7 +220,7 @@ def configured_sizes(redis, catalogue: dict[str, tuple[str, ...]]) -> dict[str, 
     for s, seg in pairs:
         pipe.scard(keys.member_set(s, seg))
     sizes: dict[str, dict[str, int]] = {s: {} for s in catalogue}
-    for (s, seg), n in zip(pairs, pipe.execute()):
+    for (s, seg), n in zip(pairs, pipe.execute(), strict=False):
         sizes[s][seg] = int(n)
     return sizes
 
@@ -263,7 +262,7 @@ FLOWS_KEPT_S = 8 * 86_400  # streams.segment_store.FLOWS_TTL_SECONDS
 
 
 def _wall_ms() -> int:
-    return int(datetime.now(timezone.utc).timestamp() * 1000)
+    return int(datetime.now(UTC).timestamp() * 1000)
 
 
 def flows(redis, since_s: float, now_ms: int | None = None) -> dict:
@@ -380,4 +379,12 @@ def sizes_series(redis, catalogue: dict[str, tuple[str, ...]], since_s: float, n
         a, b, dt = changes[i - 1], changes[i], (t[i] - t[i - 1]) / 1000
         if a is not None and b is not None and b >= a and dt > 0:
             rate[i] = round((b - a) / dt, 3)
-    return {"since": _iso(int(now_ms - since_s * 1000)), "until": _iso(now_ms), "t": t, "changes": changes, "change_rate": rate, "watermark": wm, "segmentations": series}
+    return {
+        "since": _iso(int(now_ms - since_s * 1000)),
+        "until": _iso(now_ms),
+        "t": t,
+        "changes": changes,
+        "change_rate": rate,
+        "watermark": wm,
+        "segmentations": series,
+    }

@@ -11,8 +11,8 @@ model snapshots.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Collection, Iterable, Sequence
 
 from features import keys
 from features.codec import base36
@@ -50,7 +50,7 @@ class StoredAssignment:
         return FIELD_SEP.join((self.segment, base36(self.since_ms), self.reason, version))
 
     @classmethod
-    def decode(cls, text: str) -> "StoredAssignment":
+    def decode(cls, text: str) -> StoredAssignment:
         if not text.startswith(("[", "{")):
             segment, since, reason, version = text.split(FIELD_SEP)
             return cls(segment, int(since, 36), reason, int(version) if version else None)
@@ -125,17 +125,21 @@ class SegmentStore:
         for u in updates:
             key_list = [keys.segments_key(u.customer_id), keys.history_key(u.customer_id), keys.OUTBOX, keys.DEADLINES]
 
-            def key_no(k: str) -> int:
+            def key_no(k: str, key_list: list[str] = key_list) -> int:
                 key_list.append(k)
                 return len(key_list)
 
-            argv: list = [u.customer_id, u.version,
-                          "" if u.churn_propensity is None else f"{u.churn_propensity:.4f}",
-                          "" if u.next_deadline_ms is None else u.next_deadline_ms,
-                          self.history_cap, FLOWS_TTL_SECONDS, u.evaluated_at_ms,
-                          "" if u.seen_ms is None else u.seen_ms]
-            moved = [(name, a) for name, a in u.assignments.items()
-                     if u.previous.get(name) is None or u.previous[name].segment != a.segment]
+            argv: list = [
+                u.customer_id,
+                u.version,
+                "" if u.churn_propensity is None else f"{u.churn_propensity:.4f}",
+                "" if u.next_deadline_ms is None else u.next_deadline_ms,
+                self.history_cap,
+                FLOWS_TTL_SECONDS,
+                u.evaluated_at_ms,
+                "" if u.seen_ms is None else u.seen_ms,
+            ]
+            moved = [(name, a) for name, a in u.assignments.items() if u.previous.get(name) is None or u.previous[name].segment != a.segment]
             argv.append(len(u.assignments))
             for name, a in u.assignments.items():
                 old = u.previous.get(name)
@@ -157,11 +161,11 @@ class SegmentStore:
         # resent one lose its compare-and-set (a conflict, re-queued).
         replies = await run_pipeline(self.redis, commands)
         out = WriteOutcome([], [])
-        for (u, payloads), reply in zip(batch, replies):
+        for (u, payloads), reply in zip(batch, replies, strict=False):
             if _text(reply[0]) == "conflict":
                 out.conflicts.append(u.customer_id)
                 continue
-            out.changes.extend(zip((_text(i) for i in reply[1:]), payloads))
+            out.changes.extend(zip((_text(i) for i in reply[1:]), payloads, strict=False))
         return out
 
     async def confirm_sent(self, outbox_ids: Sequence[str]) -> None:

@@ -42,20 +42,38 @@ class Settings(BaseSettings):
     lateness_seconds: float = Field(6 * 3600, ge=0, description="Allowed event-time lateness; older events are dead-lettered as too_late")
     idle_partition_seconds: float = Field(30.0, gt=0, description="An input partition silent this long stops holding back the event-time watermark")
     max_future_skew_seconds: float = Field(3600, ge=0, description="Events further in the future than this are rejected")
-    clock: Literal["wall", "event"] = Field("wall", description="wall: deadlines fire on wall-clock time; event: on the event-time watermark (replays, simulations)")
+    clock: Literal["wall", "event"] = Field(
+        "wall", description="wall: deadlines fire on wall-clock time; event: on the event-time watermark (replays, simulations)"
+    )
     segments_config: Path | None = Field(None, description="YAML segmentation config; default: the one shipped in segmenter/")
-    campaigns_file: Path | None = Field(None, description="YAML campaign routing config; default: the one shipped in segmenter/ (an empty list turns routing off)")
+    campaigns_file: Path | None = Field(
+        None, description="YAML campaign routing config; default: the one shipped in segmenter/ (an empty list turns routing off)"
+    )
     batch_size: int = Field(2000, ge=1, description="Events taken from the stream per Redis pipeline")
     batch_within: float = Field(0.01, gt=0, description="Seconds to wait for a batch to fill (a floor on quiet-time latency; under load batches fill first)")
-    batch_backlog_within: float = Field(0.1, ge=0, description="Under a backlog (enough unread events on the batch's partitions to fill it), how much longer a batch may wait to fill; larger batches cost less per event. 0: never")
-    fetch_max_wait_ms: int = Field(20, ge=1, le=1500, description="Longest a Kafka fetch waits for data (Faust hard-codes 1500 ms; it bounds quiet-time latency)")
-    max_customers: int = Field(10_000_000, ge=0, description="Customers with state in Redis at most (about 6 KB each); events of further new customers are dead-lettered as customer_limit. 0: no limit")
+    batch_backlog_within: float = Field(
+        0.1,
+        ge=0,
+        description="Under a backlog (enough unread events on the batch's partitions to fill it), how much longer a batch may wait to fill; larger batches cost less per event. 0: never",
+    )
+    fetch_max_wait_ms: int = Field(
+        20, ge=1, le=1500, description="Longest a Kafka fetch waits for data (Faust hard-codes 1500 ms; it bounds quiet-time latency)"
+    )
+    max_customers: int = Field(
+        10_000_000,
+        ge=0,
+        description="Customers with state in Redis at most (about 6 KB each); events of further new customers are dead-lettered as customer_limit. 0: no limit",
+    )
     history_cap: int = Field(10, ge=1, description="Segment changes kept per customer in Redis, compact (about 90 B each; the full changes are on the topic)")
     snapshot_interval_seconds: float = Field(30.0, gt=0, description="How often the behaviour model is snapshotted to Redis")
     deadline_interval_seconds: float = Field(0.25, gt=0, description="How often due deadlines are claimed and re-evaluated (bounds deadline-to-change latency)")
     sizes_interval_seconds: float = Field(5.0, gt=0, description="How often segment sizes are appended to the segflow:sizes stream (dashboard, /sizes)")
     sizes_history_len: int = Field(5000, ge=10, description="Entries kept in segflow:sizes (about; 5000 at 5 s = 7 h)")
-    gc_young_threshold: int = Field(50_000, ge=0, description="Net container allocations between young garbage collections once the worker has started (with CPython's default, 700, collections cost ~3 µs per event of a worker's ~40); 0 keeps CPython's")
+    gc_young_threshold: int = Field(
+        50_000,
+        ge=0,
+        description="Net container allocations between young garbage collections once the worker has started (with CPython's default, 700, collections cost ~3 µs per event of a worker's ~40); 0 keeps CPython's",
+    )
     web_enabled: bool = True
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=0, le=65535)
@@ -107,7 +125,7 @@ def load_settings(path: str | os.PathLike | None = None, **overrides) -> Setting
             raise SettingsError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
         if not isinstance(file_values, dict):
             raise SettingsError(f"{path} line 1: expected a mapping of setting: value")
-    env_names = {k[len("SEGFLOW_"):].lower() for k in os.environ if k.startswith("SEGFLOW_")}
+    env_names = {k[len("SEGFLOW_") :].lower() for k in os.environ if k.startswith("SEGFLOW_")}
     values = {k: v for k, v in file_values.items() if k not in env_names}
     values.update(overrides)
     try:

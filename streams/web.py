@@ -51,9 +51,7 @@ class _Redis:
         if self._client is None:
             import redis
 
-            self._client = redis.Redis.from_url(
-                self.settings.redis_url.get_secret_value(), decode_responses=True, socket_connect_timeout=3, socket_timeout=10
-            )
+            self._client = redis.Redis.from_url(self.settings.redis_url.get_secret_value(), decode_responses=True, socket_connect_timeout=3, socket_timeout=10)
         return self._client
 
 

@@ -58,7 +58,7 @@ class WorkerProcess:
         self.cmd = [sys.executable, "-m", "segflow.cli", "worker"]
         self.proc = None
 
-    def start(self) -> "WorkerProcess":
+    def start(self) -> WorkerProcess:
         import subprocess
 
         self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)

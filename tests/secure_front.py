@@ -165,9 +165,9 @@ def handshake_response(correlation_id: int, error: int) -> bytes:
 def authenticate_request_bytes(version: int, body: bytes) -> bytes:
     if version >= 2:
         size, pos = _uvarint(body, 0)
-        return body[pos:pos + size - 1]
+        return body[pos : pos + size - 1]
     (size,) = struct.unpack(">i", body[:4])
-    return body[4:4 + size]
+    return body[4 : 4 + size]
 
 
 def authenticate_response(correlation_id: int, version: int, error: int, message: str | None, auth_bytes: bytes) -> bytes:
@@ -219,7 +219,7 @@ async def _authenticate(client_r, client_w, broker_r, broker_w, credentials) -> 
             _write_frame(client_w, await _read_frame(broker_r))
         elif api_key == SASL_HANDSHAKE:
             (size,) = struct.unpack(">h", body[:2])
-            mechanism = body[2:2 + size].decode()
+            mechanism = body[2 : 2 + size].decode()
             ok = version >= 1 and mechanism == MECHANISM  # v0 would mean raw SASL tokens: not served
             _write_frame(client_w, handshake_response(correlation_id, 0 if ok else UNSUPPORTED_SASL_MECHANISM))
             if not ok:
@@ -232,8 +232,16 @@ async def _authenticate(client_r, client_w, broker_r, broker_w, credentials) -> 
                 reply = scram.step(token)
             except (AuthenticationFailed, UnicodeDecodeError, ValueError) as exc:
                 reason = str(exc) if isinstance(exc, AuthenticationFailed) else "invalid-encoding"
-                _write_frame(client_w, authenticate_response(correlation_id, version, SASL_AUTHENTICATION_FAILED,
-                                                             f"Authentication failed during authentication due to invalid credentials with SASL mechanism {MECHANISM} ({reason})", b""))
+                _write_frame(
+                    client_w,
+                    authenticate_response(
+                        correlation_id,
+                        version,
+                        SASL_AUTHENTICATION_FAILED,
+                        f"Authentication failed during authentication due to invalid credentials with SASL mechanism {MECHANISM} ({reason})",
+                        b"",
+                    ),
+                )
                 await client_w.drain()
                 # Like Kafka's connection.failed.authentication.delay.ms (100 ms): a client that reads and
                 # closes at once (kafka-python) would otherwise see only the closed socket, not the error.
@@ -299,7 +307,7 @@ class SecuredBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "SecuredBroker":
+    def start(self) -> SecuredBroker:
         if bool(self.cert) != bool(self.key):
             raise ValueError("SecuredBroker: cert and key go together")
         self.broker = Broker(port=self.port, listen_port=free_port(), log_path=self.log_path).start()

@@ -7,16 +7,16 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from features import keys
 from features.codec import state_from_hash, state_to_hash
 from features.extract import delta_of
 from features.state import CustomerState, apply_delta
+from lab.simulate import Simulation, event_to_json
 from segmenter.changes import read_history_entry
 from streams.events import decode
 from streams.producer import produce_events
-from lab.simulate import Simulation, event_to_json
 from streams.segment_store import StoredAssignment
 
 # Fields of the customer hash that legitimately depend on delivery, not on the
@@ -27,7 +27,7 @@ VOLATILE = ("q", "r", "df")
 
 def population(customers: int = 150, days: float = 20, seed: int = 3) -> list[tuple[str, bytes, bytes]]:
     """A simulated population, ending two days ago (nothing is 'in the future'), as (family, key, value)."""
-    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=days + 2)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=days + 2)
     sim = Simulation(customers=customers, days=days, seed=seed, start=start)
     return [(family, event.customer_id.encode(), event_to_json(event)) for family, event in sim.events()]
 
@@ -55,7 +55,7 @@ def redis_hashes(client, customer_ids) -> dict[str, dict[str, str]]:
     for cid in customer_ids:
         pipe.hgetall(keys.customer_key(cid))
     # Round trip through the codec so both sides are spelled the same way.
-    return {cid: comparable(state_to_hash(state_from_hash(h))) for cid, h in zip(customer_ids, pipe.execute())}
+    return {cid: comparable(state_to_hash(state_from_hash(h))) for cid, h in zip(customer_ids, pipe.execute(), strict=False)}
 
 
 def applied_total(client, customer_ids) -> int:
@@ -111,7 +111,7 @@ def check_changes(client, records) -> dict:
     customers = sorted({cid for cid, _ in last})
     for cid in customers:
         pipe.hgetall(keys.segments_key(cid))
-    stored = dict(zip(customers, pipe.execute()))
+    stored = dict(zip(customers, pipe.execute(), strict=False))
     mismatches = []
     for (cid, segmentation), c in last.items():
         held = StoredAssignment.decode(stored[cid][segmentation]).segment if segmentation in stored[cid] else None
@@ -153,7 +153,14 @@ def check_changes(client, records) -> dict:
                 kind = "missing"
             broken.append((kind, k, prev, c["from"], c["to"]))
         chains[k] = c["to"]
-    return {"records": len(changes), "distinct": len(by_id), "duplicates": duplicates, "in_redis_histories": len(recorded), "rederived": rederived, "broken_chains": broken}
+    return {
+        "records": len(changes),
+        "distinct": len(by_id),
+        "duplicates": duplicates,
+        "in_redis_histories": len(recorded),
+        "rederived": rederived,
+        "broken_chains": broken,
+    }
 
 
 def all_segmented_customers(client) -> set[str]:
@@ -192,9 +199,10 @@ DAY_MS = 86_400_000
 
 def purchase_json(customer_id: str, n: int, ts_ms: int) -> bytes:
     """A purchase event of 40 USD at ``ts_ms``, event id ``<customer_id>-<n>``."""
-    when = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).isoformat()
-    return json.dumps({"event_id": f"{customer_id}-{n}", "customer_id": customer_id, "occurred_at": when,
-                       "order_id": f"o{n}", "amount": "40", "currency": "USD"}).encode()
+    when = datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat()
+    return json.dumps(
+        {"event_id": f"{customer_id}-{n}", "customer_id": customer_id, "occurred_at": when, "order_id": f"o{n}", "amount": "40", "currency": "USD"}
+    ).encode()
 
 
 async def two_engines(settings):

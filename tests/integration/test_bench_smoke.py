@@ -15,8 +15,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_bench_faust_settings_match_the_real_app():
-    from streams.app import create_app
     from segflow.cli import _segmenter_factory
+    from streams.app import create_app
     from streams.settings import Settings
 
     settings = Settings(web_enabled=False)
@@ -29,7 +29,23 @@ def test_bench_faust_settings_match_the_real_app():
 
 def test_quick_bench_writes_every_row(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert bench.main(bench.BenchOptions.quick_run(events=6000, latency_seconds=3.0, latency_mix_seconds=3.0, latency_mix_sweep=(0.2,), latency_mix_two_workers=True, latency_sweep=(60.0,), two_workers=True, scale_sizes=(500, 2000), scale_probe_events=1000, out=out)) == 0
+    assert (
+        bench.main(
+            bench.BenchOptions.quick_run(
+                events=6000,
+                latency_seconds=3.0,
+                latency_mix_seconds=3.0,
+                latency_mix_sweep=(0.2,),
+                latency_mix_two_workers=True,
+                latency_sweep=(60.0,),
+                two_workers=True,
+                scale_sizes=(500, 2000),
+                scale_probe_events=1000,
+                out=out,
+            )
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     rows = result["rows"]
     for name in ("producer", "raw_consumer", "bare_faust_each", "bare_faust_take", "redis_ceiling", "segflow_e2e"):

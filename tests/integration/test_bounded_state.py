@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -19,7 +19,7 @@ from tests.kafka_helpers import fresh_topics, send
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 START = NOW - timedelta(days=250)
 CID = "flood"
 
@@ -31,7 +31,15 @@ def click(i: int, when: datetime) -> tuple[bytes, bytes]:
 
 def purchase(i: int, when: datetime) -> tuple[bytes, bytes]:
     items = [{"product_id": f"p{i}", "category": f"cat-{i % 25}", "quantity": 1, "unit_price": "9.99"}]
-    doc = {"event_id": f"order-{i}", "customer_id": CID, "occurred_at": when.isoformat(), "order_id": f"o{i}", "amount": "9.99", "currency": "USD", "items": items}
+    doc = {
+        "event_id": f"order-{i}",
+        "customer_id": CID,
+        "occurred_at": when.isoformat(),
+        "order_id": f"o{i}",
+        "amount": "9.99",
+        "currency": "USD",
+        "items": items,
+    }
     return CID.encode(), json.dumps(doc).encode()
 
 
@@ -97,8 +105,14 @@ def test_a_flood_of_new_customer_ids_stops_at_the_limit_and_loses_nothing(broker
     worker = start_worker(topics.prefix, SEGFLOW_MAX_CUSTOMERS=limit, SEGFLOW_IDLE_PARTITION_SECONDS=2)
 
     def page_view(cid: str, i: int) -> tuple[bytes, bytes]:
-        doc = {"event_id": f"{cid}-{i}", "customer_id": cid, "occurred_at": (NOW - timedelta(minutes=30 - i)).isoformat(),
-               "type": "page_view", "session_id": f"{cid}-s", "page": "/"}
+        doc = {
+            "event_id": f"{cid}-{i}",
+            "customer_id": cid,
+            "occurred_at": (NOW - timedelta(minutes=30 - i)).isoformat(),
+            "type": "page_view",
+            "session_id": f"{cid}-s",
+            "page": "/",
+        }
         return cid.encode(), json.dumps(doc).encode()
 
     known = [f"known-{i}" for i in range(10)]

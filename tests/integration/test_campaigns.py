@@ -54,6 +54,7 @@ def test_segment_moves_become_campaign_triggers_with_holdouts_and_caps(broker, r
         return {t["customer_id"] for t in triggers_of(records) if t["campaign"] == "hello"} >= set(CUSTOMERS)
 
     records = read_until(broker, topics.campaign_triggers, hello_for_all, timeout=90)
+
     def first_lifecycle(records):
         return {c["customer_id"]: c for c in map(json.loads, (r.value for r in records)) if c["segmentation"] == "lifecycle" and c["from"] is None}
 
@@ -79,7 +80,7 @@ def test_segment_moves_become_campaign_triggers_with_holdouts_and_caps(broker, r
     records = read_until(broker, topics.campaign_triggers, rescued, timeout=120)
     triggers = triggers_of(records)
     hello = [t for t in triggers if t["campaign"] == "hello"]
-    assert sorted(t["customer_id"] for t in hello) == sorted(CUSTOMERS + ["dave"]), "exactly one hello per customer"
+    assert sorted(t["customer_id"] for t in hello) == sorted([*CUSTOMERS, "dave"]), "exactly one hello per customer"
     rescue = [t for t in triggers if t["campaign"] == "rescue" and t["customer_id"] in CUSTOMERS]
     assert all(t["from"] == "new" and t["to"] == "at_risk" and t["holdout"] is False for t in rescue)
     assert len({t["trigger_id"] for t in rescue}) == len(rescue) == len(CUSTOMERS)
@@ -96,8 +97,7 @@ def test_segment_moves_become_campaign_triggers_with_holdouts_and_caps(broker, r
     assert int(stats["campaign:rescue:treatment"]) == len(CUSTOMERS)
 
     # The example subscriber, in a consumer group: hello's triggers, one per line.
-    out = segflow_cli(worker, "subscribe", "--campaign", "hello", "--group", "crm", "--from-beginning",
-                      "--max", str(len(hello)), "--idle-timeout", "30")
+    out = segflow_cli(worker, "subscribe", "--campaign", "hello", "--group", "crm", "--from-beginning", "--max", str(len(hello)), "--idle-timeout", "30")
     assert out.returncode == 0, out.stderr
     printed = [json.loads(line) for line in out.stdout.splitlines()]
     assert sorted(p["trigger_id"] for p in printed) == sorted(t["trigger_id"] for t in hello)
@@ -130,8 +130,9 @@ def test_lua_caps_match_the_pure_ledger(redis_client, policy, calls):
         now = base + i * 3 * DAY_MS  # wall clock: some verdicts are forgotten (kept 7 days)
         if not policy.limited:
             continue  # the router does not call Redis for these
-        got = script(keys=["cust:{x}:camp:c", "cust:{x}:camp:c:seen"],
-                     args=[tid, t, policy.max_triggers or 0, policy.period_ms, policy.cooldown_ms, now, REMEMBER_MS])
+        got = script(
+            keys=["cust:{x}:camp:c", "cust:{x}:camp:c:seen"], args=[tid, t, policy.max_triggers or 0, policy.period_ms, policy.cooldown_ms, now, REMEMBER_MS]
+        )
         want = ledger.charge(tid, t, policy, now_ms=now)
         assert tuple(got) == (want.status, want.reason)
 
@@ -149,8 +150,17 @@ def test_caps_are_charged_after_redis_lost_its_scripts(redis_server, redis_clien
     from streams.campaign_router import CampaignRouter
 
     now_ms = int(_time.time() * 1000)
-    change = SegmentChange.create(customer_id="nova", segmentation="lifecycle", from_segment=None, to_segment="new",
-                                  reason="test", model_version=1, occurred_at_ms=now_ms, cause="event:e1", features={})
+    change = SegmentChange.create(
+        customer_id="nova",
+        segmentation="lifecycle",
+        from_segment=None,
+        to_segment="new",
+        reason="test",
+        model_version=1,
+        occurred_at_ms=now_ms,
+        cause="event:e1",
+        features={},
+    )
     payload = change.model_dump_json(by_alias=True)
 
     async def scenario():

@@ -8,7 +8,7 @@ are compared with pandas over the raw file. Zero mismatches allowed.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
@@ -54,7 +54,7 @@ def test_cdnow_replay_matches_batch_computation(broker, redis_client, start_work
     produced = 0
     mismatches: list[str] = []
     for cutoff_day in CUTOFFS:
-        cutoff = datetime.fromisoformat(cutoff_day).replace(tzinfo=timezone.utc)
+        cutoff = datetime.fromisoformat(cutoff_day).replace(tzinfo=UTC)
         cutoff_ms = int(cutoff.timestamp() * 1000) + 86_400_000 - 1  # end of the cut-off day
         batch = [e for _, e in events[produced:] if e.occurred_at.timestamp() * 1000 <= cutoff_ms]
         send(broker, topics.purchases, [(e.customer_id.encode(), event_to_json(e)) for e in batch])
@@ -66,7 +66,7 @@ def test_cdnow_replay_matches_batch_computation(broker, redis_client, start_work
         pipe = redis_client.pipeline(transaction=False)
         for cid in grouped.index:
             pipe.hgetall(keys.customer_key(cid))
-        states = dict(zip(grouped.index, map(state_from_hash, pipe.execute())))
+        states = dict(zip(grouped.index, map(state_from_hash, pipe.execute()), strict=False))
         windows = {}
         for days in (7, 30, 90):
             lo = cutoff - pd.Timedelta(days=days - 1)
@@ -84,7 +84,7 @@ def test_cdnow_replay_matches_batch_computation(broker, redis_client, start_work
                 if (feats[f"purchases_{days}d"], round(feats[f"revenue_{days}d"] * 100)) != (n, cents):
                     mismatches.append(f"{cutoff_day} {cid}: {days}d window {feats[f'purchases_{days}d'], feats[f'revenue_{days}d']} != {(n, cents)}")
         assert len(grouped) > 1000
-    assert produced == 69_659 - sum(1 for _, e in events if e.occurred_at > datetime(1998, 6, 30, tzinfo=timezone.utc))
+    assert produced == 69_659 - sum(1 for _, e in events if e.occurred_at > datetime(1998, 6, 30, tzinfo=UTC))
     assert not mismatches, f"{len(mismatches)} mismatches, first: {mismatches[:5]}"
 
 

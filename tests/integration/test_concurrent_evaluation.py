@@ -16,8 +16,8 @@ import pytest
 
 from features import keys
 from streams.engine import InboundMessage
-from streams.settings import Settings
 from streams.segment_store import StoredAssignment
+from streams.settings import Settings
 from tests.integration.reliability_helpers import DAY_MS, purchase_json, two_engines
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

@@ -98,7 +98,13 @@ def test_ops_queries_over_http_and_cli(broker, redis_client, start_worker):
     status, body = http(base, "/segments/dormant/members")
     assert status == 400 and "more than one segmentation" in body["error"]
     assert http(base, "/segments/dormant/members?segmentation=behaviour")[0] == 200
-    for bad in ("/segments/lifecycle:active/members?limit=lots", "/segments/nope/members", "/flows?since=yesterday", "/sizes?since=-1h", "/customers/c000001?history=x"):
+    for bad in (
+        "/segments/lifecycle:active/members?limit=lots",
+        "/segments/nope/members",
+        "/flows?since=yesterday",
+        "/sizes?since=-1h",
+        "/customers/c000001?history=x",
+    ):
         status, body = http(base, bad)
         assert status == 400 and body["error"], (bad, status, body)
 
@@ -170,15 +176,28 @@ def chromium() -> str:
 
 
 def run_chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-           f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=15000", *args]
+    cmd = [
+        chromium(),
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--virtual-time-budget=15000",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
 def test_dashboard_renders_charts_and_customer_lookup(broker, redis_client, start_worker, tmp_path):
     browser = chromium()  # fail fast, before the stack is started
     worker, base, feeder = populated_worker(broker, start_worker)
-    wait_for("5 size samples with members", lambda: (lambda r: r if len(r[1]["t"]) >= 5 and r[1]["changes"][-1] else None)(http(base, "/sizes?since=10m")), worker=worker)
+    wait_for(
+        "5 size samples with members",
+        lambda: (lambda r: r if len(r[1]["t"]) >= 5 and r[1]["changes"][-1] else None)(http(base, "/sizes?since=10m")),
+        worker=worker,
+    )
     wait_until_quiet(base, worker, feeder)
     cid = redis_client.srandmember("seg:lifecycle:active") or redis_client.srandmember("seg:lifecycle:new")
     assert cid, "no customer in lifecycle active/new"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -12,7 +12,7 @@ from tests.kafka_helpers import fresh_topics, read_until, send
 
 pytestmark = pytest.mark.integration
 
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 def login(event_id: str, customer: str = "erin", when: datetime = NOW, **extra) -> bytes:
@@ -29,13 +29,23 @@ BAD = [
     (b"erin", login("w1", success="maybe"), "login", "invalid"),
     (b"erin", json.dumps({"event_id": "m1", "occurred_at": NOW.isoformat(), "type": "login", "success": True, "channel": "web"}).encode(), "login", "invalid"),
     (b"erin", login("u1", type="logout"), "login", "unknown_event_type"),
-    (b"erin", json.dumps({"event_id": "u2", "customer_id": "erin", "occurred_at": NOW.isoformat(), "type": "teleport", "session_id": "s"}).encode(), "clickstream", "unknown_event_type"),
-    (b"erin", login("a1", when=datetime(1900, 1, 1, tzinfo=timezone.utc)), "login", "absurd_timestamp"),
+    (
+        b"erin",
+        json.dumps({"event_id": "u2", "customer_id": "erin", "occurred_at": NOW.isoformat(), "type": "teleport", "session_id": "s"}).encode(),
+        "clickstream",
+        "unknown_event_type",
+    ),
+    (b"erin", login("a1", when=datetime(1900, 1, 1, tzinfo=UTC)), "login", "absurd_timestamp"),
     (b"erin", login("a2", when=NOW + timedelta(days=400)), "login", "absurd_timestamp"),
     (b"erin", login("n1").replace(b'+00:00"', b'"'), "login", "invalid"),  # naive timestamp
     (b"mallory", login("k1"), "login", "key_mismatch"),
     (b"erin", b"\xff\xfe\x00garbage", "purchase", "bad_json"),
-    (b"erin", json.dumps({"event_id": "p1", "customer_id": "erin", "occurred_at": NOW.isoformat(), "order_id": "o", "amount": "-5", "currency": "USD"}).encode(), "purchase", "invalid"),
+    (
+        b"erin",
+        json.dumps({"event_id": "p1", "customer_id": "erin", "occurred_at": NOW.isoformat(), "order_id": "o", "amount": "-5", "currency": "USD"}).encode(),
+        "purchase",
+        "invalid",
+    ),
 ]
 
 
@@ -50,8 +60,16 @@ def test_each_bad_message_is_dead_lettered_with_its_reason_and_good_events_still
     # the event-time watermark to about now, one too late for the allowed lateness (6 h by default).
     send(broker, topics.logins, [(b"erin", login("good-1", when=NOW - timedelta(minutes=1)))])
     recent = (NOW - timedelta(minutes=1)).isoformat()
-    send(broker, topics.clickstream, [(b"frank", json.dumps({"event_id": "f1", "customer_id": "frank", "occurred_at": recent, "type": "page_view", "session_id": "s"}).encode())])
-    send(broker, topics.purchases, [(b"frank", json.dumps({"event_id": "f2", "customer_id": "frank", "occurred_at": recent, "order_id": "o", "amount": "5", "currency": "USD"}).encode())])
+    send(
+        broker,
+        topics.clickstream,
+        [(b"frank", json.dumps({"event_id": "f1", "customer_id": "frank", "occurred_at": recent, "type": "page_view", "session_id": "s"}).encode())],
+    )
+    send(
+        broker,
+        topics.purchases,
+        [(b"frank", json.dumps({"event_id": "f2", "customer_id": "frank", "occurred_at": recent, "order_id": "o", "amount": "5", "currency": "USD"}).encode())],
+    )
     deadline = time.monotonic() + 60
     while redis_client.hget("cust:{frank}", "n") != "2" or redis_client.hget("cust:{erin}", "n") != "1":
         assert time.monotonic() < deadline, "good events were not applied"
@@ -65,7 +83,7 @@ def test_each_bad_message_is_dead_lettered_with_its_reason_and_good_events_still
 
     records = read_until(broker, topics.dead_letter, lambda rs: len(rs) >= len(BAD) + 1, timeout=90)
     got = [(r.value, dict(r.headers)) for r in records]
-    for key, value, family, reason in BAD:
+    for _key, value, family, reason in BAD:
         match = [h for v, h in got if v == value and h["segflow.source.topic"].decode() == topics.by_family[family]]
         assert match, f"{value!r} not dead-lettered"
         assert match[0]["segflow.reason"].decode() == reason, (value, match[0])

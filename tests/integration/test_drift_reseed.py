@@ -9,11 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 from features import keys
+from segflow.cli import cli
 from segmenter.assign import Segmenter
 from segmenter.config import default_config
 from segmenter.drift import DriftEvent
 from streams.app import redis_client as async_redis
-from segflow.cli import cli
 from streams.engine import Engine, InboundMessage
 from streams.settings import Settings
 from tests.integration.test_engine_batches import DAY_MS, T0_MS, purchase

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC
 
 import pytest
 
@@ -21,10 +22,12 @@ T0_MS = int(time.time() * 1000) - 30 * DAY_MS
 
 
 def purchase(customer: str, n: int, ts_ms: int) -> bytes:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    when = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).isoformat()
-    return json.dumps({"event_id": f"{customer}-{n}", "customer_id": customer, "occurred_at": when, "order_id": f"o{n}", "amount": "10", "currency": "USD"}).encode()
+    when = datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat()
+    return json.dumps(
+        {"event_id": f"{customer}-{n}", "customer_id": customer, "occurred_at": when, "order_id": f"o{n}", "amount": "10", "currency": "USD"}
+    ).encode()
 
 
 def run(coro):

@@ -17,6 +17,7 @@ import redis as redis_lib
 
 from features import keys
 from lab.embedded import RedisServer
+from streams.topic_reader import read_to_end
 from tests.conftest import WorkerProcess
 from tests.integration.reliability_helpers import (
     Background,
@@ -27,13 +28,13 @@ from tests.integration.reliability_helpers import (
     reference,
     wait_for_total,
 )
-from streams.topic_reader import read_to_end
 from tests.kafka_helpers import fresh_topics, read_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 # Printed on failure (pytest shows captured stdout); SEGFLOW_FAULT_SEED=<n> replays a run.
 SEED = int(os.environ.get("SEGFLOW_FAULT_SEED", random.SystemRandom().randrange(1 << 30)))
+
 
 @functools.cache
 def traffic():
@@ -103,7 +104,7 @@ def test_worker_sigkilled_three_times_mid_stream_loses_and_double_counts_nothing
     customers = list(traffic()[1])
     applied = 0
     kills = []
-    for i in range(3):
+    for _i in range(3):
         applied = wait_started(redis_client, customers, worker, applied)
         time.sleep(rng.uniform(0.5, 4.0))
         assert worker.stop(signal.SIGKILL) == -signal.SIGKILL
@@ -235,8 +236,10 @@ def test_broker_paused_mid_stream_worker_reconnects_and_resumes(broker, redis_cl
     producer.join(120)
     report = finish(redis_client, worker, broker, topics)
     log = worker.log()
-    print(f"segment-changes: {report}; consumer group joins: {log.count('Joined group')}; "
-          f"log lines on timeouts: {sum(1 for line in log.splitlines() if 'imeout' in line or 'imed out' in line)}")
+    print(
+        f"segment-changes: {report}; consumer group joins: {log.count('Joined group')}; "
+        f"log lines on timeouts: {sum(1 for line in log.splitlines() if 'imeout' in line or 'imed out' in line)}"
+    )
     assert not report["broken_chains"], report["broken_chains"][:5]
 
 
@@ -247,9 +250,15 @@ def test_changes_left_in_the_outbox_by_a_crash_are_relayed_on_start(broker, redi
 
     topics = fresh_topics(broker)
     change = SegmentChange.create(
-        customer_id="olivia", segmentation="lifecycle", from_segment="active", to_segment="at_risk",
-        reason="buyer_silent_14d", model_version=None, occurred_at_ms=1_790_000_000_000,
-        cause="deadline:1790000000000", features={"days_since_last_activity": 14.0},
+        customer_id="olivia",
+        segmentation="lifecycle",
+        from_segment="active",
+        to_segment="at_risk",
+        reason="buyer_silent_14d",
+        model_version=None,
+        occurred_at_ms=1_790_000_000_000,
+        cause="deadline:1790000000000",
+        features={"days_since_last_activity": 14.0},
     )
     payload = change.model_dump_json(by_alias=True)
     redis_client.xadd(keys.OUTBOX, {"change": payload})

@@ -10,7 +10,7 @@ import json
 import os
 import random
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -21,10 +21,31 @@ from tests.kafka_helpers import fresh_topics, read_until, send
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 SEED = int(os.environ.get("SEGFLOW_FUZZ_SEED", "20261123"))
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 FAMILIES = ("clickstream", "purchase", "login")
-JUNK = [None, True, 0, -1, 10**20, 1.5e308, "", " ", "x" * 300, "NaN", "2026-02-30T00:00:00Z", "1970-01-01T00:00:00Z",
-        "9999-12-31T23:59:59Z", [], {}, [1, "a"], {"a": {"b": None}}, "\u0000", "🙂" * 10, "-5", "1e3"]
+JUNK = [
+    None,
+    True,
+    0,
+    -1,
+    10**20,
+    1.5e308,
+    "",
+    " ",
+    "x" * 300,
+    "NaN",
+    "2026-02-30T00:00:00Z",
+    "1970-01-01T00:00:00Z",
+    "9999-12-31T23:59:59Z",
+    [],
+    {},
+    [1, "a"],
+    {"a": {"b": None}},
+    "\u0000",
+    "🙂" * 10,
+    "-5",
+    "1e3",
+]
 
 
 def valid(rng: random.Random, family: str, i: int) -> dict:
@@ -37,8 +58,14 @@ def valid(rng: random.Random, family: str, i: int) -> dict:
         return {**base, "type": "login", "success": rng.random() < 0.8, "channel": rng.choice(["web", "ios", "android", "api"])}
     if family == "clickstream":
         return {**base, "type": rng.choice(["session_start", "page_view", "search", "add_to_cart"]), "session_id": "s", "category": "books", "price": "3.50"}
-    return {**base, "order_id": f"o{i}", "amount": "19.99", "currency": "USD", "discount": "1",
-            "items": [{"product_id": "p", "category": rng.choice(["books", "toys", "a\x1eb\x1fc"]), "quantity": 2, "unit_price": "10.49"}]}
+    return {
+        **base,
+        "order_id": f"o{i}",
+        "amount": "19.99",
+        "currency": "USD",
+        "discount": "1",
+        "items": [{"product_id": "p", "category": rng.choice(["books", "toys", "a\x1eb\x1fc"]), "quantity": 2, "unit_price": "10.49"}],
+    }
 
 
 SENT_VALID: dict[str, list] = {f: [] for f in FAMILIES}
@@ -63,7 +90,7 @@ def mutate(rng: random.Random, family: str, i: int) -> tuple[bytes | None, bytes
         raw = raw[: rng.randrange(len(raw))]  # truncated
     elif kind == 5:
         pos = rng.randrange(len(raw))
-        raw = raw[:pos] + bytes([rng.randrange(256)]) + raw[pos + 1:]  # one byte flipped
+        raw = raw[:pos] + bytes([rng.randrange(256)]) + raw[pos + 1 :]  # one byte flipped
     elif kind == 6:
         key = rng.choice([None, b"", b"someone-else", key])
     if kind == 7:  # valid as it is
@@ -89,6 +116,7 @@ def test_fuzzed_messages_are_each_applied_dropped_or_dead_lettered(broker, redis
         assert worker.proc.poll() is None, f"worker died on fuzzed input (seed {SEED}):\n{worker.log()[-4000:]}"
         assert time.monotonic() < deadline, f"good event after the fuzz never applied:\n{worker.log()[-3000:]}"
         time.sleep(0.3)
+
     def counts():
         stats = redis_client.hgetall(keys.STATS)  # HINCRBY'd by the worker as it goes; absent fields are 0
         return stats, [int(stats.get(k, 0)) for k in ("received", "applied", "duplicates", "dead_lettered")]

@@ -52,4 +52,5 @@ def test_history_is_a_capped_list_of_the_changes_on_the_topic_and_replaces_an_ol
     newest = list(reversed(changes))[:3]
     assert [e["change_id"] for e in entries] == [c["change_id"] for c in newest]
     assert [(e["segmentation"], e["from"], e["to"], e["reason"], e["occurred_at"]) for e in entries] == [
-        (c["segmentation"], c["from"], c["to"], c["reason"], c["occurred_at"]) for c in newest]
+        (c["segmentation"], c["from"], c["to"], c["reason"], c["occurred_at"]) for c in newest
+    ]

@@ -37,12 +37,15 @@ def test_lua_apply_equals_python_apply(redis_client, events):
 def test_several_counters_in_one_day_bucket(redis_client):
     """Regression: Lua 5.1's gmatch shifted counters after an empty field (revenue read as discount)."""
     day = 20_000 * DAY_MS
-    run_both(redis_client, [
-        (EventDelta(day + 1, "a", "purchase", {6: 1, 7: 1200}, purchase=True), None),
-        (EventDelta(day + 2, "b", "purchase", {6: 1, 7: 7700}, purchase=True), None),
-        (EventDelta(day + 3, "c", "clickstream", {0: 1, 1: 2}, visit=True), day),
-        (EventDelta(day + 4, "d", "clickstream", {1: 1}, visit=True), day),
-    ])
+    run_both(
+        redis_client,
+        [
+            (EventDelta(day + 1, "a", "purchase", {6: 1, 7: 1200}, purchase=True), None),
+            (EventDelta(day + 2, "b", "purchase", {6: 1, 7: 7700}, purchase=True), None),
+            (EventDelta(day + 3, "c", "clickstream", {0: 1, 1: 2}, visit=True), day),
+            (EventDelta(day + 4, "d", "clickstream", {1: 1}, visit=True), day),
+        ],
+    )
 
 
 def run_both(redis_client, events):
@@ -63,7 +66,7 @@ def run_both(redis_client, events):
 def test_lua_refuses_a_retry_after_the_duplicate_filter_overflowed(redis_client):
     base = 20_000 * DAY_MS
     burst = [(EventDelta(base + i, f"t{i}", "login", {9: 1}), base - DAY_MS) for i in range(80)]
-    run_both(redis_client, burst + [burst[3]])  # run_both asserts the same status ('unverifiable') and state
+    run_both(redis_client, [*burst, burst[3]])  # run_both asserts the same status ('unverifiable') and state
     assert redis_client.hget(keys.customer_key("c"), "df:t") == str(base + 80 - 64 - 1)
 
 
@@ -92,15 +95,20 @@ def test_the_filter_stays_sorted_with_in_order_and_late_events(redis_client, tim
     """In-order events take the append path, older ones the rebuild path: either way
     ``q`` is sorted by (time, token), holds what the reference holds, and its floors match."""
     base = 20_000 * DAY_MS
-    run_both(redis_client, [(EventDelta(base + t * 1000, f"t{i}", "login", {9: 1}), None if horizon is None else base + horizon * 1000)
-                            for i, t in enumerate(times)])
+    run_both(
+        redis_client, [(EventDelta(base + t * 1000, f"t{i}", "login", {9: 1}), None if horizon is None else base + horizon * 1000) for i, t in enumerate(times)]
+    )
     entries = ring_entries(redis_client.hget(keys.customer_key("c"), "q") or "")
     assert entries == sorted(entries, key=lambda kv: (kv[1], kv[0]))
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(old=st.dictionaries(st.text("abcdef", min_size=2, max_size=3), st.integers(0, 40), max_size=90),
-       decimal=st.booleans(), new=st.integers(0, 45), horizon=st.none() | st.integers(0, 30))
+@given(
+    old=st.dictionaries(st.text("abcdef", min_size=2, max_size=3), st.integers(0, 40), max_size=90),
+    decimal=st.booleans(),
+    new=st.integers(0, 45),
+    horizon=st.none() | st.integers(0, 30),
+)
 def test_an_older_filter_is_converted_as_the_reference_reads_it(redis_client, old, decimal, new, horizon):
     """An ``r`` filter (unsorted, absolute times, past the cap or the lateness) and the
     next event: the Lua function ends with the same state, floors and ``q`` as the

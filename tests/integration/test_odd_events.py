@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -20,7 +20,7 @@ from tests.kafka_helpers import fresh_topics, send
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 
 ODD_IDS = ["ünïcødé-客户-🙂", "a}b{c", "{x}", "x:y;z", " ", "tab\there", "nul\x00byte", "Ω" * 256, "x" * 256, "'; DROP TABLE--"]
 
@@ -100,7 +100,9 @@ def test_odd_events_are_each_handled_as_documented(broker, redis_client, start_w
 
     stats = wait(
         lambda: (s := redis_client.hgetall(keys.STATS)) and int(s.get("received", 0)) == sent and s,
-        "segflow:stats never counted every message", worker, timeout=30,
+        "segflow:stats never counted every message",
+        worker,
+        timeout=30,
     )
     assert int(stats.get("duplicates", 0)) == 2  # dana's retries: dropped, not dead-lettered
     assert int(stats.get("dead_lettered", 0)) == len(expected_dead)
@@ -121,7 +123,8 @@ def test_odd_events_are_each_handled_as_documented(broker, redis_client, start_w
         assert redis_client.hexists(keys.segments_key(cid), "lifecycle"), cid
     announced = wait(
         lambda: (ids := {json.loads(r.value)["customer_id"] for r in read_to_end(broker.bootstrap, topics.segment_changes)}) >= set(ODD_IDS) and ids,
-        "odd ids never announced", worker,
+        "odd ids never announced",
+        worker,
     )
     assert set(ODD_IDS) <= announced
     assert keys.customer_id_of(keys.segments_key("a}b{c")) == "a}b{c"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -13,7 +13,7 @@ from tests.kafka_helpers import fresh_topics, read_until, send
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=100)
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=100)
 
 
 def ev(customer: str, n: int, when: datetime, **body) -> tuple[bytes, bytes]:
@@ -31,8 +31,16 @@ def shopping_session(customer: str, start: datetime, base: int = 0) -> dict[str,
         ev(customer, base + 5, t(4), type="checkout_started", session_id=f"s{base}"),
     ]
     purchases = [
-        ev(customer, base + 6, t(5), order_id=f"o{base}", amount="72.50", currency="USD", discount="7.50",
-           items=[{"product_id": "p1", "category": "shoes", "quantity": 1, "unit_price": "80.00"}]),
+        ev(
+            customer,
+            base + 6,
+            t(5),
+            order_id=f"o{base}",
+            amount="72.50",
+            currency="USD",
+            discount="7.50",
+            items=[{"product_id": "p1", "category": "shoes", "quantity": 1, "unit_price": "80.00"}],
+        ),
     ]
     logins = [ev(customer, base + 7, t(0), type="login", success=True, channel="web")]
     return {"clickstream": clicks, "purchase": purchases, "login": logins}
@@ -92,8 +100,7 @@ def test_silence_moves_a_customer_without_any_event_from_them(broker, redis_serv
 
     def carol_moved_by_deadline(records):
         return any(
-            c["customer_id"] == "carol" and c["segmentation"] == "lifecycle" and c["from"] is not None
-            and c["to"] in {"at_risk", "dormant", "churned"}
+            c["customer_id"] == "carol" and c["segmentation"] == "lifecycle" and c["from"] is not None and c["to"] in {"at_risk", "dormant", "churned"}
             for c in changes_of(records)
         )
 

@@ -8,20 +8,20 @@ import subprocess
 import threading
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from streams.events import decode
 from lab.publish import produce_simulation, write_jsonl
-from streams.producer import create_topics, produce_events, produce_file
 from lab.simulate import Simulation
+from streams.events import decode
+from streams.producer import create_topics, produce_events, produce_file
 from streams.topics import Topics
 
 pytestmark = pytest.mark.integration
 
-START = datetime(2026, 1, 5, tzinfo=timezone.utc)
+START = datetime(2026, 1, 5, tzinfo=UTC)
 
 
 def _free_port() -> int:
@@ -49,7 +49,7 @@ def bootstrap():
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("broker did not start")
+                    raise RuntimeError("broker did not start") from None
                 time.sleep(0.05)
         yield f"kafka://127.0.0.1:{port}"
     finally:
@@ -130,8 +130,7 @@ def test_stop_event_ends_the_run_and_stats_read_as_a_dict(bootstrap):
     timer.start()
     try:
         items = (("login", b"c1", b'{"n":%d}' % i) for i in range(10**6))
-        stats = produce_events(bootstrap, items, topics, rate=1000, progress=lambda s: lines.append(str(s)),
-                               progress_every=0.2, stop=stop)
+        stats = produce_events(bootstrap, items, topics, rate=1000, progress=lambda s: lines.append(str(s)), progress_every=0.2, stop=stop)
     finally:
         timer.cancel()
     assert stats.done and 200 < stats.sent < 1500

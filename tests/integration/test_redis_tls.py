@@ -9,7 +9,7 @@ import json
 import shutil
 import ssl
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -36,14 +36,15 @@ def redis_with_tls(folder: Path) -> str:
 
 def test_the_worker_over_rediss_applies_events_and_hides_the_password(broker, tmp_path):
     pki = make_pki(tmp_path / "pki")
-    server = RedisServer(data_dir=tmp_path / "redis", password=SECRET, binary=redis_with_tls(tmp_path / "bin"),
-                         tls_cert=pki["cert"], tls_key=pki["key"], tls_ca=pki["ca"]).start()
+    server = RedisServer(
+        data_dir=tmp_path / "redis", password=SECRET, binary=redis_with_tls(tmp_path / "bin"), tls_cert=pki["cert"], tls_key=pki["key"], tls_ca=pki["ca"]
+    ).start()
     try:
         assert server.url.startswith(f"rediss://:{SECRET}@127.0.0.1:")
         # Plaintext is not served, and a client that does not trust the CA is refused.
         with pytest.raises(redis_lib.ConnectionError):
             redis_lib.Redis(port=server.port, password=SECRET, socket_timeout=3).ping()
-        with pytest.raises(redis_lib.ConnectionError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        with pytest.raises(redis_lib.ConnectionError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
             redis_lib.Redis(port=server.port, password=SECRET, ssl=True, ssl_cert_reqs=ssl.CERT_REQUIRED, socket_timeout=3).ping()
         client = redis_lib.Redis.from_url(server.url, decode_responses=True)
         assert client.ping()
@@ -51,7 +52,7 @@ def test_the_worker_over_rediss_applies_events_and_hides_the_password(broker, tm
         topics = fresh_topics(broker)
         worker = WorkerProcess(broker, server, tmp_path, topics.prefix, f"{topics.prefix}app").start()
         try:
-            when = (datetime.now(timezone.utc) - timedelta(minutes=5)).replace(microsecond=0)
+            when = (datetime.now(UTC) - timedelta(minutes=5)).replace(microsecond=0)
             login = {"event_id": "r1", "customer_id": "locked", "occurred_at": when.isoformat(), "type": "login", "success": True, "channel": "web"}
             send(broker, topics.logins, [(b"locked", json.dumps(login).encode())])
             deadline = time.monotonic() + 90

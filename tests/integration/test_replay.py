@@ -56,7 +56,7 @@ def customer_hashes(redis_client, customer_ids) -> dict[str, dict]:
     pipe = redis_client.pipeline(transaction=False)
     for cid in customer_ids:
         pipe.hgetall(keys.customer_key(cid))
-    return dict(zip(customer_ids, pipe.execute()))
+    return dict(zip(customer_ids, pipe.execute(), strict=False))
 
 
 def test_duplicates_and_a_full_replay_change_nothing(broker, redis_client, start_worker):

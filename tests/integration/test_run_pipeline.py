@@ -7,15 +7,24 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ConstantBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from features.pipeline import run_pipeline
 from streams.redis_packing import use_hiredis_packer
 
 pytestmark = pytest.mark.integration
 
-COMMANDS = [("SET", "k", "v"), ("GET", "k"), ("HSET", "h", "a", 1, "b", b"\x00\xff"), ("HGETALL", "h"),
-            ("RPUSH", "l", "x", "y"), ("LRANGE", "l", 0, -1), ("INCRBYFLOAT", "f", 1.5), ("GET", "missing")]
+COMMANDS = [
+    ("SET", "k", "v"),
+    ("GET", "k"),
+    ("HSET", "h", "a", 1, "b", b"\x00\xff"),
+    ("HGETALL", "h"),
+    ("RPUSH", "l", "x", "y"),
+    ("LRANGE", "l", 0, -1),
+    ("INCRBYFLOAT", "f", 1.5),
+    ("GET", "missing"),
+]
 
 
 def _run(coro):
@@ -80,9 +89,9 @@ def test_refuses_arguments_it_cannot_pack_before_sending(redis_server):
 
 def test_a_lost_connection_is_retried_with_the_whole_batch(redis_server):
     async def go():
-        client = use_hiredis_packer(aioredis.Redis.from_url(
-            redis_server.url, max_connections=1, retry=Retry(ConstantBackoff(0.01), retries=3),
-            retry_on_error=[RedisConnectionError]))
+        client = use_hiredis_packer(
+            aioredis.Redis.from_url(redis_server.url, max_connections=1, retry=Retry(ConstantBackoff(0.01), retries=3), retry_on_error=[RedisConnectionError])
+        )
         killer = aioredis.Redis.from_url(redis_server.url)
         try:
             await client.flushall()

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis as redis_lib
@@ -29,7 +29,7 @@ def test_a_redis_password_comes_from_configuration_and_never_reaches_logs_or_top
         topics = fresh_topics(broker)
         worker = WorkerProcess(broker, server, tmp_path, topics.prefix, f"{topics.prefix}app").start()
         try:
-            when = (datetime.now(timezone.utc) - timedelta(minutes=5)).isoformat()
+            when = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
             login = {"event_id": "e1", "customer_id": "vault", "occurred_at": when, "type": "login", "success": True, "channel": "web"}
             send(broker, topics.logins, [(b"vault", json.dumps(login).encode()), (b"vault", b"{broken")])
             deadline = time.monotonic() + 90

@@ -17,8 +17,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 def test_short_soak_with_four_faults_accounts_for_every_event(tmp_path):
     out = tmp_path / "soak.json"
-    opts = SoakOptions(minutes=1.25, rate=1000, fault_every=15, customers=300, seed=5, drain_timeout=90,
-                       out=out, work_dir=tmp_path / "work", command="tests/integration/test_soak.py")
+    opts = SoakOptions(
+        minutes=1.25,
+        rate=1000,
+        fault_every=15,
+        customers=300,
+        seed=5,
+        drain_timeout=90,
+        out=out,
+        work_dir=tmp_path / "work",
+        command="tests/integration/test_soak.py",
+    )
     code, report = run_soak(opts)
     assert json.loads(out.read_text())["events_sent"] == report["events_sent"]
     assert [f["kind"] for f in report["faults"]] == list(FAULTS), report["faults"]

@@ -17,7 +17,7 @@ import ssl
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis as redis_lib
@@ -72,8 +72,9 @@ def test_the_worker_over_sasl_ssl_applies_events_and_no_password_leaks(tmp_path,
     broker = SecuredBroker(log_path=tmp_path / "broker.log", cert=pki["cert"], key=pki["key"], users={USER: KAFKA_SECRET}).start()
     server = RedisServer(data_dir=tmp_path / "redis", password=REDIS_SECRET).start()
     try:
-        secure = dict(kafka_url=broker.url, kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
-                      kafka_username=USER, kafka_ca_file=pki["ca"])
+        secure = dict(
+            kafka_url=broker.url, kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512", kafka_username=USER, kafka_ca_file=pki["ca"]
+        )
         settings = Settings(**secure, kafka_password=KAFKA_SECRET)
         client_config = kafka_python_config(settings)
 
@@ -82,7 +83,9 @@ def test_the_worker_over_sasl_ssl_applies_events_and_no_password_leaks(tmp_path,
             with ssl.create_default_context(cafile=str(pki["ca"])).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
                 assert dict(x[0] for x in tls.getpeercert()["subject"])["commonName"] == "localhost"
         # ... which a client trusting only the system CAs refuses, and a plaintext client cannot speak to;
-        assert "CERTIFICATE_VERIFY_FAILED" in refused_by_kafka_python(broker.bootstrap, kafka_python_config(Settings(**{**secure, "kafka_ca_file": None}, kafka_password=KAFKA_SECRET)), caplog)
+        assert "CERTIFICATE_VERIFY_FAILED" in refused_by_kafka_python(
+            broker.bootstrap, kafka_python_config(Settings(**{**secure, "kafka_ca_file": None}, kafka_password=KAFKA_SECRET)), caplog
+        )
         refused_by_kafka_python(broker.bootstrap, {}, caplog)
         # TLS without SASL gets nothing but ApiVersions; a wrong password or user is refused by the SCRAM check,
         # in kafka-python (topic creation, producer) and in aiokafka as Faust configures it (the worker).
@@ -96,21 +99,35 @@ def test_the_worker_over_sasl_ssl_applies_events_and_no_password_leaks(tmp_path,
         # The worker, configured only through the environment.
         prefix = "tls-"
         topics = Topics(prefix)
-        security_env = {"SEGFLOW_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "SEGFLOW_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
-                        "SEGFLOW_KAFKA_USERNAME": USER, "SEGFLOW_KAFKA_PASSWORD": KAFKA_SECRET, "SEGFLOW_KAFKA_CA_FILE": str(pki["ca"])}
+        security_env = {
+            "SEGFLOW_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "SEGFLOW_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "SEGFLOW_KAFKA_USERNAME": USER,
+            "SEGFLOW_KAFKA_PASSWORD": KAFKA_SECRET,
+            "SEGFLOW_KAFKA_CA_FILE": str(pki["ca"]),
+        }
         worker = WorkerProcess(broker, server, tmp_path, prefix, "tls-app", security_env).start()
         try:
-            when = (datetime.now(timezone.utc) - timedelta(minutes=5)).replace(microsecond=0)
+            when = (datetime.now(UTC) - timedelta(minutes=5)).replace(microsecond=0)
             events = [
                 {"event_id": "t1", "customer_id": "vault", "occurred_at": when.isoformat(), "type": "login", "success": True, "channel": "web"},
-                {"event_id": "t2", "customer_id": "vault", "occurred_at": (when + timedelta(seconds=30)).isoformat(), "type": "purchase",
-                 "order_id": "o1", "amount": "42.00", "currency": "EUR", "items": [{"product_id": "p1", "category": "books", "quantity": 1, "unit_price": "42.00"}]},
+                {
+                    "event_id": "t2",
+                    "customer_id": "vault",
+                    "occurred_at": (when + timedelta(seconds=30)).isoformat(),
+                    "type": "purchase",
+                    "order_id": "o1",
+                    "amount": "42.00",
+                    "currency": "EUR",
+                    "items": [{"product_id": "p1", "category": "books", "quantity": 1, "unit_price": "42.00"}],
+                },
             ]
             lines = [json.dumps(e) for e in events] + [json.dumps({"family": "login", "event": "{broken"})]
             (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
             # `segflow produce` over SASL_SSL (it creates missing topics first, as the worker does).
-            produce = subprocess.run([sys.executable, "-m", "segflow.cli", "produce", str(tmp_path / "events.jsonl")],
-                                     env=worker.env, capture_output=True, text=True, timeout=120)
+            produce = subprocess.run(
+                [sys.executable, "-m", "segflow.cli", "produce", str(tmp_path / "events.jsonl")], env=worker.env, capture_output=True, text=True, timeout=120
+            )
             assert produce.returncode == 0, produce.stderr[-2000:]
             assert "sent 3" in produce.stderr, produce.stderr[-2000:]
 
@@ -141,9 +158,12 @@ def test_the_worker_over_sasl_ssl_applies_events_and_no_password_leaks(tmp_path,
         # No password anywhere it should not be.
         assert config.returncode == 0 and "kafka_password" in config.stdout and "**********" in config.stdout
         for secret in (KAFKA_SECRET, REDIS_SECRET):
-            for where, text in [("worker log", log), ("segflow produce output", produce.stdout + produce.stderr),
-                                ("segflow config output", config.stdout + config.stderr),
-                                ("broker log", (tmp_path / "broker.log").read_text(errors="replace"))]:
+            for where, text in [
+                ("worker log", log),
+                ("segflow produce output", produce.stdout + produce.stderr),
+                ("segflow config output", config.stdout + config.stderr),
+                ("broker log", (tmp_path / "broker.log").read_text(errors="replace")),
+            ]:
                 assert secret not in text, f"{where} shows a password"
             for record in changes + dead:
                 blob = (record.key or b"") + (record.value or b"") + b"".join(k.encode() + (v or b"") for k, v in record.headers or [])

@@ -35,4 +35,3 @@ def test_reads_every_record_of_the_last_batch_and_skips_empty_partitions(broker)
     assert by_partition[0] == [f"p0-{b}-{i}" for b in range(2) for i in range(25)]
     assert by_partition[1] == [f"p1-{i}" for i in range(10)]
     assert by_partition[2] == []
-

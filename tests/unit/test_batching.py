@@ -4,6 +4,8 @@ Faust stream on an in-memory channel; no broker is contacted)."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import operator
 import time
 
 import faust
@@ -33,8 +35,7 @@ def test_events_keep_arriving_while_a_batch_is_handled_and_are_acked_only_after(
     handled = []
 
     async def handle_batch(batch):
-        handled.append(([e.value for e in batch], [e.message.acked for e in batch],
-                        [e.message.acked for e in handled[-1][3]] if handled else None, batch))
+        handled.append(([e.value for e in batch], [e.message.acked for e in batch], [e.message.acked for e in handled[-1][3]] if handled else None, batch))
         await asyncio.sleep(0.5)  # stands for the Redis round trips
 
     put_during_handling = {}
@@ -115,7 +116,7 @@ def test_a_due_batch_waits_to_fill_only_when_enough_unread_events_are_there(end_
 
     run_agent(10, 0.01, handle_batch, feed, highwater=lambda tp: end_offset, backlog_within=2.0)
     assert batches[0] == first_batch  # with a backlog, filled to the batch size (before the 2 s cap)
-    assert sum(batches, []) == list(range(10))
+    assert functools.reduce(operator.iadd, batches, []) == list(range(10))
 
 
 def test_a_backlog_that_does_not_arrive_stops_delaying_batches():

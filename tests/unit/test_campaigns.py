@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,9 @@ from hypothesis import strategies as st
 import segmenter.campaigns
 from segmenter.campaigns import (
     DAY_MS,
+    REMEMBER_MS,
     CampaignConfig,
     CampaignTrigger,
-    REMEMBER_MS,
     CapLedger,
     CapPolicy,
     CapVerdict,
@@ -32,8 +33,17 @@ T = 1_767_600_000_000
 
 
 def change(customer="c1", segmentation="lifecycle", frm="active", to="at_risk", at=T, cause="deadline:1", **features) -> SegmentChange:
-    return SegmentChange.create(customer_id=customer, segmentation=segmentation, from_segment=frm, to_segment=to, reason="r",
-                                model_version=1, occurred_at_ms=at, cause=cause, features=features or {"purchases_total": 2.0})
+    return SegmentChange.create(
+        customer_id=customer,
+        segmentation=segmentation,
+        from_segment=frm,
+        to_segment=to,
+        reason="r",
+        model_version=1,
+        occurred_at_ms=at,
+        cause=cause,
+        features=features or {"purchases_total": 2.0},
+    )
 
 
 def campaigns(text: str) -> CampaignConfig:
@@ -101,7 +111,14 @@ def test_the_trigger_carries_the_change_and_round_trips_as_json():
     c = change(frm="active", to="dormant", revenue_total=150.0)
     [d] = campaigns(LEAVE).route(c)
     t = d.trigger
-    assert (t.customer_id, t.segmentation, t.from_segment, t.to_segment, t.change_id, t.occurred_at) == ("c1", "lifecycle", "active", "dormant", c.change_id, c.occurred_at)
+    assert (t.customer_id, t.segmentation, t.from_segment, t.to_segment, t.change_id, t.occurred_at) == (
+        "c1",
+        "lifecycle",
+        "active",
+        "dormant",
+        c.change_id,
+        c.occurred_at,
+    )
     assert t.trigger_id == trigger_id_of(c.change_id, "lapse_alert") and t.control_share == 0.2
     wire = t.model_dump_json()
     assert '"from":"active"' in wire and '"to":"dormant"' in wire and '"holdout":' in wire
@@ -180,7 +197,7 @@ def test_caps_are_never_exceeded_in_any_window_even_out_of_order(policy, sequenc
     if policy.max_triggers:
         for start in times:
             assert sum(1 for x in times if start <= x < start + policy.period_ms) <= policy.max_triggers
-    for a, b in zip(times, times[1:]):
+    for a, b in itertools.pairwise(times):
         assert b - a >= policy.cooldown_ms
 
 
@@ -222,7 +239,11 @@ def test_refusal_reasons():
 
 BAD = [
     ("segmentation: lifecycle\n    enter: [at_rsk]", "enter: [at_rsk]", "'at_rsk' is not a lifecycle segment"),
-    ("segmentation: lifecycle\n    enter: [new]\n    when:\n      - {feature: purchses_total, op: '>=', value: 1}", "purchses_total", "did you mean 'purchases_total'"),
+    (
+        "segmentation: lifecycle\n    enter: [new]\n    when:\n      - {feature: purchses_total, op: '>=', value: 1}",
+        "purchses_total",
+        "did you mean 'purchases_total'",
+    ),
     ("segmentation: lifecycle\n    enter: [new]\n    control_share: 1.5", "control_share", "less than or equal to 1"),
     ("segmentation: lifecycle\n    enter: [new]\n    cap: {max: 1, period: soon}", "cap:", "'soon' is not a duration"),
     ("segmentation: lifecycle\n    enter: [new]\n    leave: [active]", "enter: [new]", "exactly one of 'enter' or 'leave'"),

@@ -10,7 +10,7 @@ from segmenter.drift import FIT_SIGNAL, DriftMonitor
 CONFIG = default_config()
 # Shares of a plausible, stationary population (every segment of the default config).
 SHARES = {
-    name: {seg: w for seg, w in zip(CONFIG.segments_of(name), (0.4, 0.25, 0.15, 0.1, 0.05, 0.03, 0.02))}
+    name: {seg: w for seg, w in zip(CONFIG.segments_of(name), (0.4, 0.25, 0.15, 0.1, 0.05, 0.03, 0.02), strict=False)}
     for name in ("lifecycle", "behaviour", "value")
 }
 

@@ -30,8 +30,7 @@ def make_deltas(span_ms: int, max_size: int = 30, categories: int = 6):
         purchase = kind == "purchase"
         if purchase:
             increments = {**increments, PURCHASES: 1}
-        return EventDelta(ts, f"tok{i}", kind, increments, cats if purchase else {}, purchase=purchase,
-                          visit=kind == "clickstream", login=kind == "login")
+        return EventDelta(ts, f"tok{i}", kind, increments, cats if purchase else {}, purchase=purchase, visit=kind == "clickstream", login=kind == "login")
 
     one = st.builds(
         build,
@@ -99,8 +98,7 @@ def test_windows_equal_a_batch_recomputation_from_raw_events(deltas, cutoff_offs
             day[metric] += n
     in_buckets = {day: v for day, v in per_day.items() if day in state.buckets}  # older days were dropped from the state
     score = sum(
-        sum(v[m] * w for m, w in ENGAGEMENT_WEIGHTS.items()) * 0.5 ** ((today - day) / ENGAGEMENT_HALFLIFE_DAYS)
-        for day, v in sorted(in_buckets.items())
+        sum(v[m] * w for m, w in ENGAGEMENT_WEIGHTS.items()) * 0.5 ** ((today - day) / ENGAGEMENT_HALFLIFE_DAYS) for day, v in sorted(in_buckets.items())
     )
     assert feats["engagement_score"] == round(score, 6)
     recent7 = sum(sum(v[m] for m in ACTIVITY_METRICS) for day, v in in_buckets.items() if today - day < 7)

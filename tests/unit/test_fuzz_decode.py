@@ -5,36 +5,66 @@ FCALL arguments without an error (the rest of the worker's per-message path)."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from features.codec import delta_args
 from features.extract import delta_of
 from streams.events import FAMILIES, InvalidEvent, check_not_future, decode
 
-NOW = datetime(2026, 6, 1, tzinfo=timezone.utc).timestamp()
+NOW = datetime(2026, 6, 1, tzinfo=UTC).timestamp()
 
 VALID = {
     "clickstream": {
-        "event_id": "e1", "customer_id": "c1", "occurred_at": "2026-05-30T10:00:00Z", "type": "add_to_cart",
-        "session_id": "s1", "page": "/p/1", "product_id": "p1", "category": "books", "price": "12.50",
+        "event_id": "e1",
+        "customer_id": "c1",
+        "occurred_at": "2026-05-30T10:00:00Z",
+        "type": "add_to_cart",
+        "session_id": "s1",
+        "page": "/p/1",
+        "product_id": "p1",
+        "category": "books",
+        "price": "12.50",
     },
     "purchase": {
-        "event_id": "e2", "customer_id": "c1", "occurred_at": "2026-05-30T10:05:00+02:00", "order_id": "o1",
-        "amount": "19.99", "currency": "USD", "discount": "5",
+        "event_id": "e2",
+        "customer_id": "c1",
+        "occurred_at": "2026-05-30T10:05:00+02:00",
+        "order_id": "o1",
+        "amount": "19.99",
+        "currency": "USD",
+        "discount": "5",
         "items": [{"product_id": "p1", "category": "books", "quantity": 2, "unit_price": "12.49"}],
     },
     "login": {"event_id": "e3", "customer_id": "c1", "occurred_at": "2026-05-30T09:59:00Z", "type": "login", "success": True, "channel": "web"},
 }
 
-families = st.sampled_from(sorted(FAMILIES) + ["unknown", ""])
+families = st.sampled_from([*sorted(FAMILIES), "unknown", ""])
 
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(10**30), max_value=10**30),
-    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=40),
-    st.sampled_from(["", "0", "-1", "1e400", "NaN", "2026-13-45T99:99:99Z", "9999-12-31T23:59:59-14:00",
-                     "0001-01-01T00:00:00+14:00", "2026-05-30T10:00:00", "1989-12-31T23:59:59Z", "\u0000", "\ud7ff" * 3]),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=40),
+    st.sampled_from(
+        [
+            "",
+            "0",
+            "-1",
+            "1e400",
+            "NaN",
+            "2026-13-45T99:99:99Z",
+            "9999-12-31T23:59:59-14:00",
+            "0001-01-01T00:00:00+14:00",
+            "2026-05-30T10:00:00",
+            "1989-12-31T23:59:59Z",
+            "\u0000",
+            "\ud7ff" * 3,
+        ]
+    ),
 )
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=12)
 
@@ -84,12 +114,16 @@ def test_mutated_valid_events_only_raise_invalid_event(family, data):
         elif op == "add":
             doc[data.draw(st.text(max_size=12), label="new")] = data.draw(json_values, label="value")
         elif op == "nest" and family == "purchase":
-            doc["items"] = [dict(VALID["purchase"]["items"][0], **{data.draw(st.sampled_from(["quantity", "unit_price", "category", "product_id"])): data.draw(json_values)})]
+            doc["items"] = [
+                dict(
+                    VALID["purchase"]["items"][0], **{data.draw(st.sampled_from(["quantity", "unit_price", "category", "product_id"])): data.draw(json_values)}
+                )
+            ]
     raw = json.dumps(doc, ensure_ascii=data.draw(st.booleans(), label="ascii")).encode()
     # And byte-level damage to the serialised text.
     for _ in range(data.draw(st.integers(0, 2), label="byte edits")):
         pos = data.draw(st.integers(0, max(len(raw) - 1, 0)), label="pos")
-        raw = raw[:pos] + data.draw(st.binary(max_size=3), label="bytes") + raw[pos + 1:]
+        raw = raw[:pos] + data.draw(st.binary(max_size=3), label="bytes") + raw[pos + 1 :]
     key = data.draw(st.one_of(st.none(), st.just(b"c1"), st.binary(max_size=8)), label="key")
     worker_path(family, raw, key)
 

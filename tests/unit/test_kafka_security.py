@@ -8,10 +8,15 @@ from aiokafka.conn import ScramAuthenticator
 from kafka.net.sasl.scram import ScramClient
 
 from streams.kafka_security import KafkaSecurityError, faust_credentials, kafka_python_config, ssl_context
-from tests.secure_front import (
-    AuthenticationFailed, ScramServer, authenticate_request_bytes, authenticate_response, parse_request, scram_credential,
-)
 from streams.settings import Settings
+from tests.secure_front import (
+    AuthenticationFailed,
+    ScramServer,
+    authenticate_request_bytes,
+    authenticate_response,
+    parse_request,
+    scram_credential,
+)
 
 SASL_SSL = dict(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512", kafka_username="app", kafka_password="pw")
 
@@ -58,7 +63,10 @@ def kafka_python_exchange(user: str, password: str) -> None:
 
 
 def aiokafka_exchange(user: str, password: str) -> None:
-    client, server = ScramAuthenticator(loop=None, sasl_plain_password=password, sasl_plain_username=user, sasl_mechanism="SCRAM-SHA-512"), ScramServer(CREDENTIALS)
+    client, server = (
+        ScramAuthenticator(loop=None, sasl_plain_password=password, sasl_plain_username=user, sasl_mechanism="SCRAM-SHA-512"),
+        ScramServer(CREDENTIALS),
+    )
     steps = client.authenticator_scram()
     token, _ = next(steps)
     token, _ = steps.send(server.step(token))

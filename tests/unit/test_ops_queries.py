@@ -38,7 +38,10 @@ def test_bad_durations(text):
 
 def test_flows_table_is_a_matrix_per_segmentation():
     view = {
-        "since": "2026-01-01T10:00:00+00:00", "until": "2026-01-01T11:30:00+00:00", "hours": 2, "total": 6,
+        "since": "2026-01-01T10:00:00+00:00",
+        "until": "2026-01-01T11:30:00+00:00",
+        "hours": 2,
+        "total": 6,
         "segmentations": {"lifecycle": [{"from": None, "to": "new", "count": 4}, {"from": "new", "to": "active", "count": 2}]},
     }
     text = queries.format_flows(view, CATALOGUE)

@@ -1,9 +1,9 @@
 """hiredis packs exactly the bytes redis-py would, for any command segflow can send."""
 
 import pytest
+import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
-import redis.asyncio as aioredis
 
 from streams.redis_packing import use_hiredis_packer
 
@@ -22,7 +22,7 @@ def test_hiredis_packing_sends_the_same_bytes_as_redis_py(command, args):
             fast.pack_command(command, *args)
         except type(exc):
             return
-        raise AssertionError(f"redis-py raised {exc!r}, the hiredis path did not")
+        raise AssertionError(f"redis-py raised {exc!r}, the hiredis path did not") from exc
     assert b"".join(fast.pack_command(command, *args)) == expected
 
 

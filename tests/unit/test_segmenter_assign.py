@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,9 +17,19 @@ DAY = 86_400_000
 T0 = 20_000 * DAY
 
 ACTIVE = {
-    "tenure_days": 200.0, "days_since_last_activity": 0.0, "days_since_last_purchase": 2.0, "days_since_last_login": 0.0,
-    "purchases_total": 6.0, "revenue_total": 300.0, "purchases_90d": 4.0, "revenue_90d": 200.0, "sessions_30d": 9.0,
-    "page_views_30d": 54.0, "searches_30d": 9.0, "add_to_carts_30d": 11.0, "engagement_trend": 1.0,
+    "tenure_days": 200.0,
+    "days_since_last_activity": 0.0,
+    "days_since_last_purchase": 2.0,
+    "days_since_last_login": 0.0,
+    "purchases_total": 6.0,
+    "revenue_total": 300.0,
+    "purchases_90d": 4.0,
+    "revenue_90d": 200.0,
+    "sessions_30d": 9.0,
+    "page_views_30d": 54.0,
+    "searches_30d": 9.0,
+    "add_to_carts_30d": 11.0,
+    "engagement_trend": 1.0,
 }
 
 
@@ -53,7 +65,7 @@ def test_nothing_changes_when_nothing_changed():
 def test_accepts_the_shells_stored_assignments():
     stored = {"lifecycle": StoredAssignment("active", T0 - 30 * DAY, "default", 3)}
     ev = Segmenter.from_config(CONFIG).evaluate("c1", {**ACTIVE, "days_since_last_activity": 31.0}, stored, T0, "deadline:1")
-    assert [(c.segmentation, c.from_segment, c.to_segment) for c in ev.changes][0] == ("lifecycle", "active", "dormant")
+    assert next((c.segmentation, c.from_segment, c.to_segment) for c in ev.changes) == ("lifecycle", "active", "dormant")
 
 
 def test_a_blocked_move_is_retried_when_the_dwell_ends():
@@ -125,8 +137,15 @@ def test_never_moves_before_min_dwell_except_into_urgent(seq):
     now, current, changes = T0, {}, []
     for i, (dt, silent, p90, sessions, trend) in enumerate(seq):
         now += dt
-        f = {**ACTIVE, "days_since_last_activity": silent, "days_since_last_purchase": silent, "purchases_90d": p90,
-             "sessions_30d": sessions, "page_views_30d": sessions * 6, "engagement_trend": trend}
+        f = {
+            **ACTIVE,
+            "days_since_last_activity": silent,
+            "days_since_last_purchase": silent,
+            "purchases_90d": p90,
+            "sessions_30d": sessions,
+            "page_views_30d": sessions * 6,
+            "engagement_trend": trend,
+        }
         ev = seg.evaluate("c1", f, current, now, f"event:{i}")
         changes += ev.changes
         assert ev.next_deadline_ms is None or ev.next_deadline_ms > now
@@ -135,7 +154,7 @@ def test_never_moves_before_min_dwell_except_into_urgent(seq):
         policy = getattr(CONFIG.hysteresis, name)
         track = [c for c in changes if c.segmentation == name]
         assert track[0].from_segment is None
-        for prev, nxt in zip(track, track[1:]):
+        for prev, nxt in itertools.pairwise(track):
             assert nxt.from_segment == prev.to_segment
             if nxt.to_segment not in policy.urgent:
                 assert nxt.occurred_at_ms - prev.occurred_at_ms >= policy.min_dwell_ms

@@ -17,8 +17,15 @@ identity = st.tuples(texts, st.sampled_from(["lifecycle", "behaviour", "value"])
 
 def make(customer="c1", segmentation="lifecycle", a=None, b="active", t=0, cause="e", **kw) -> SegmentChange:
     return SegmentChange.create(
-        customer_id=customer, segmentation=segmentation, from_segment=a, to_segment=b, reason=kw.get("reason", "r"),
-        model_version=kw.get("model_version", 1), occurred_at_ms=t, cause=cause, features=kw.get("features", {"x": 1.0}),
+        customer_id=customer,
+        segmentation=segmentation,
+        from_segment=a,
+        to_segment=b,
+        reason=kw.get("reason", "r"),
+        model_version=kw.get("model_version", 1),
+        occurred_at_ms=t,
+        cause=cause,
+        features=kw.get("features", {"x": 1.0}),
         emitted_at_ms=kw.get("emitted_at_ms"),
     )
 
@@ -81,5 +88,11 @@ def test_a_history_entry_keeps_the_move(ident, model_version, reason):
     change = make(customer, segmentation, a, b, t, cause, reason=reason, model_version=model_version)
     entry = read_history_entry(history_entry(change).encode())
     assert (entry["change_id"], entry["segmentation"], entry["from"], entry["to"], entry["reason"], entry["model_version"]) == (
-        change.change_id, segmentation, a, b, reason, model_version)
+        change.change_id,
+        segmentation,
+        a,
+        b,
+        reason,
+        model_version,
+    )
     assert entry["occurred_at_ms"] == t and entry["occurred_at"] == change.occurred_at.strftime("%Y-%m-%dT%H:%M:%SZ")

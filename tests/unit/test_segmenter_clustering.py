@@ -26,12 +26,12 @@ MIX = {"power_users": 0.15, "explorers": 0.25, "steady": 0.4, "dormant": 0.2}
 
 def sample(rng: random.Random, persona: str) -> dict[str, float]:
     # log-normal noise (x0.75 .. x1.33 typical): customers of a persona differ
-    return {f: round(m * math.exp(rng.gauss(0, 0.3)), 2) for f, m in zip(CONFIG.features, PERSONAS[persona])}
+    return {f: round(m * math.exp(rng.gauss(0, 0.3)), 2) for f, m in zip(CONFIG.features, PERSONAS[persona], strict=False)}
 
 
 def stream(seed: int, n: int):
     rng = random.Random(seed)
-    names, weights = zip(*MIX.items())
+    names, weights = zip(*MIX.items(), strict=False)
     for _ in range(n):
         persona = rng.choices(names, weights)[0]
         yield persona, sample(rng, persona)
@@ -44,7 +44,7 @@ def trained():
     for i, (_, f) in enumerate(stream(1, 6000)):
         model.learn_one(f)
         if i > WARMUP_POINTS and i % 100 == 0:
-            history.append((dict(model.cluster_names), {p: model.predict_one(dict(zip(CONFIG.features, m))) for p, m in PERSONAS.items()}))
+            history.append((dict(model.cluster_names), {p: model.predict_one(dict(zip(CONFIG.features, m, strict=False))) for p, m in PERSONAS.items()}))
     return model, history
 
 
@@ -81,7 +81,7 @@ def test_scrambled_centres_are_renamed_by_least_total_distance(trained):
     scrambled.kmeans.centers = rotated
     assert scrambled.refresh_names() is True
     assert scrambled.renames == 1
-    for persona, f in list(stream(3, 200)):
+    for _persona, f in list(stream(3, 200)):
         assert scrambled.predict_one(f) == model.predict_one(f)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 
 import pytest
@@ -98,10 +97,7 @@ def test_unknown_feature_names_line_path_and_suggestion():
     text = replace_once(SHIPPED, "feature: purchases_90d", "feature: purchses_90d")
     err = error_of(text)
     line = line_of(text, "purchses_90d")
-    assert str(err) == (
-        f"segments.yaml line {line}: lifecycle.rules[2].when[1].feature: "
-        "unknown feature 'purchses_90d' (did you mean 'purchases_90d'?)"
-    )
+    assert str(err) == (f"segments.yaml line {line}: lifecycle.rules[2].when[1].feature: unknown feature 'purchses_90d' (did you mean 'purchases_90d'?)")
 
 
 def test_bad_operator_names_the_line():
@@ -177,7 +173,7 @@ def test_not_a_mapping():
 
 # -- round trip ----------------------------------------------------------------------
 
-RULE_FEATURES = st.sampled_from(FEATURE_NAMES + ("churn_propensity",))
+RULE_FEATURES = st.sampled_from((*FEATURE_NAMES, "churn_propensity"))
 
 
 @st.composite

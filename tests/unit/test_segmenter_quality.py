@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 from river import metrics
 
+from lab.evaluate import quality_report, replay
+from lab.simulate import Simulation
 from segmenter.config import SEGMENTATIONS, default_config
 from segmenter.evaluation import adjusted_rand_index, contingency
 from segmenter.flaps import flaps
-from lab.evaluate import quality_report, replay
-from lab.simulate import Simulation
 
 CONFIG = default_config()
 DAY = 86_400_000
@@ -41,7 +41,7 @@ def test_adjusted_rand_index_matches_river():
     truth = [i % 5 for i in range(200)]
     predicted = [(i * 7 + i // 13) % 4 for i in range(200)]
     river_ari = metrics.AdjustedRand()
-    for t, p in zip(truth, predicted):
+    for t, p in zip(truth, predicted, strict=False):
         river_ari.update(t, p)
     assert adjusted_rand_index(truth, predicted) == pytest.approx(river_ari.get())
 

@@ -21,7 +21,7 @@ values = st.none() | st.integers(0, 100).map(float)
 
 @st.composite
 def conditions(draw, features=FEATURES):
-    op = draw(st.sampled_from(tuple(OPS) + ("is_null", "not_null")))
+    op = draw(st.sampled_from((*tuple(OPS), "is_null", "not_null")))
     value = None if op in ("is_null", "not_null") else float(draw(st.integers(0, 100)))
     return Condition(feature=draw(st.sampled_from(features)), op=op, value=value)
 
@@ -68,7 +68,7 @@ def test_a_rule_never_overrides_an_earlier_match(rules, f, at):
     winner = [r.id for r in rules.rules].index(before[1])
     at = max(at, winner + 1)
     catch_all = Rule(id="zz", segment="c", when=(Condition(feature="tenure_days", op="is_null"),), any=(Condition(feature="tenure_days", op="not_null"),))
-    extended = rules.model_copy(update={"rules": rules.rules[:at] + (catch_all,) + rules.rules[at:]})
+    extended = rules.model_copy(update={"rules": (*rules.rules[:at], catch_all, *rules.rules[at:])})
     assert RuleBook(extended).assign(f) == before
 
 
@@ -120,7 +120,10 @@ def test_nothing_changes_before_the_deadline_and_something_at_it(f, now_ms, frac
     assert truths(LIFECYCLE, project_silence(f, (deadline - now_ms) / DAY_MS)) != now_truths
 
 
-@given(rulebooks(features=tuple(sorted(CLOCK_FEATURES))), st.fixed_dictionaries({f: st.none() | st.floats(0, 200, allow_nan=False) for f in sorted(CLOCK_FEATURES)}))
+@given(
+    rulebooks(features=tuple(sorted(CLOCK_FEATURES))),
+    st.fixed_dictionaries({f: st.none() | st.floats(0, 200, allow_nan=False) for f in sorted(CLOCK_FEATURES)}),
+)
 @settings(max_examples=150, deadline=None)
 def test_clock_deadline_is_exact(rules, f):
     """Clock features grow one per day: the deadline is the exact crossing."""

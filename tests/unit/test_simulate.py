@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.events import decode
 from lab.simulate import CATEGORIES, PERSONAS, Simulation, event_to_json, family_of_type
+from streams.events import decode
 
-START = datetime(2026, 1, 5, tzinfo=timezone.utc)
+START = datetime(2026, 1, 5, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_event_ids_unique_and_times_ordered_within_the_run(sim, events):
 def test_per_customer_times_strictly_increase(by_customer):
     for evs in by_customer.values():
         ts = [e.occurred_at for _, e in evs]
-        assert all(a < b for a, b in zip(ts, ts[1:]))
+        assert all(a < b for a, b in itertools.pairwise(ts))
 
 
 def test_customer_events_matches_the_population_stream(sim, by_customer):
