@@ -1,0 +1,240 @@
+"""The Redis rows: row 4 (the ceiling: pipelined ``FCALL segflow_apply`` in batches
+like the worker's), row 7a (memory per customer the worker built) and row 7b
+(scale: memory and per-event cost with state populated directly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+from lab.bench.common import (
+    say,
+)
+
+# -- row 4: Redis ceiling ---------------------------------------------------------
+
+
+def _deltas(payloads) -> list[tuple[str, Any]]:
+    from features.extract import delta_of
+    from streams.events import decode
+
+    out = []
+    for i, (family, _key, value) in enumerate(payloads):
+        event = decode(family, value)
+        out.append((event.customer_id, delta_of(event, (0, i))))
+    return out
+
+
+def _batch_calls(items, late_before_ms=None):
+    """FCALL arguments of one batch, asking for state on each customer's last event (as the worker does)."""
+    from features.store import apply_call
+
+    last = {cid: i for i, (cid, _) in enumerate(items)}
+    return [apply_call(cid, d, late_before_ms, last[cid] == i) for i, (cid, d) in enumerate(items)]
+
+
+def worker_like_batches(deltas, batch: int, lateness_ms: int = 6 * 3600 * 1000) -> list:
+    """Batches of FCALL arguments as the worker builds them: each batch's lateness horizon
+    is the newest event time of the batches before it minus the default lateness."""
+    out, newest = [], None
+    for i in range(0, len(deltas), batch):
+        chunk = deltas[i : i + batch]
+        out.append(_batch_calls(chunk, None if newest is None else newest - lateness_ms))
+        top = max(d.ts_ms for _, d in chunk)
+        newest = top if newest is None else max(newest, top)
+    return out
+
+
+async def _apply_batches(r, batches) -> float:
+    from features.pipeline import run_pipeline  # as FeatureStore.apply_batch sends them
+
+    t0 = time.perf_counter()
+    for calls in batches:
+        await run_pipeline(r, calls)
+    return time.perf_counter() - t0
+
+
+def fcall_server_usec(r) -> dict:
+    """Server-side cost of FCALL since the last CONFIG RESETSTAT (sync client)."""
+    all_stats = r.info("commandstats")
+    stats = all_stats.get("cmdstat_fcall") or {}
+    calls = int(stats.get("calls", 0))
+    # Commands the functions ran (Redis counts them too): work per call, whatever the machine's speed.
+    inner = sum(int(v.get("calls", 0)) for k, v in all_stats.items() if k != "cmdstat_fcall" and k.startswith("cmdstat_"))
+    return {"calls": calls, "usec_per_call": float(stats.get("usec_per_call", 0.0)), "inner_commands_per_call": round(inner / calls, 2) if calls else None}
+
+
+def redis_ceiling(url: str, payloads, batch: int = 2000) -> dict:
+    import redis as redis_lib
+    import redis.asyncio as aioredis
+
+    from features.store import load_library_sync
+    from streams.redis_packing import use_hiredis_packer
+
+    sync = redis_lib.Redis.from_url(url)
+    sync.flushdb()
+    load_library_sync(sync)
+    deltas = _deltas(payloads)
+    batches = worker_like_batches(deltas, batch)
+    sync.config_resetstat()
+
+    async def go() -> float:
+        r = use_hiredis_packer(aioredis.Redis.from_url(url))  # packs as the worker's client does
+        try:
+            return await _apply_batches(r, batches)
+        finally:
+            await r.aclose()
+
+    seconds = asyncio.run(go())
+    server = fcall_server_usec(sync)
+    sync.flushdb()
+    sync.close()
+    return {
+        "events": len(deltas),
+        "seconds": round(seconds, 3),
+        "rate": round(len(deltas) / seconds, 1),
+        "batch": batch,
+        "server_usec_per_call": server["usec_per_call"],
+    }
+
+
+# -- row 7a: memory of the customers the worker built ---------------------------------
+
+
+def memory_per_customer(r, sample: int = 2000) -> dict:
+    """MEMORY USAGE of ``cust:{id}`` + ``:seg`` + ``:hist`` over a sample, and used_memory per customer."""
+    from features import keys
+
+    ids: list[str] = []
+    total_customers = 0
+    for k in r.scan_iter(match="cust:{*}", count=1000):
+        if k.endswith("}"):
+            total_customers += 1
+            if len(ids) < sample:
+                ids.append(keys.customer_id_of(k))
+    if not ids:
+        return {"customers": 0}
+    parts = {"cust": 0, "seg": 0, "hist": 0}
+    fields = 0
+    for cid in ids:
+        parts["cust"] += r.memory_usage(keys.customer_key(cid), samples=0) or 0
+        parts["seg"] += r.memory_usage(keys.segments_key(cid), samples=0) or 0
+        parts["hist"] += r.memory_usage(keys.history_key(cid), samples=0) or 0
+        fields += r.hlen(keys.customer_key(cid))
+    info = r.info("memory")
+    per = {k: round(v / len(ids)) for k, v in parts.items()}
+    return {
+        "customers": total_customers,
+        "sampled": len(ids),
+        "bytes_per_customer_keys": sum(per.values()),
+        "by_key": per,
+        "avg_fields_in_cust_hash": round(fields / len(ids), 1),
+        "used_memory_dataset_per_customer": round(int(info.get("used_memory_dataset", 0)) / total_customers),
+    }
+
+
+# -- row 7b: scale --------------------------------------------------------------------
+
+
+def scale_test(
+    url: str, payloads, sizes: tuple[int, ...], probe_events: int, events_per_customer: int = 4, batch: int = 2000, probe_rounds: int = 5
+) -> list[dict]:
+    """Populate ``sizes`` customers by calling ``segflow_apply`` directly; at each size measure memory and
+    per-event cost (the median of ``probe_rounds`` probes)."""
+    import redis as redis_lib
+    import redis.asyncio as aioredis
+
+    from features import keys
+    from features.store import load_library_sync
+    from streams.redis_packing import use_hiredis_packer
+
+    templates = [d for _, d in _deltas(payloads[: min(len(payloads), 5000)])]
+    day = 86_400_000
+    base = templates[0].ts_ms
+
+    def deltas_for(cid_index: int, j: int, tag: str):
+        t = templates[(cid_index * 7 + j) % len(templates)]
+        return f"s{cid_index}", t._replace(ts_ms=base + j * day + (cid_index % 86_400) * 1000, token=f"{tag}{cid_index}.{j}", offset=None)
+
+    sync = redis_lib.Redis.from_url(url, decode_responses=True)
+    sync.execute_command("FLUSHALL", "SYNC")  # plain FLUSHALL may free lazily, after the baseline
+    load_library_sync(sync)
+    sync.memory_purge()
+    baseline = int(sync.info("memory")["used_memory"])
+    results = []
+
+    async def run_all():
+        r = use_hiredis_packer(aioredis.Redis.from_url(url))
+        try:
+            populated = 0
+            for size in sizes:
+                t0 = time.perf_counter()
+                pending: list = []
+                for i in range(populated, size):
+                    for j in range(events_per_customer):
+                        pending.append(deltas_for(i, j, "p"))
+                    if len(pending) >= 5000:
+                        await _apply_batches(r, [_batch_calls(pending)])
+                        pending = []
+                    if i and i % 100_000 == 0:
+                        say(f"  populated {i:,} customers")
+                if pending:
+                    await _apply_batches(r, [_batch_calls(pending)])
+                populate_s = time.perf_counter() - t0
+                populated = size
+                # Probe: events of random existing customers, a later day, batches like the worker's.
+                # Several rounds, the median reported: one round of ~1 s moved by up to 70%
+                # between rounds at the same size on this machine. Every probe event is its
+                # customer's next day (customers drawn without replacement within a block of
+                # ``size`` events), so at every size each event clears the same day buckets
+                # and the work per event is the same.
+                rng = random.Random(size)
+                # Memory first: the probes add events (and duplicate-filter entries) to the customers.
+                info = sync.info("memory")
+                sample_ids = [f"s{rng.randrange(size)}" for _ in range(min(500, size))]
+                usage = [sync.memory_usage(keys.customer_key(c), samples=0) or 0 for c in sample_ids]
+                rounds = []
+                last_day: dict[int, int] = {}
+                for round_no in range(probe_rounds):
+                    probe = []
+                    for start in range(0, probe_events, size):
+                        for k, c in enumerate(rng.sample(range(size), min(size, probe_events - start))):
+                            last_day[c] = last_day.get(c, events_per_customer - 1) + 1
+                            probe.append(deltas_for(c, last_day[c], f"q{size}.{round_no}.{start + k}."))
+                    batches = [_batch_calls(probe[i : i + batch]) for i in range(0, len(probe), batch)]
+                    sync.config_resetstat()
+                    seconds = await _apply_batches(r, batches)
+                    server = fcall_server_usec(sync)
+                    rounds.append((server["usec_per_call"], seconds / probe_events * 1e6))
+                server_rounds = sorted(u for u, _ in rounds)
+                client_rounds = sorted(c for _, c in rounds)
+                row = {
+                    "customers": size,
+                    "events_per_customer": events_per_customer,
+                    "populate_seconds": round(populate_s, 1),
+                    "probe_events": probe_events,
+                    "probe_rounds": probe_rounds,
+                    "usec_per_event_client": round(client_rounds[len(client_rounds) // 2], 2),
+                    "usec_per_call_server": server_rounds[len(server_rounds) // 2],
+                    "usec_per_call_server_rounds": [round(u, 2) for u, _ in rounds],
+                    "redis_commands_per_event": server["inner_commands_per_call"],  # of the last round
+                    "used_memory_per_customer": round((int(info["used_memory"]) - baseline) / size),
+                    "cust_key_bytes_sampled": round(sum(usage) / len(usage)),
+                }
+                say(
+                    f"  {size:,} customers: {row['usec_per_event_client']} µs/event (server {row['usec_per_call_server']} µs), "
+                    f"{row['used_memory_per_customer']} B/customer"
+                )
+                results.append(row)
+        finally:
+            await r.aclose()
+
+    try:
+        asyncio.run(run_all())
+    finally:
+        sync.flushall()
+        sync.close()
+    return results

@@ -1,0 +1,152 @@
+"""Row 5 (and 5b): real ``segflow worker`` subprocesses end to end on the backlog,
+events/s from the ``segflow:stats`` hash; and the optional py-spy profile of the
+worker during that row.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from lab.bench.common import (
+    BENCH_PREFIX,
+    REPO_ROOT,
+    BenchOptions,
+    Procs,
+    say,
+    worker_env,
+)
+from lab.bench.redis_rows import memory_per_customer
+
+# -- row 5: segflow end to end ----------------------------------------------------
+
+
+def run_worker_e2e(stack, procs: Procs, work: Path, expected: int, timeout: float, opts: BenchOptions, workers: int = 1) -> dict:
+    """Real workers (one consumer group) on the backlog; rate from the changes of the
+    shared ``segflow:stats`` hash (written after every batch)."""
+    import redis as redis_lib
+
+    r = redis_lib.Redis.from_url(stack.redis.url, decode_responses=True)
+    r.flushall()  # FLUSHALL keeps the function library
+    group = "bench-segflow" if workers == 1 else f"bench-segflow-{workers}w"
+    for i in range(workers):
+        (work / f"w{i}").mkdir(exist_ok=True)
+    envs = [worker_env(stack, BENCH_PREFIX, group, work / f"w{i}", "event") for i in range(workers)]  # own web port and data dir each
+    others = [procs.start([sys.executable, "-m", "segflow.cli", "worker"], envs[i], work / f"worker-e2e-{group}-{i}.log") for i in range(1, workers)]
+    p = procs.start([sys.executable, "-m", "segflow.cli", "worker"], envs[0], work / f"worker-e2e-{group}-0.log")
+    say(f"  {workers} worker(s), pids {[p.pid] + [o.pid for o in others]}, logs {work}/worker-e2e-{group}-*.log")
+    samples: list[tuple[float, int, dict]] = []  # (time the hash changed, received, whole hash)
+    spy = None
+    profile: dict | None = None
+    try:
+        deadline = time.monotonic() + timeout
+        last_print = 0.0
+        while time.monotonic() < deadline:
+            for w in (p, *others):
+                if w.poll() is not None:
+                    raise RuntimeError(f"worker exited with {w.returncode}; see {work}/worker-e2e-{group}-*.log")
+            h = r.hgetall("segflow:stats")
+            received = int(h.get("received", 0))
+            if h and (not samples or samples[-1][1] != received):
+                samples.append((time.monotonic(), received, h))
+                if received and opts.profile and spy is None:
+                    spy = start_py_spy(p.pid, opts.profile, opts.profile_seconds, procs)
+            if time.monotonic() - last_print > 5:
+                last_print = time.monotonic()
+                say(f"  worker: received={received}/{expected} applied={h.get('applied', 0)} changes={h.get('changes', 0)}")
+            if received >= expected:
+                break
+            time.sleep(0.05)
+        if spy is not None:
+            try:
+                spy.wait(opts.profile_seconds + 30)
+            except subprocess.TimeoutExpired:
+                procs.stop(spy)
+            profile = summarise_profile(opts.profile) if opts.profile and opts.profile.exists() else None
+        final = dict(samples[-1][2]) if samples else {}
+        # Rate between stats writes that fall strictly inside the run: the first
+        # write with received > 0 and the last with received < expected.
+        inside = [s for s in samples if 0 < s[1] < expected]
+        if len(inside) >= 2:
+            (t1, r1, _), (t2, r2, _) = inside[0], inside[-1]
+            rate = (r2 - r1) / (t2 - t1)
+            window = t2 - t1
+        elif len(samples) >= 2:  # a short run: from the first non-zero write to completion
+            firsts = [s for s in samples if s[1] > 0]
+            (t1, r1, _), (t2, r2, _) = firsts[0], samples[-1]
+            rate = (r2 - r1) / (t2 - t1) if t2 > t1 else 0.0
+            window = t2 - t1
+        else:
+            rate, window = 0.0, 0.0
+        out = {
+            "events": int(final.get("received", 0)),
+            "expected": expected,
+            "rate": round(rate, 1),
+            "window_seconds": round(window, 2),
+            "stats_samples": len(samples),
+            "final_stats": final,
+            "workers": workers,
+        }
+        out["memory"] = memory_per_customer(r, sample=2000 if not opts.quick else 300)
+        if profile is not None:
+            out["profile"] = profile
+        return out
+    finally:
+        if spy is not None:
+            procs.stop(spy)
+        for w in (p, *others):
+            procs.stop(w)
+        r.close()
+
+
+def start_py_spy(pid: int, out: Path, seconds: float, procs: Procs) -> subprocess.Popen | None:
+    exe = Path(sys.executable).with_name("py-spy")
+    if not exe.exists():
+        say("  py-spy not found next to the interpreter; no profile (pip install py-spy into the venv)")
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    say(f"  py-spy recording the worker for {seconds:g}s -> {out}")
+    cmd = [str(exe), "record", "-p", str(pid), "-d", str(int(seconds)), "-f", "raw", "-o", str(out), "--nonblocking"]
+    return procs.start(cmd, dict(os.environ), out.with_suffix(".log"))
+
+
+def summarise_profile(path: Path, top: int = 15) -> dict:
+    """py-spy ``raw`` (collapsed stacks) -> share of samples by leaf function and by frame anywhere on the stack."""
+    leaf: Counter = Counter()
+    inclusive: Counter = Counter()
+    ours: Counter = Counter()  # segflow's own frames (streams/, features/, segmenter/), inclusive
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        leaf[_short(frames[-1])] += n
+        for f in {_short(f) for f in frames}:
+            inclusive[f] += n
+            if f.endswith(".py)") and f.split(" (")[-1].startswith(("streams/", "features/", "segmenter/")) and "cli.py" not in f:
+                ours[f] += n
+    pct = lambda c: [(name, round(100.0 * n / total, 1)) for name, n in c.most_common(top)] if total else []  # noqa: E731
+    return {"samples": total, "self_pct": pct(leaf), "inclusive_pct": pct(inclusive), "segflow_inclusive_pct": pct(ours)}
+
+
+def _short(frame: str) -> str:
+    """``func (path/to/site-packages/pkg/mod.py:12)`` -> ``func (pkg/mod.py)``; no absolute paths in reports."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/lib/python3.11/"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+            break
+    else:
+        try:
+            where = str(Path(where).resolve().relative_to(REPO_ROOT))
+        except (ValueError, OSError):
+            where = Path(where).name
+    return f"{name} ({where})"
