@@ -1,7 +1,9 @@
 """The feature catalogue: every feature segflow computes, in one list.
 
 Docs, ``segflow customer``, ``segflow features`` and the segmenter read
-:data:`CATALOGUE`; nothing keeps its own list. Values are computed from the
+:data:`CATALOGUE`; nothing keeps its own list. :data:`STATE_FEATURES` are
+computed here from the state; :data:`MODEL_FEATURES` are what the segmenter's
+purchase-rhythm model derives from them at each evaluation. Values are computed from the
 raw :class:`~features.state.CustomerState` at a given time ``now`` (event time
 in replays, wall-clock time live), so a silent customer's windows empty as
 time passes without any event from them.
@@ -85,7 +87,10 @@ def _catalogue() -> tuple[Feature, ...]:
         Feature("days_since_last_login", "Days from the last successful login to now.", "days", None, "recency"),
         Feature("days_since_last_activity", "Days from the customer's newest event of any kind to now.", "days", None, "recency"),
         Feature("tenure_days", "Days from the first event ever seen to now.", "days", None, "recency"),
+        Feature("days_since_first_purchase", "Days from the first purchase to now (the buy-till-you-die age T).", "days", None, "recency"),
         Feature("purchases_total", "Purchases over the customer's lifetime (frequency).", "count", None, "frequency"),
+        Feature("purchase_days_total", "Distinct days (UTC) with a purchase; repeat purchases are these minus one.", "count", None, "frequency"),
+        Feature("purchase_span_days", "Whole days (UTC) from the first to the last purchase day (the buy-till-you-die t_x).", "days", None, "frequency"),
         Feature("revenue_total", "Revenue over the customer's lifetime (monetary).", "currency", None, "monetary"),
         Feature("avg_order_value", "Lifetime revenue divided by lifetime purchases.", "currency", None, "monetary"),
     ]
@@ -106,8 +111,25 @@ def _catalogue() -> tuple[Feature, ...]:
     return tuple(f)
 
 
-CATALOGUE: tuple[Feature, ...] = _catalogue()
-FEATURE_NAMES: tuple[str, ...] = tuple(feat.name for feat in CATALOGUE)
+# What the segmenter's per-customer purchase-rhythm model (segmenter/rhythm.py)
+# adds to the features above at each evaluation; rules can test them.
+MODEL_FEATURES: tuple[Feature, ...] = (
+    Feature("p_alive", "Probability the customer is still a customer (BG/NBD); 1 for buyers with no repeat purchase yet.", "probability", None, "model"),
+    Feature("expected_purchases_30d", "Expected purchase days in the next 30 days (BG/NBD).", "count", 30, "model"),
+    Feature("expected_purchases_90d", "Expected purchase days in the next 90 days (BG/NBD).", "count", 90, "model"),
+    Feature(
+        "churn_propensity",
+        "Probability of no purchase in the next churn horizon (BG/NBD; `churn.horizon_days` in the segments config); None without a purchase.",
+        "probability",
+        None,
+        "model",
+    ),
+)
+
+STATE_FEATURES: tuple[Feature, ...] = _catalogue()
+CATALOGUE: tuple[Feature, ...] = STATE_FEATURES + MODEL_FEATURES
+FEATURE_NAMES: tuple[str, ...] = tuple(feat.name for feat in STATE_FEATURES)
+MODEL_FEATURE_NAMES: tuple[str, ...] = tuple(feat.name for feat in MODEL_FEATURES)
 BY_NAME: dict[str, Feature] = {feat.name: feat for feat in CATALOGUE}
 
 
@@ -149,7 +171,16 @@ def compute(state: CustomerState, now_ms: int) -> dict[str, float | None]:
         "days_since_last_login": _days(now_ms, state.last_login_ms),
         "days_since_last_activity": _days(now_ms, state.last_seen_ms),
         "tenure_days": _days(now_ms, state.first_seen_ms),
+        "days_since_first_purchase": _days(now_ms, state.first_purchase_ms),
         "purchases_total": float(state.purchases_total),
+        # A state written before distinct purchase days were counted ('pd' missing) uses its purchases.
+        "purchase_days_total": float(state.purchase_days or state.purchases_total),
+        # Whole days, as repeat purchases are counted on distinct days: one day of purchases spans 0.
+        "purchase_span_days": (
+            None
+            if state.first_purchase_ms is None or state.last_purchase_ms is None
+            else float(state.last_purchase_ms // DAY_MS - state.first_purchase_ms // DAY_MS)
+        ),
         "revenue_total": state.revenue_total_cents / 100,
         "avg_order_value": _ratio(state.revenue_total_cents / 100, state.purchases_total),
     }

@@ -217,9 +217,34 @@ local function apply(keys, args)
     local ll = num(redis.call('HGET', cust, 'll'))
     if not ll or ts > ll then set[#set + 1] = 'll'; set[#set + 1] = fmt(ts) end
   end
-  if string.find(flags, 'p', 1, true) then
+  -- The event's daily bucket, read once: a purchase asks whether its day already
+  -- had one (distinct purchase days, 'pd'), and the bucket is updated below.
+  local day = math.floor(ts / DAY_MS)
+  local newest_day = math.floor(newest / DAY_MS)
+  local in_window = day > newest_day - BUCKET_DAYS
+  local bucket_raw = in_window and (redis.call('HGET', cust, 'd:' .. fmt(day)) or nil) or nil
+
+  local buys = (incs[PURCHASES] or 0) > 0
+  local is_purchase = string.find(flags, 'p', 1, true)
+  local fp, lp, pp
+  if is_purchase or (buys and not in_window) then
     local p = redis.call('HMGET', cust, 'fp', 'lp', 'pp')
-    local fp, lp, pp = num(p[1]), num(p[2]), num(p[3])
+    fp, lp, pp = num(p[1]), num(p[2]), num(p[3])
+  end
+  if buys then
+    local new_day
+    if in_window then
+      new_day = decode_bucket(bucket_raw)[PURCHASES + 1] == 0
+    else
+      -- older than the buckets (a lateness over BUCKET_DAYS): new unless it is the
+      -- day of a purchase still remembered
+      new_day = not ((fp and math.floor(fp / DAY_MS) == day) or (lp and math.floor(lp / DAY_MS) == day)
+        or (pp and math.floor(pp / DAY_MS) == day))
+    end
+    if new_day then redis.call('HINCRBY', cust, 'pd', 1) end
+  end
+
+  if is_purchase then
     if not fp or ts < fp then set[#set + 1] = 'fp'; set[#set + 1] = fmt(ts) end
     if not lp or ts >= lp then
       if lp then set[#set + 1] = 'pp'; set[#set + 1] = fmt(lp) end
@@ -234,11 +259,9 @@ local function apply(keys, args)
 
   -- Daily bucket of the event, then drop the buckets that fell out of the
   -- longest window when this customer's newest day moved forward.
-  local day = math.floor(ts / DAY_MS)
-  local newest_day = math.floor(newest / DAY_MS)
-  if day > newest_day - BUCKET_DAYS then
+  if in_window then
     local field = 'd:' .. fmt(day)
-    local b = decode_bucket(redis.call('HGET', cust, field) or nil)
+    local b = decode_bucket(bucket_raw)
     for i, n in pairs(incs) do b[i + 1] = b[i + 1] + n end
     set[#set + 1] = field; set[#set + 1] = encode_bucket(b)
   end

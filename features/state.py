@@ -99,6 +99,9 @@ class CustomerState:
     last_login_ms: int | None = None
     events_total: int = 0
     purchases_total: int = 0
+    # Distinct UTC days with a purchase: the buy-till-you-die models count repeat
+    # purchases on distinct days (several orders on one day are one purchase occasion).
+    purchase_days: int = 0
     revenue_total_cents: int = 0
     discount_total_cents: int = 0
     buckets: dict[int, list[int]] = field(default_factory=dict)
@@ -124,6 +127,22 @@ def _max(a: int | None, b: int) -> int:
 
 def _min(a: int | None, b: int) -> int:
     return b if a is None or b < a else a
+
+
+def _new_purchase_day(state: CustomerState, ts: int, newest_before: int | None) -> bool:
+    """Whether purchases at ``ts`` are the first of their UTC day for this customer.
+
+    Within the bucket window the day's bucket says so; a purchase on an older day
+    (possible only with a lateness over :data:`BUCKET_DAYS`) is new unless it falls on
+    the day of the first, last or previous purchase, the ones still remembered.
+    """
+    day = ts // DAY_MS
+    newest_day = max(ts, newest_before or ts) // DAY_MS
+    if day > newest_day - BUCKET_DAYS:
+        bucket = state.buckets.get(day)
+        return bucket is None or bucket[PURCHASES] == 0
+    known = (state.first_purchase_ms, state.last_purchase_ms, state.prev_purchase_ms)
+    return all(t is None or t // DAY_MS != day for t in known)
 
 
 def apply_delta(state: CustomerState, delta: EventDelta, late_before_ms: int | None) -> str:
@@ -152,6 +171,7 @@ def apply_delta(state: CustomerState, delta: EventDelta, late_before_ms: int | N
         return "unverifiable"
 
     ts = delta.ts_ms
+    newest_before = state.last_seen_ms
     state.first_seen_ms = _min(state.first_seen_ms, ts)
     state.last_seen_ms = _max(state.last_seen_ms, ts)
     state.events_total += 1
@@ -161,6 +181,8 @@ def apply_delta(state: CustomerState, delta: EventDelta, late_before_ms: int | N
         state.last_visit_ms = _max(state.last_visit_ms, ts)
     if delta.login:
         state.last_login_ms = _max(state.last_login_ms, ts)
+    if delta.increments.get(PURCHASES, 0) > 0 and _new_purchase_day(state, ts, newest_before):
+        state.purchase_days += 1
     if delta.purchase:
         state.first_purchase_ms = _min(state.first_purchase_ms, ts)
         # Keep the two latest purchase times: order-independent, gives the last gap.

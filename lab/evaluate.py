@@ -100,7 +100,7 @@ def replay(
     def evaluate(cid: str, now_ms: int, cause: str) -> None:
         feats = compute(states[cid], now_ms)
         if cause.startswith("event:"):
-            seg.learn_one(feats)
+            seg.learn_one(feats, cid, now_ms)
         ev = seg.evaluate(cid, feats, current.get(cid, {}), now_ms, cause)
         current[cid] = ev.assignments
         first_assigned.setdefault(cid, now_ms)

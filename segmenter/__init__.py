@@ -8,7 +8,9 @@ decides.
 Modules, one job each:
 
 - :mod:`segmenter.config`      the YAML segmentation config, validated, with line numbers in errors
-- :mod:`segmenter.churn`       a transparent churn-propensity score
+- :mod:`segmenter.bgnbd`       the BG/NBD buy-till-you-die model: fit, P(alive), expected purchases
+- :mod:`segmenter.churn`       churn propensity from each customer's purchase rhythm (BG/NBD)
+- :mod:`segmenter.scoring`     AUC, Brier, reliability, precision/recall of a churn signal
 - :mod:`segmenter.rules`       ordered first-match rules and when time alone will change them
 - :mod:`segmenter.clustering`  River k-means behind stable, human segment names
 - :mod:`segmenter.value`       RFM scores from streaming quantiles

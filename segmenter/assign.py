@@ -9,22 +9,26 @@ snapshots.
 >>> from segmenter.config import default_config
 >>> seg = Segmenter.from_config(default_config())
 >>> day = 86_400_000
->>> f = {"tenure_days": 40.0, "days_since_last_activity": 0.0, "days_since_last_purchase": 3.0,
-...      "purchases_total": 4.0, "revenue_total": 120.0, "purchases_90d": 4.0, "sessions_30d": 8.0}
+>>> f = {"tenure_days": 40.0, "days_since_last_activity": 0.0, "days_since_last_purchase": 0.0,
+...      "purchases_total": 4.0, "revenue_total": 120.0, "purchases_90d": 4.0, "sessions_30d": 8.0,
+...      "purchase_days_total": 4.0, "purchase_span_days": 30.0, "days_since_first_purchase": 30.0}
 >>> ev = seg.evaluate("c1", f, current={}, now_ms=100 * day, cause="event:e1")
 >>> {name: a.segment for name, a in ev.assignments.items()}
 {'lifecycle': 'active', 'behaviour': 'steady', 'value': 'loyal'}
 >>> [(c.segmentation, c.from_segment, c.to_segment) for c in ev.changes][0]
 ('lifecycle', None, 'active')
->>> round((ev.next_deadline_ms - 100 * day) / day, 3)  # 14 days since the purchase: recency score drops
-11.0
+>>> round(ev.churn_propensity, 2)
+0.17
 
-Two weeks later, without any event, the timer re-evaluates:
+A buyer every ten days who goes silent: the timer re-evaluates when their own
+rhythm says they are at risk, without any event from them.
 
->>> later = {**f, "days_since_last_activity": 14.0, "days_since_last_purchase": 17.0}
->>> ev2 = seg.evaluate("c1", later, ev.assignments, now_ms=114 * day, cause="deadline")
->>> [(c.segmentation, c.from_segment, c.to_segment, c.reason) for c in ev2.changes]
-[('lifecycle', 'active', 'at_risk', 'buyer_silent_14d')]
+>>> due = ev.next_deadline_ms
+>>> silent = (due - 100 * day) / day
+>>> later = {**f, "days_since_last_activity": silent, "days_since_last_purchase": silent, "days_since_first_purchase": 30.0 + silent}
+>>> ev2 = seg.evaluate("c1", later, ev.assignments, now_ms=due, cause="deadline")
+>>> [(c.segmentation, c.from_segment, c.to_segment) for c in ev2.changes if c.segmentation == "lifecycle"]
+[('lifecycle', 'active', 'at_risk')]
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from segmenter.changes import SegmentChange
-from segmenter.churn import churn_propensity
+from segmenter.churn import ChurnModel
 from segmenter.clustering import WARMUP_POINTS, BehaviourModel
 from segmenter.config import CHURN_FEATURE, SEGMENTATIONS, HysteresisPolicy, SegmentationConfig
 from segmenter.hysteresis import Assignment, AssignmentLike, decide, margin_ok
@@ -109,7 +113,7 @@ class Evaluation:
 
     assignments: dict[str, Assignment]
     changes: list[SegmentChange]
-    churn_propensity: float
+    churn_propensity: float | None
     next_deadline_ms: int | None
     model_version: int
     targets: dict[str, str] = field(default_factory=dict)
@@ -121,7 +125,10 @@ class Segmenter:
 
     def __init__(self, config: SegmentationConfig, behaviour_model: BehaviourModel | None = None, rfm: RFMScorer | None = None):
         self.config = config
-        self.lifecycle = LifecycleRules(config)
+        self.churn = ChurnModel(
+            horizon_days=config.churn.horizon_days, sample_size=config.churn.sample_size, min_customers=config.churn.min_customers
+        )
+        self.lifecycle = LifecycleRules(config, self.churn)
         self.behaviour = behaviour_model or BehaviourModel.from_config(config.behaviour)
         self.value = ValueSegmentation(config.value, rfm)
         self._learned_at_snapshot = 0
@@ -136,12 +143,16 @@ class Segmenter:
         return self.behaviour.version
 
     # -- learning -------------------------------------------------------------------
-    def learn_one(self, features: Features) -> bool:
+    def learn_one(self, features: Features, customer_id: str | None = None, now_ms: int | None = None) -> bool:
         """Feed one customer's features (after an event) to the learned models.
 
-        Only evaluations during a customer's first session of each day are
-        learned (see :func:`first_session_of_day`); returns whether this one was.
+        The churn model keeps each sampled buyer's latest purchase rhythm (given
+        ``customer_id`` and ``now_ms``). The clusters and RFM quantiles learn only
+        from evaluations during a customer's first session of each day (see
+        :func:`first_session_of_day`); returns whether this one was.
         """
+        if customer_id is not None and now_ms is not None and self.churn.learn_one(customer_id, features, now_ms):
+            self.n_learned += 1
         if not first_session_of_day(features):
             return False
         self.behaviour.learn_one(features)
@@ -166,10 +177,12 @@ class Segmenter:
         triggered the evaluation (``event:<event_id>``, ``deadline:<ms>``) and
         enters the changes' ids. ``emitted_at_ms`` defaults to ``now_ms``.
         """
-        churn = churn_propensity(features)
-        feats = {**features, CHURN_FEATURE: churn}
+        feats = {**features, **self.churn.predict_one(features)}
+        churn = feats[CHURN_FEATURE]
 
         life_segment, life_rule = self.lifecycle.assign(feats)
+        if self.lifecycle.uses_churn(life_rule):
+            life_rule = f"{life_rule}: churn_propensity {churn:.2f} in {self.churn.horizon_days:g} d ({self.churn.explain(feats)})"
         distances = self.behaviour.distances(feats)
         behaviour_segment = min(distances, key=distances.__getitem__)
         value_segment, value_rule = self.value.assign(feats)
@@ -234,9 +247,17 @@ class Segmenter:
         nothing was learned since the last snapshot. Bumps the version."""
         if self.n_learned == self._learned_at_snapshot:
             return None
+        self.churn.refit()  # the purchase-rhythm population parameters, on the snapshot's tick
         behaviour_blob = self.behaviour.snapshot()  # re-checks names, bumps version
         blob = pickle.dumps(
-            {"format": SNAPSHOT_FORMAT, "fingerprint": self._fingerprint(), "behaviour": behaviour_blob, "rfm": self.value.scorer, "n_learned": self.n_learned},
+            {
+                "format": SNAPSHOT_FORMAT,
+                "fingerprint": self._fingerprint(),
+                "behaviour": behaviour_blob,
+                "rfm": self.value.scorer,
+                "churn": self.churn.to_dict(),
+                "n_learned": self.n_learned,
+            },
             protocol=pickle.HIGHEST_PROTOCOL,
         )
         self._learned_at_snapshot = self.n_learned
@@ -272,6 +293,8 @@ class Segmenter:
         if usable:
             self.behaviour = BehaviourModel.from_bytes(data["behaviour"])
             self.value = ValueSegmentation(self.config.value, data["rfm"])
+            if "churn" in data:
+                self.churn.restore(data["churn"])
             self.n_learned = self._learned_at_snapshot = int(data.get("n_learned", 0))
         self.behaviour.version = max(self.behaviour.version, int(version))
         return usable

@@ -1,96 +1,236 @@
-"""Churn propensity: a transparent 0..1 score anyone can recompute by hand.
+"""Churn propensity from each customer's own purchase rhythm (BG/NBD).
 
-Four signals, each turned into a risk in [0, 1]:
+A fixed silence ("no activity for 14 days") is a normal pause for a monthly
+buyer and a long one for a daily buyer. :class:`ChurnModel` instead asks the
+buy-till-you-die model of the field (BG/NBD, :mod:`segmenter.bgnbd`) what the
+customer's own purchase history says:
 
-- ``silence``: days since the customer's last event of any kind, relative to
-  their *own* usual gap (mean days between purchases when they have bought at
-  least twice, else :data:`DEFAULT_USUAL_GAP_DAYS`). Silent for up to one
-  usual gap: no risk; four gaps or more: full risk.
-- ``fading``: ``1 - engagement_trend`` (activity of the last 7 days per day
-  over that of the 30 days before), clipped to [0, 1]; unknown trend: no risk.
-- ``login_silence``: no successful login for 14 days -> 0 rising to 1 at 60
-  days; never logged in: no signal.
-- ``failed_logins``: failed logins in the last 7 days, 5 or more -> 1.
+- ``p_alive``: probability the customer has not dropped out (1 for a buyer
+  with no repeat purchase yet: BG/NBD lets customers drop out only right
+  after a purchase);
+- ``expected_purchases_30d`` / ``_90d``: expected purchase days in the next
+  30 / 90 days;
+- ``churn_propensity``: probability of **no purchase in the next
+  ``horizon_days``** (``churn.horizon_days`` in the segments config), a
+  probability that can be checked against what happens (docs/SEGMENTS.md);
+  it grows with silence, so the lifecycle deadline for a silent customer is
+  found by bisection (:mod:`segmenter.rules`).
 
-They combine as a noisy-OR, ``1 - prod(1 - weight * risk)``: each signal alone
-can explain part of the churn risk, and more evidence never lowers the score,
-so more silence never lowers it either (tested with hypothesis).
+Per customer the model reads three features (:data:`INPUTS`): distinct
+purchase days (x = days - 1 repeat purchases), the span from the first to the
+last purchase (t_x) and the days since the first purchase (T). A customer who
+never bought has no propensity (None): lifecycle rules on silence decide for
+them (default_segments.yaml).
 
->>> churn_propensity({"days_since_last_activity": 1.0, "engagement_trend": 1.2})
-0.0
->>> round(churn_propensity({"days_since_last_activity": 20.0, "purchase_interval_mean_days": 5.0,
-...                         "engagement_trend": 0.0, "days_since_last_login": 20.0}), 3)
-0.929
+The population parameters are fitted from a bounded sample of customers
+(:class:`CustomerSample`, at most ``sample_size``, chosen by a hash of the
+customer id) when the shell asks (:meth:`ChurnModel.refit`, on the snapshot
+tick); until ``min_customers`` buyers are in the sample the ``prior``
+parameters hold (fitted on CDNOW in days). Each fit bumps ``version``.
+
+>>> model = ChurnModel()
+>>> f = {"purchase_days_total": 5.0, "purchase_span_days": 120.0, "days_since_first_purchase": 130.0}
+>>> round(model.propensity(f), 3)
+0.257
+>>> round(model.propensity({**f, "days_since_first_purchase": 300.0}), 3)  # 180 days of silence
+0.809
+>>> model.propensity({"purchase_days_total": 0.0}) is None
+True
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any
 
-DEFAULT_USUAL_GAP_DAYS = 7.0
-# Habits faster than every 3 days still tolerate a long weekend of silence;
-# slower than 90 days are bounded so the score still reacts within a year.
-MIN_USUAL_GAP_DAYS = 3.0
-MAX_USUAL_GAP_DAYS = 90.0
+import numpy as np
 
+from segmenter.bgnbd import DEFAULT_PRIOR, BGNBDParams, expected_purchases, fit
 
-@dataclass(frozen=True)
-class ChurnWeights:
-    """How much each signal can explain on its own (0..1)."""
+DAY_MS = 86_400_000
+INPUTS = frozenset({"purchase_days_total", "purchase_span_days", "days_since_first_purchase"})
+# BG/NBD fitted on the whole CDNOW log in days: a cold start that knows what real
+# purchase rhythms look like.
+CDNOW_PRIOR = DEFAULT_PRIOR
 
-    silence: float = 0.85
-    fading: float = 0.5
-    login_silence: float = 0.4
-    failed_logins: float = 0.3
-
-
-WEIGHTS = ChurnWeights()
+Features = dict[str, float | None]
 
 
-# Every feature churn_signals reads (a test checks it reads no other): the
-# deadline search projects only these forward in time.
-CHURN_INPUTS = frozenset(
-    {
-        "days_since_last_activity",
-        "purchase_interval_mean_days",
-        "engagement_trend",
-        "days_since_last_login",
-        "failed_logins_7d",
-    }
-)
+def summary(features: Features) -> tuple[float, float, float] | None:
+    """``(x, t_x, T)`` in days from the features, or None for a customer without a purchase.
 
-
-def _clip01(x: float) -> float:
-    return 0.0 if x < 0 else 1.0 if x > 1 else x
-
-
-def usual_gap_days(features: dict[str, float | None]) -> float:
-    """The customer's own expected gap between visits, in days."""
-    gap = features.get("purchase_interval_mean_days")
-    if gap is None:
-        return DEFAULT_USUAL_GAP_DAYS
-    return min(MAX_USUAL_GAP_DAYS, max(MIN_USUAL_GAP_DAYS, gap))
-
-
-def churn_signals(features: dict[str, float | None]) -> dict[str, float]:
-    """Each signal's risk in [0, 1], before weighting (for explanations).
-
-    >>> churn_signals({"days_since_last_activity": 21.0, "failed_logins_7d": 1.0})
-    {'silence': 0.6666..., 'fading': 0.0, 'login_silence': 0.0, 'failed_logins': 0.2}
+    >>> summary({"purchase_days_total": 3.0, "purchase_span_days": 20.0, "days_since_first_purchase": 50.0})
+    (2.0, 20.0, 50.0)
     """
-    silent = features.get("days_since_last_activity")
-    silence = 0.0 if silent is None else _clip01((silent / usual_gap_days(features) - 1.0) / 3.0)
-    trend = features.get("engagement_trend")
-    fading = 0.0 if trend is None else _clip01(1.0 - trend)
-    since_login = features.get("days_since_last_login")
-    login_silence = 0.0 if since_login is None else _clip01((since_login - 14.0) / 46.0)
-    failed = features.get("failed_logins_7d") or 0.0
-    return {"silence": silence, "fading": fading, "login_silence": login_silence, "failed_logins": _clip01(failed / 5.0)}
+    days = features.get("purchase_days_total")
+    age = features.get("days_since_first_purchase")
+    if not days or age is None:
+        return None
+    span = features.get("purchase_span_days") or 0.0
+    x = days - 1.0
+    return x, (min(span, age) if x > 0 else 0.0), age
 
 
-def churn_propensity(features: dict[str, float | None], weights: ChurnWeights = WEIGHTS) -> float:
-    """The churn score in [0, 1] of one feature vector (see the module docs)."""
-    keep = 1.0
-    for name, risk in churn_signals(features).items():
-        keep *= 1.0 - getattr(weights, name) * risk
-    return _clip01(1.0 - keep)
+def p_alive(params: BGNBDParams, x: float, t_x: float, T: float) -> float:
+    """P(alive at T | x, t_x, T): Fader, Hardie & Lee (2005), eq. 13; 1 when x = 0."""
+    if x <= 0:
+        return 1.0
+    log_ratio = (params.r + x) * math.log((params.alpha + T) / (params.alpha + t_x))
+    odds = params.a / (params.b + x - 1.0) * math.exp(min(log_ratio, 700.0))
+    return 1.0 / (1.0 + odds)
+
+
+def p_no_purchase(params: BGNBDParams, horizon: float, x: float, t_x: float, T: float) -> float:
+    """P(no purchase in (T, T + horizon] | x, t_x, T).
+
+    Dropped out (1 - p_alive), or alive with the purchase rate's posterior
+    Gamma(r + x, alpha + T) and no purchase in ``horizon``: while silent there
+    is no dropout (it happens only right after a purchase).
+    """
+    alive = p_alive(params, x, t_x, T)
+    stay_silent = ((params.alpha + T) / (params.alpha + T + horizon)) ** (params.r + x)
+    return 1.0 - alive + alive * stay_silent
+
+
+def _hash_unit(customer_id: str) -> float:
+    """A customer's fixed position in [0, 1): who is sampled does not depend on order."""
+    return int.from_bytes(hashlib.blake2b(customer_id.encode(), digest_size=8).digest(), "big") / 2**64
+
+
+@dataclass
+class CustomerSample:
+    """At most ``capacity`` customers, each kept with its latest ``(x, t_x, first purchase day)``.
+
+    A customer is in the sample when its hash position is below ``rate``; when the
+    sample overflows, ``rate`` halves and the customers above it leave. So the
+    sample is a uniform random subset of the buyers seen, whatever their order,
+    and a customer's entry is refreshed by each of its evaluations.
+
+    >>> s = CustomerSample(capacity=4)
+    >>> for i in range(100):
+    ...     s.add(f"c{i}", 1.0, 2.0, 10.0)
+    >>> len(s.rows) <= 4 and s.rate < 1.0
+    True
+    """
+
+    capacity: int = 5000
+    rate: float = 1.0
+    rows: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+
+    def add(self, customer_id: str, x: float, t_x: float, first_purchase_day: float) -> None:
+        position = _hash_unit(customer_id)
+        if position >= self.rate:
+            return
+        self.rows[customer_id] = (x, t_x, first_purchase_day)
+        while len(self.rows) > self.capacity:
+            self.rate /= 2
+            self.rows = {c: row for c, row in self.rows.items() if _hash_unit(c) < self.rate}
+
+
+@dataclass
+class ChurnModel:
+    """The purchase-rhythm model: learn summaries, refit, predict per customer.
+
+    A River-like small API: :meth:`learn_one` (one customer's features),
+    :meth:`refit` (population parameters from the sample), :meth:`predict_one`
+    (the model features of one customer), :meth:`propensity`.
+    """
+
+    horizon_days: float = 90.0
+    sample_size: int = 5000
+    min_customers: int = 200
+    prior: BGNBDParams = CDNOW_PRIOR
+    params: BGNBDParams = CDNOW_PRIOR
+    version: int = 0
+    sample: CustomerSample = field(default_factory=CustomerSample)
+    clock_day: float = 0.0  # the newest evaluation time learned, in days: "now" of a fit
+    learned_since_fit: int = 0
+
+    def __post_init__(self) -> None:
+        self.sample.capacity = self.sample_size
+
+    def learn_one(self, customer_id: str, features: Features, now_ms: int) -> bool:
+        """Remember this buyer's rhythm for the next fit; False for a non-buyer."""
+        s = summary(features)
+        if s is None:
+            return False
+        x, t_x, age = s
+        now_day = now_ms / DAY_MS
+        self.clock_day = max(self.clock_day, now_day)
+        self.sample.add(customer_id, x, t_x, now_day - age)
+        self.learned_since_fit += 1
+        return True
+
+    def refit(self) -> bool:
+        """Fit the population parameters on the sample, as of the newest time learned.
+
+        Returns whether the parameters changed (and ``version`` was bumped): not
+        before ``min_customers`` buyers are in the sample, nor without new data.
+        """
+        if len(self.sample.rows) < self.min_customers or self.learned_since_fit == 0:
+            return False
+        rows = np.array(list(self.sample.rows.values()), dtype=float)
+        x = rows[:, 0]
+        t_x = np.where(x > 0, rows[:, 1], 0.0)
+        age = np.maximum(self.clock_day - rows[:, 2], t_x)
+        try:
+            new = fit(x, t_x, age, initial=self.params)
+        except (ValueError, FloatingPointError):
+            return False  # a degenerate sample (everyone bought once, today): keep what we have
+        self.params = new
+        self.version += 1
+        self.learned_since_fit = 0
+        return True
+
+    def propensity(self, features: Features) -> float | None:
+        """P(no purchase in the next ``horizon_days``); None without a purchase."""
+        s = summary(features)
+        return None if s is None else p_no_purchase(self.params, self.horizon_days, *s)
+
+    def predict_one(self, features: Features) -> dict[str, float | None]:
+        """The model features (features/catalogue.py, ``MODEL_FEATURES``) of one customer."""
+        s = summary(features)
+        if s is None:
+            return {"p_alive": None, "expected_purchases_30d": None, "expected_purchases_90d": None, "churn_propensity": None}
+        x, t_x, age = s
+        return {
+            "p_alive": p_alive(self.params, x, t_x, age),
+            "expected_purchases_30d": float(expected_purchases(self.params, 30.0, x, t_x, age)),
+            "expected_purchases_90d": float(expected_purchases(self.params, 90.0, x, t_x, age)),
+            "churn_propensity": p_no_purchase(self.params, self.horizon_days, x, t_x, age),
+        }
+
+    def explain(self, features: Features) -> str:
+        """The model's numbers behind a decision, for a change's reason.
+
+        >>> ChurnModel().explain({"purchase_days_total": 4.0, "purchase_span_days": 90.0, "days_since_first_purchase": 200.0,
+        ...                       "p_alive": 0.41, "expected_purchases_30d": 0.12})
+        'BG/NBD v0: p_alive 0.41, expected 0.12 purchases in 30 d, usual gap 30 d'
+        """
+        days = features.get("purchase_days_total") or 0.0
+        span = features.get("purchase_span_days") or 0.0
+        gap = f", usual gap {span / (days - 1):.0f} d" if days > 1 else ", one purchase day"
+        alive, expected = features.get("p_alive"), features.get("expected_purchases_30d")
+        alive_text = "?" if alive is None else f"{alive:.2f}"
+        expected_text = "?" if expected is None else f"{expected:.2f}"
+        return f"BG/NBD v{self.version}: p_alive {alive_text}, expected {expected_text} purchases in 30 d{gap}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a snapshot keeps: parameters, version, the sample and its clock."""
+        return {
+            "params": self.params.as_dict(),
+            "version": self.version,
+            "rate": self.sample.rate,
+            "rows": self.sample.rows,
+            "clock_day": self.clock_day,
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Adopt a :meth:`to_dict` snapshot."""
+        self.params = BGNBDParams.from_dict(data["params"])
+        self.version = int(data["version"])
+        self.sample = CustomerSample(capacity=self.sample_size, rate=float(data["rate"]), rows=dict(data["rows"]))
+        self.clock_day = float(data["clock_day"])
+        self.learned_since_fit = 0

@@ -40,13 +40,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from features.catalogue import FEATURE_NAMES
+from features.catalogue import FEATURE_NAMES, MODEL_FEATURE_NAMES
 
 _COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
 
 CHURN_FEATURE = "churn_propensity"
-# Features a lifecycle rule may test: the catalogue plus the derived churn score.
-RULE_FEATURES: tuple[str, ...] = (*FEATURE_NAMES, CHURN_FEATURE)
+# Features a lifecycle rule may test: the catalogue, state and model features.
+RULE_FEATURES: tuple[str, ...] = (*FEATURE_NAMES, *MODEL_FEATURE_NAMES)
 # Value rules may also test the RFM scores (1..5) computed by segmenter.value.
 RFM_SCORES: tuple[str, ...] = ("recency_score", "frequency_score", "monetary_score")
 VALUE_RULE_FEATURES: tuple[str, ...] = RULE_FEATURES + RFM_SCORES
@@ -316,6 +316,19 @@ class HysteresisConfig(BaseModel):
     value: HysteresisPolicy = HysteresisPolicy()
 
 
+# -- churn model ------------------------------------------------------------------
+
+
+class ChurnConfig(BaseModel):
+    """The purchase-rhythm model behind ``churn_propensity`` (segmenter/churn.py)."""
+
+    model_config = _FROZEN
+
+    horizon_days: float = Field(90.0, gt=0, description="churn_propensity = P(no purchase in this many days)")
+    sample_size: int = Field(5000, ge=10, description="customers kept to fit the population parameters")
+    min_customers: int = Field(200, ge=10, description="buyers in the sample before the first fit (the prior holds until then)")
+
+
 # -- the whole config ----------------------------------------------------------------
 
 
@@ -327,6 +340,7 @@ class SegmentationConfig(BaseModel):
     behaviour: BehaviourConfig
     value: ValueConfig
     hysteresis: HysteresisConfig = HysteresisConfig()
+    churn: ChurnConfig = ChurnConfig()
 
     @model_validator(mode="after")
     def _urgent_segments_exist(self) -> SegmentationConfig:

@@ -12,10 +12,11 @@ of any rule could change its truth value, given the features at ``now_ms``:
 - a condition on a clock feature (``days_since_*``, ``tenure_days``) with
   current value ``v`` and threshold ``N > v`` flips at ``now + (N - v)`` days;
   nothing pending when ``v >= N`` (these features only grow), or ``v`` is None;
-- a condition on ``churn_propensity`` is found by bisection over
-  :func:`project_silence`, which ages the features as if the customer stayed
-  silent (the score is monotone in silence); the RFM recency score has its
-  own closed form (:mod:`segmenter.value`);
+- a condition on ``churn_propensity`` (the purchase-rhythm model,
+  :mod:`segmenter.churn`) is found by bisection over :func:`project_silence`,
+  which ages the features as if the customer stayed silent (the propensity
+  only grows with silence); the RFM recency score has its own closed form
+  (:mod:`segmenter.value`);
 - other features (windowed counts, ratios) are treated as constant: they only
   change on the customer's next event or as old daily buckets expire, and the
   re-evaluation at the deadline recomputes everything anyway.
@@ -26,13 +27,13 @@ nothing and schedules the next deadline.
 
 >>> from segmenter.config import default_config
 >>> rules = LifecycleRules(default_config())
->>> f = {"days_since_last_activity": 2.0, "tenure_days": 100.0, "purchases_90d": 3.0}
+>>> f = {"days_since_last_activity": 2.0, "tenure_days": 100.0, "purchase_days_total": 0.0}
 >>> rules.assign(f)
 ('active', 'default')
->>> (rules.next_deadline_ms(f, now_ms=0) - 0) / DAY_MS  # 14 days of silence: buyer_silent_14d
-12.0
->>> rules.assign({**f, "days_since_last_activity": 14.0})
-('at_risk', 'buyer_silent_14d')
+>>> rules.next_deadline_ms(f, now_ms=0) / DAY_MS  # a condition flips at 7 days of silence (rhythm_at_risk's)
+5.0
+>>> rules.assign({**f, "days_since_last_activity": 30.0})
+('dormant', 'silent_30d')
 """
 
 from __future__ import annotations
@@ -42,14 +43,15 @@ from collections.abc import Callable, Iterable, Mapping
 
 from features.catalogue import CATALOGUE
 from features.state import DAY_MS
-from segmenter.churn import CHURN_INPUTS, churn_propensity
+from segmenter.churn import INPUTS as CHURN_INPUTS
+from segmenter.churn import ChurnModel
 from segmenter.config import CHURN_FEATURE, Condition, Rule, RuleSet, SegmentationConfig
 
 Features = dict[str, float | None]
 Derive = Callable[[Features], Features]
-# Derived features that change with silence alone: how each is computed, and the
+# A derived feature that changes with silence alone: how it is computed, and the
 # features it reads (the deadline search projects only those).
-TIME_DERIVED: dict[str, tuple[Callable[[Features], float], frozenset[str]]] = {CHURN_FEATURE: (churn_propensity, CHURN_INPUTS)}
+TimeDerived = Mapping[str, tuple[Callable[[Features], float | None], frozenset[str]]]
 
 # Features that grow by exactly one per day of wall/event time, whatever happens.
 CLOCK_FEATURES: frozenset[str] = frozenset(f.name for f in CATALOGUE if f.unit == "days" and f.family == "recency")
@@ -81,11 +83,8 @@ def project_silence(features: Features, days: float) -> Features:
     return out
 
 
-def with_churn(features: Features) -> Features:
-    """``features`` plus ``churn_propensity`` (computed unless already there)."""
-    if features.get(CHURN_FEATURE) is not None:
-        return features
-    return {**features, CHURN_FEATURE: churn_propensity(features)}
+def unchanged(features: Features) -> Features:
+    return features
 
 
 def clock_flip_days(condition: Condition, value: float | None) -> float | None:
@@ -112,7 +111,7 @@ class RuleBook:
     """
 
     def __init__(
-        self, rules: RuleSet, derive: Derive = with_churn, time_derived: Mapping[str, tuple[Callable[[Features], float], frozenset[str]]] = TIME_DERIVED
+        self, rules: RuleSet, derive: Derive = unchanged, time_derived: TimeDerived | None = None
     ):
         self.rules: tuple[Rule, ...] = tuple(rules.rules)
         self.default: str = rules.default
@@ -120,12 +119,12 @@ class RuleBook:
         self.derive = derive
         # Derived features that change with silence alone (see TIME_DERIVED); the
         # others (RFM frequency, monetary) are constant between events.
-        self.time_derived = dict(time_derived)
+        self.time_derived = dict(time_derived or {})
         # Split once: collecting them per evaluation (hashing pydantic models)
         # was most of the cost of next_deadline_ms.
         unique = tuple(self.conditions())
         self._clock_conditions = tuple(c for c in unique if c.feature in CLOCK_FEATURES)
-        self._derived_conditions = tuple(c for c in unique if c.feature not in CLOCK_FEATURES and c.feature in time_derived)
+        self._derived_conditions = tuple(c for c in unique if c.feature not in CLOCK_FEATURES and c.feature in self.time_derived)
 
     def assign(self, features: Features) -> tuple[str, str]:
         """``(segment, rule id)``; ``(default, 'default')`` when no rule matches."""
@@ -192,5 +191,17 @@ class RuleBook:
 class LifecycleRules(RuleBook):
     """The lifecycle segmentation: new, active, at_risk, dormant, churned."""
 
-    def __init__(self, config: SegmentationConfig):
-        super().__init__(config.lifecycle, with_churn)
+    def __init__(self, config: SegmentationConfig, churn: ChurnModel | None = None):
+        self.churn = churn or ChurnModel(horizon_days=config.churn.horizon_days)
+        super().__init__(config.lifecycle, self._with_churn, {CHURN_FEATURE: (self.churn.propensity, CHURN_INPUTS)})
+        self._churn_rules = frozenset(r.id for r in self.rules if any(c.feature == CHURN_FEATURE for c in r.conditions()))
+
+    def uses_churn(self, rule_id: str) -> bool:
+        """Whether the rule ``rule_id`` tests ``churn_propensity`` (its reason then names the model)."""
+        return rule_id in self._churn_rules
+
+    def _with_churn(self, features: Features) -> Features:
+        """``features`` plus ``churn_propensity`` (computed unless already there)."""
+        if CHURN_FEATURE in features:
+            return features
+        return {**features, CHURN_FEATURE: self.churn.propensity(features)}

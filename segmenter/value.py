@@ -29,7 +29,7 @@ from river import stats
 
 from features.state import DAY_MS
 from segmenter.config import ValueConfig
-from segmenter.rules import Features, RuleBook, with_churn
+from segmenter.rules import Features, RuleBook
 
 QUINTILES = (0.2, 0.4, 0.6, 0.8)
 DIMENSIONS = ("recency", "frequency", "monetary")
@@ -108,7 +108,7 @@ class ValueSegmentation:
         return self.rules.segments
 
     def derive(self, features: Features) -> Features:
-        return {**with_churn(features), **self.scorer.scores(features)}
+        return {**features, **self.scorer.scores(features)}
 
     def learn_one(self, features: Features) -> None:
         self.scorer.learn_one(features)

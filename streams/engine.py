@@ -222,7 +222,7 @@ class Engine:
                     continue  # this state was evaluated and committed before the redelivery
                 now_ms = after.state.last_seen_ms
                 feats = compute(after.state, now_ms)
-                learned = learn and self.segmenter.learn_one(feats)
+                learned = learn and self.segmenter.learn_one(feats, customer_id, now_ms)
                 updates.append(
                     self._evaluate(customer_id, feats, after.segments, now_ms, f"event:{event.event_id}", seen_ms=now_ms, drift=drift, learned=learned)
                 )

@@ -30,7 +30,11 @@ ACTIVE = {
     "searches_30d": 9.0,
     "add_to_carts_30d": 11.0,
     "engagement_trend": 1.0,
+    "purchase_days_total": 6.0,
+    "purchase_span_days": 150.0,
+    "days_since_first_purchase": 152.0,
 }
+NEVER_BOUGHT = {**ACTIVE, "purchases_total": 0.0, "purchase_days_total": 0.0, "purchase_span_days": None, "days_since_first_purchase": None}
 
 
 def segments(ev) -> dict[str, str]:
@@ -42,7 +46,9 @@ def test_first_evaluation_assigns_every_segmentation():
     assert segments(ev) == {"lifecycle": "active", "behaviour": "steady", "value": "champions"}
     assert [(c.segmentation, c.from_segment) for c in ev.changes] == [("lifecycle", None), ("behaviour", None), ("value", None)]
     assert all(a.since_ms == T0 for a in ev.assignments.values())
-    assert ev.changes[0].features["churn_propensity"] == ev.churn_propensity == 0.0
+    assert ev.changes[0].features["churn_propensity"] == ev.churn_propensity
+    assert 0.0 < ev.churn_propensity < 0.5  # a buyer every month who bought two days ago
+    assert Segmenter.from_config(CONFIG).evaluate("c2", NEVER_BOUGHT, {}, T0, "event:e1").churn_propensity is None
     assert ev.changes[0].reason == "default"
     assert ev.model_version == 0
 
@@ -64,27 +70,27 @@ def test_nothing_changes_when_nothing_changed():
 
 def test_accepts_the_shells_stored_assignments():
     stored = {"lifecycle": StoredAssignment("active", T0 - 30 * DAY, "default", 3)}
-    ev = Segmenter.from_config(CONFIG).evaluate("c1", {**ACTIVE, "days_since_last_activity": 31.0}, stored, T0, "deadline:1")
+    ev = Segmenter.from_config(CONFIG).evaluate("c1", {**NEVER_BOUGHT, "days_since_last_activity": 31.0}, stored, T0, "deadline:1")
     assert next((c.segmentation, c.from_segment, c.to_segment) for c in ev.changes) == ("lifecycle", "active", "dormant")
 
 
 def test_a_blocked_move_is_retried_when_the_dwell_ends():
     seg = Segmenter.from_config(CONFIG)
     current = {"lifecycle": Assignment("active", T0 - 3_600_000, "default")}  # moved an hour ago
-    lapsing = {**ACTIVE, "days_since_last_activity": 14.5}
+    lapsing = {**NEVER_BOUGHT, "days_since_last_activity": 30.5}
     ev = seg.evaluate("c1", lapsing, current, T0, "deadline:a")
     assert ev.assignments["lifecycle"] == current["lifecycle"]
-    assert ev.targets["lifecycle"] == "at_risk"
+    assert ev.targets["lifecycle"] == "dormant"
     dwell_ends = T0 - 3_600_000 + DAY
     assert ev.next_deadline_ms == dwell_ends
-    later = {**lapsing, "days_since_last_activity": 14.5 + 23 / 24}
+    later = {**lapsing, "days_since_last_activity": 30.5 + 23 / 24}
     ev2 = seg.evaluate("c1", later, ev.assignments, dwell_ends, "deadline:b")
-    assert ev2.assignments["lifecycle"] == Assignment("at_risk", dwell_ends, "buyer_silent_14d")
+    assert ev2.assignments["lifecycle"] == Assignment("dormant", dwell_ends, "silent_30d")
 
 
 def test_urgent_segment_skips_the_dwell():
     current = {"lifecycle": Assignment("dormant", T0 - 60_000, "silent_30d")}
-    ev = Segmenter.from_config(CONFIG).evaluate("c1", {**ACTIVE, "days_since_last_activity": 60.0}, current, T0, "deadline:x")
+    ev = Segmenter.from_config(CONFIG).evaluate("c1", {**NEVER_BOUGHT, "days_since_last_activity": 60.0}, current, T0, "deadline:x")
     assert ev.assignments["lifecycle"].segment == "churned"
 
 

@@ -94,17 +94,19 @@ def test_yaml_syntax_error_tab_indentation():
 
 
 def test_unknown_feature_names_line_path_and_suggestion():
-    text = replace_once(SHIPPED, "feature: purchases_90d", "feature: purchses_90d")
+    text = replace_once(SHIPPED, "feature: purchase_days_total", "feature: purchse_days_total")
     err = error_of(text)
-    line = line_of(text, "purchses_90d")
-    assert str(err) == (f"segments.yaml line {line}: lifecycle.rules[2].when[1].feature: unknown feature 'purchses_90d' (did you mean 'purchases_90d'?)")
+    line = line_of(text, "purchse_days_total")
+    assert str(err) == (
+        f"segments.yaml line {line}: lifecycle.rules[3].when[0].feature: unknown feature 'purchse_days_total' (did you mean 'purchase_days_total'?)"
+    )
 
 
 def test_bad_operator_names_the_line():
     text = replace_once(SHIPPED, 'op: ">=", value: 60', 'op: "=>", value: 60')
     err = error_of(text)
     assert err.issues[0].line == line_of(text, '"=>"')
-    assert err.issues[0].path == "lifecycle.rules[0].when[0].op"
+    assert err.issues[0].path == "lifecycle.rules[3].when[1].op"
     assert err.issues[0].path.endswith(".op")
     assert "Input should be" in str(err)
 
@@ -115,13 +117,13 @@ def test_missing_field_names_the_object_that_lacks_it():
     issue = err.issues[0]
     assert issue.path == "lifecycle.rules[1].segment"
     assert issue.message == "Field required"
-    assert issue.line == line_of(text, "id: silent_30d")
+    assert issue.line == line_of(text, "id: rhythm_lapsed")
 
 
 def test_missing_value_for_a_comparison():
     text = replace_once(SHIPPED, 'op: ">=", value: 60}', 'op: ">="}')
     err = error_of(text)
-    assert err.issues[0].path == "lifecycle.rules[0].when[0].value"
+    assert err.issues[0].path == "lifecycle.rules[3].when[1].value"
     assert "needs a value" in err.issues[0].message
     assert err.issues[0].line == line_of(text, 'op: ">="}')
 
@@ -160,10 +162,10 @@ def test_duplicate_keys_are_refused():
 
 
 def test_every_issue_is_reported():
-    text = replace_once(SHIPPED, "feature: purchases_90d", "feature: nope")
+    text = replace_once(SHIPPED, "feature: purchase_days_total", "feature: nope")
     text = replace_once(text, "n_clusters: 4", "n_clusters: many")
     err = error_of(text)
-    assert {i.path for i in err.issues} >= {"lifecycle.rules[2].when[1].feature", "behaviour.n_clusters"}
+    assert {i.path for i in err.issues} >= {"lifecycle.rules[3].when[0].feature", "behaviour.n_clusters"}
     assert len(str(err).splitlines()) == len(err.issues)
 
 

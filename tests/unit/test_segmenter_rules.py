@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from features.state import DAY_MS
 from segmenter.config import Condition, Rule, RuleSet, default_config
-from segmenter.rules import BISECT_TOLERANCE_MS, CLOCK_FEATURES, LifecycleRules, RuleBook, project_silence, with_churn
+from segmenter.rules import BISECT_TOLERANCE_MS, CLOCK_FEATURES, LifecycleRules, RuleBook, project_silence
 
 CONFIG = default_config()
 LIFECYCLE = LifecycleRules(CONFIG)
@@ -73,14 +73,17 @@ def test_a_rule_never_overrides_an_earlier_match(rules, f, at):
 
 
 def test_default_lifecycle_priorities():
-    base = {"tenure_days": 5.0, "days_since_last_activity": 1.0, "purchases_90d": 0.0}
-    assert LIFECYCLE.assign(base) == ("new", "first_two_weeks")
-    assert LIFECYCLE.assign({**base, "tenure_days": 40.0}) == ("active", "default")
-    assert LIFECYCLE.assign({**base, "tenure_days": 40.0, "days_since_last_activity": 15.0, "purchases_90d": 1.0}) == ("at_risk", "buyer_silent_14d")
-    assert LIFECYCLE.assign({**base, "tenure_days": 40.0, "days_since_last_activity": 31.0}) == ("dormant", "silent_30d")
-    assert LIFECYCLE.assign({**base, "tenure_days": 90.0, "days_since_last_activity": 61.0}) == ("churned", "silent_60d")
+    never_bought = {"tenure_days": 5.0, "days_since_last_activity": 1.0, "purchase_days_total": 0.0}
+    assert LIFECYCLE.assign(never_bought) == ("new", "first_two_weeks")
+    assert LIFECYCLE.assign({**never_bought, "tenure_days": 40.0}) == ("active", "default")
+    assert LIFECYCLE.assign({**never_bought, "tenure_days": 40.0, "days_since_last_activity": 31.0}) == ("dormant", "silent_30d")
+    assert LIFECYCLE.assign({**never_bought, "tenure_days": 90.0, "days_since_last_activity": 61.0}) == ("churned", "silent_60d")
+    # a buyer: their own rhythm, not a fixed silence
+    weekly = {"tenure_days": 100.0, "purchase_days_total": 13.0, "purchase_span_days": 84.0, "days_since_first_purchase": 84.0}
+    assert LIFECYCLE.assign({**weekly, "days_since_last_activity": 0.0}) == ("active", "default")
+    assert LIFECYCLE.assign({**weekly, "days_since_last_activity": 60.0, "days_since_first_purchase": 144.0})[0] in ("at_risk", "dormant", "churned")
     # a given churn score is used as is; otherwise it is computed
-    assert LIFECYCLE.assign({**base, "tenure_days": 40.0, "churn_propensity": 0.9}) == ("at_risk", "churn_score_high")
+    assert LIFECYCLE.assign({**weekly, "days_since_last_activity": 8.0, "churn_propensity": 0.8}) == ("at_risk", "rhythm_at_risk")
 
 
 # -- deadlines ----------------------------------------------------------------------
@@ -90,9 +93,9 @@ clock_vectors = st.fixed_dictionaries(
         "days_since_last_activity": st.floats(0, 120, allow_nan=False),
         "days_since_last_login": st.none() | st.floats(0, 120, allow_nan=False),
         "tenure_days": st.floats(0, 400, allow_nan=False),
-        "purchases_90d": st.sampled_from([0.0, 1.0, 5.0]),
-        "purchase_interval_mean_days": st.none() | st.floats(0.5, 60, allow_nan=False),
-        "engagement_trend": st.none() | st.floats(0, 3, allow_nan=False),
+        "days_since_first_purchase": st.none() | st.floats(0, 400, allow_nan=False),
+        "purchase_days_total": st.sampled_from([0.0, 1.0, 3.0, 20.0]),
+        "purchase_span_days": st.floats(0, 300, allow_nan=False),
     }
 )
 
@@ -143,16 +146,23 @@ def test_clock_deadline_is_exact(rules, f):
 
 
 def test_no_deadline_when_everything_has_already_happened():
-    gone = {"days_since_last_activity": 90.0, "tenure_days": 400.0, "purchases_90d": 0.0, "engagement_trend": 0.0}
-    assert with_churn(gone)["churn_propensity"] >= 0.7
+    gone = {"days_since_last_activity": 90.0, "tenure_days": 400.0, "purchase_days_total": 0.0}
+    assert LIFECYCLE.assign(gone) == ("churned", "silent_60d")
     assert LIFECYCLE.next_deadline_ms(gone, 1_000) is None
 
 
 def test_churn_deadline_found_by_bisection():
-    # A daily buyer: silence weighs heavily; the churn score crosses 0.7 well before 14 days.
-    f = {"days_since_last_activity": 1.0, "tenure_days": 300.0, "purchases_90d": 0.0, "purchase_interval_mean_days": 1.0, "engagement_trend": 1.0}
-    deadline = LIFECYCLE.next_deadline_ms(f, 0)
-    days = deadline / DAY_MS
-    assert 2 < days < 13
-    assert with_churn(project_silence(f, days))["churn_propensity"] >= 0.7
-    assert with_churn(project_silence(f, days - 2 * BISECT_TOLERANCE_MS / DAY_MS))["churn_propensity"] < 0.7
+    """A buyer every 7 days for 12 weeks goes silent: following the deadlines alone
+    (no event), the customer leaves `active` for `at_risk` exactly at one of them."""
+    f = {"days_since_last_activity": 0.0, "tenure_days": 90.0, "purchase_days_total": 13.0, "purchase_span_days": 84.0, "days_since_first_purchase": 84.0}
+    now, seen = 0, []
+    while LIFECYCLE.assign(project_silence(f, now / DAY_MS))[0] == "active":
+        deadline = LIFECYCLE.next_deadline_ms(project_silence(f, now / DAY_MS), now)
+        assert deadline is not None and deadline > now
+        seen.append(deadline)
+        now = deadline
+    days = now / DAY_MS
+    assert 7 <= days < 90 and len(seen) <= 3
+    assert LIFECYCLE.assign(project_silence(f, days)) == ("at_risk", "rhythm_at_risk")
+    assert LIFECYCLE.derive(project_silence(f, days))["churn_propensity"] >= 0.75
+    assert LIFECYCLE.assign(project_silence(f, days - 2 * BISECT_TOLERANCE_MS / DAY_MS))[0] == "active"
