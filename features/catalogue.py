@@ -124,6 +124,13 @@ MODEL_FEATURES: tuple[Feature, ...] = (
         None,
         "model",
     ),
+    Feature(
+        "engagement_risk",
+        "0..1: silence against the customer's own gap, fading activity, login silence, failed logins (segmenter/engagement.py).",
+        "score",
+        None,
+        "model",
+    ),
 )
 
 STATE_FEATURES: tuple[Feature, ...] = _catalogue()

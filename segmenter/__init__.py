@@ -10,6 +10,7 @@ Modules, one job each:
 - :mod:`segmenter.config`      the YAML segmentation config, validated, with line numbers in errors
 - :mod:`segmenter.bgnbd`       the BG/NBD buy-till-you-die model: fit, P(alive), expected purchases
 - :mod:`segmenter.churn`       churn propensity from each customer's purchase rhythm (BG/NBD)
+- :mod:`segmenter.engagement`  a transparent score of fading activity (visits, logins)
 - :mod:`segmenter.scoring`     AUC, Brier, reliability, precision/recall of a churn signal
 - :mod:`segmenter.rules`       ordered first-match rules and when time alone will change them
 - :mod:`segmenter.clustering`  River k-means behind stable, human segment names

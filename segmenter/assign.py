@@ -20,15 +20,13 @@ snapshots.
 >>> round(ev.churn_propensity, 2)
 0.17
 
-A buyer every ten days who goes silent: the timer re-evaluates when their own
-rhythm says they are at risk, without any event from them.
+A buyer every ten days, four months later without any event: the timer
+re-evaluates, and the change's reason gives the model's numbers.
 
->>> due = ev.next_deadline_ms
->>> silent = (due - 100 * day) / day
->>> later = {**f, "days_since_last_activity": silent, "days_since_last_purchase": silent, "days_since_first_purchase": 30.0 + silent}
->>> ev2 = seg.evaluate("c1", later, ev.assignments, now_ms=due, cause="deadline")
->>> [(c.segmentation, c.from_segment, c.to_segment) for c in ev2.changes if c.segmentation == "lifecycle"]
-[('lifecycle', 'active', 'at_risk')]
+>>> later = {**f, "days_since_last_activity": 120.0, "days_since_last_purchase": 120.0, "days_since_first_purchase": 150.0, "tenure_days": 160.0}
+>>> ev2 = seg.evaluate("c1", later, ev.assignments, now_ms=220 * day, cause="deadline")
+>>> [(c.from_segment, c.to_segment, c.reason) for c in ev2.changes if c.segmentation == "lifecycle"]
+[('active', 'at_risk', 'rhythm_at_risk: churn_propensity 0.82 in 90 d (BG/NBD v0: p_alive 0.26, expected 0.13 purchases in 30 d, usual gap 10 d)')]
 """
 
 from __future__ import annotations
@@ -40,8 +38,9 @@ from dataclasses import dataclass, field
 
 from segmenter.changes import SegmentChange
 from segmenter.churn import ChurnModel
+from segmenter.engagement import engagement_risk
 from segmenter.clustering import WARMUP_POINTS, BehaviourModel
-from segmenter.config import CHURN_FEATURE, SEGMENTATIONS, HysteresisPolicy, SegmentationConfig
+from segmenter.config import CHURN_FEATURE, ENGAGEMENT_FEATURE, SEGMENTATIONS, HysteresisPolicy, SegmentationConfig
 from segmenter.hysteresis import Assignment, AssignmentLike, decide, margin_ok
 from segmenter.rules import Features, LifecycleRules
 from segmenter.value import RFMScorer, ValueSegmentation
@@ -177,7 +176,7 @@ class Segmenter:
         triggered the evaluation (``event:<event_id>``, ``deadline:<ms>``) and
         enters the changes' ids. ``emitted_at_ms`` defaults to ``now_ms``.
         """
-        feats = {**features, **self.churn.predict_one(features)}
+        feats = {**features, **self.churn.predict_one(features), ENGAGEMENT_FEATURE: engagement_risk(features)}
         churn = feats[CHURN_FEATURE]
 
         life_segment, life_rule = self.lifecycle.assign(feats)

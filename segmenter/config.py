@@ -45,6 +45,7 @@ from features.catalogue import FEATURE_NAMES, MODEL_FEATURE_NAMES
 _COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
 
 CHURN_FEATURE = "churn_propensity"
+ENGAGEMENT_FEATURE = "engagement_risk"
 # Features a lifecycle rule may test: the catalogue, state and model features.
 RULE_FEATURES: tuple[str, ...] = (*FEATURE_NAMES, *MODEL_FEATURE_NAMES)
 # Value rules may also test the RFM scores (1..5) computed by segmenter.value.

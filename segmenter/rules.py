@@ -45,7 +45,8 @@ from features.catalogue import CATALOGUE
 from features.state import DAY_MS
 from segmenter.churn import INPUTS as CHURN_INPUTS
 from segmenter.churn import ChurnModel
-from segmenter.config import CHURN_FEATURE, Condition, Rule, RuleSet, SegmentationConfig
+from segmenter.config import CHURN_FEATURE, ENGAGEMENT_FEATURE, Condition, Rule, RuleSet, SegmentationConfig
+from segmenter.engagement import ENGAGEMENT_INPUTS, engagement_risk
 
 Features = dict[str, float | None]
 Derive = Callable[[Features], Features]
@@ -193,7 +194,11 @@ class LifecycleRules(RuleBook):
 
     def __init__(self, config: SegmentationConfig, churn: ChurnModel | None = None):
         self.churn = churn or ChurnModel(horizon_days=config.churn.horizon_days)
-        super().__init__(config.lifecycle, self._with_churn, {CHURN_FEATURE: (self.churn.propensity, CHURN_INPUTS)})
+        super().__init__(
+            config.lifecycle,
+            self._with_churn,
+            {CHURN_FEATURE: (self.churn.propensity, CHURN_INPUTS), ENGAGEMENT_FEATURE: (engagement_risk, ENGAGEMENT_INPUTS)},
+        )
         self._churn_rules = frozenset(r.id for r in self.rules if any(c.feature == CHURN_FEATURE for c in r.conditions()))
 
     def uses_churn(self, rule_id: str) -> bool:
@@ -201,7 +206,10 @@ class LifecycleRules(RuleBook):
         return rule_id in self._churn_rules
 
     def _with_churn(self, features: Features) -> Features:
-        """``features`` plus ``churn_propensity`` (computed unless already there)."""
-        if CHURN_FEATURE in features:
-            return features
-        return {**features, CHURN_FEATURE: self.churn.propensity(features)}
+        """``features`` plus ``churn_propensity`` and ``engagement_risk`` (computed unless already there)."""
+        out = dict(features)
+        if CHURN_FEATURE not in out:
+            out[CHURN_FEATURE] = self.churn.propensity(features)
+        if ENGAGEMENT_FEATURE not in out:
+            out[ENGAGEMENT_FEATURE] = engagement_risk(features)
+        return out
