@@ -71,6 +71,7 @@ from segmenter.changes import SegmentChange, datetime_to_ms
 from segmenter.config import Condition, SegmentationConfig, _issue, read_config_text, validate_yaml
 
 TRIGGER_SCHEMA_VERSION: Final = 1
+CapStatus = Literal["charged", "recharged", "capped"]
 DAY_MS = 86_400_000
 # Verdicts are remembered per trigger id this long in wall-clock time, so a
 # trigger re-sent after a crash (outbox relay) gets its first verdict again.
@@ -202,7 +203,7 @@ class CapVerdict:
     trigger id was charged before: publish again, charge nothing), ``capped``
     (refused: do not publish; ``reason`` says why)."""
 
-    status: Literal["charged", "recharged", "capped"]
+    status: CapStatus
     reason: str = ""
 
     @property

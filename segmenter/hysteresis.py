@@ -32,9 +32,12 @@ from segmenter.config import HysteresisPolicy
 class AssignmentLike(Protocol):
     """Anything with the current segment and since when (e.g. the shell's stored form)."""
 
-    segment: str
-    since_ms: int
-    reason: str
+    @property
+    def segment(self) -> str: ...
+    @property
+    def since_ms(self) -> int: ...
+    @property
+    def reason(self) -> str: ...
 
 
 @dataclass(frozen=True)
