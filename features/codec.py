@@ -21,7 +21,7 @@ versions), ``df:<family>`` its floors, ``o:<family>``
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from features.state import METRICS, CustomerState, EventDelta
 
@@ -42,7 +42,7 @@ def _text(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
-def pairs(flat: list) -> dict[str, str]:
+def pairs(flat: Sequence[bytes | str]) -> dict[str, str]:
     """A Redis HGETALL reply given as a flat list -> dict of str."""
     return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
 

@@ -21,12 +21,18 @@ b'*3\\r\\n$3\\r\\nSET\\r\\n$1\\r\\nk\\r\\n'
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import hiredis
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
+# One command: its name (a str), then its arguments (see the module docstring).
+Command = tuple[str | bytes | int | float, ...]
 
-async def run_pipeline(redis, commands: Sequence[tuple]) -> list:
+
+async def run_pipeline(redis: Redis, commands: Sequence[Command]) -> list[Any]:
     """Send ``commands`` (tuples of command name and arguments) in one round trip on
     ``redis`` (a redis.asyncio client) and return their replies in order.
 
@@ -36,18 +42,19 @@ async def run_pipeline(redis, commands: Sequence[tuple]) -> list:
     """
     if not commands:
         return []
-    packed = b"".join(map(hiredis.pack_command, commands))
+    # hiredis's stub types the command as a 1-tuple; any length is accepted.
+    packed = b"".join(map(hiredis.pack_command, commands))  # type: ignore[arg-type]
     pool = redis.connection_pool
-    conn = await pool.get_connection()
+    conn: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated in redis-py
     try:
         return await conn.retry.call_with_retry(lambda: _round_trip(conn, packed, commands), lambda error: conn.disconnect())
     finally:
         await pool.release(conn)
 
 
-async def _round_trip(conn, packed: bytes, commands: Sequence[tuple]) -> list:
+async def _round_trip(conn: AbstractConnection, packed: bytes, commands: Sequence[Command]) -> list[Any]:
     await conn.send_packed_command(packed)
-    replies = []
+    replies: list[Any] = []
     for _ in range(len(commands)):
         try:
             replies.append(await conn.read_response())
@@ -56,6 +63,6 @@ async def _round_trip(conn, packed: bytes, commands: Sequence[tuple]) -> list:
     for i, reply in enumerate(replies):
         if isinstance(reply, ResponseError):
             name = commands[i][0]
-            reply.args = (f"command #{i + 1} ({name}) of pipeline failed: {reply.args[0] if reply.args else ''}", *reply.args[1:])
+            reply.args = (f"command #{i + 1} ({name!s}) of pipeline failed: {reply.args[0] if reply.args else ''}", *reply.args[1:])
             raise reply
     return replies

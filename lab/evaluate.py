@@ -135,7 +135,10 @@ def replay(
             if status == "applied":
                 latest[event.customer_id] = event.event_id
         for cid, event_id in latest.items():
-            evaluate(cid, states[cid].last_seen_ms, f"event:{event_id}")
+            seen_ms = states[cid].last_seen_ms
+            assert seen_ms is not None  # set by the applied event
+            evaluate(cid, seen_ms, f"event:{event_id}")
+        assert watermark is not None  # batches are never empty
         clock = watermark - lateness_ms
         fire_deadlines(clock)
         day = clock // DAY_MS

@@ -106,7 +106,8 @@ class Worker:
     """One ``segflow worker`` subprocess, restartable with the same app id."""
 
     def __init__(self, env: dict, log_path: Path):
-        self.env, self.log_path, self.proc = env, log_path, None
+        self.env, self.log_path = env, log_path
+        self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     def start(self) -> None:
@@ -292,6 +293,7 @@ def run_soak(opts: SoakOptions, say: Callable[[str], None] = lambda m: print(m, 
         env.pop("SEGFLOW_TOPIC_PREFIX", None)
         worker = Worker(env, work / "worker.log")
         worker.start()
+        assert worker.proc is not None  # start() made it
         client = redis_lib.Redis.from_url(stack.redis.url, decode_responses=True, socket_timeout=10)
         say(f"broker {stack.broker.bootstrap}, Redis {stack.redis.url} (append-only), worker pid {worker.proc.pid}")
         feed = Feed(stack.broker.bootstrap, sim, opts.rate, opts.linger_ms).start()
@@ -317,6 +319,7 @@ def run_soak(opts: SoakOptions, say: Callable[[str], None] = lambda m: print(m, 
             if feed.error is not None:
                 raise RuntimeError(f"producer failed: {feed.error!r}")
             if not worker.alive():
+                assert worker.proc is not None  # started before the loop
                 report["unexpected_worker_exits"].append({"t": round(time.monotonic() - t0, 1), "code": worker.proc.returncode})
                 say(f"  worker exited unexpectedly (code {worker.proc.returncode}); restarting. Log tail:\n{worker.tail(1500)}")
                 worker.start()
@@ -415,6 +418,7 @@ def _fault(kind: str, worker: Worker, stack: EmbeddedStack, opts: SoakOptions, t
         worker.start()
     else:
         proc = stack.redis.proc
+        assert proc is not None  # Redis is up between faults
         if kind == "redis_sigkill":  # no shutdown: what is on disk is what was fsynced
             proc.kill()
             proc.wait()
@@ -442,6 +446,7 @@ def _drain(client, worker: Worker, stack, customer_ids, sent: int, timeout: floa
     last_received, still_since, next_say = None, time.monotonic(), time.monotonic() + 10
     while time.monotonic() < deadline:
         if not worker.alive():
+            assert worker.proc is not None  # started before the drain
             say(f"  worker exited while draining (code {worker.proc.returncode}); restarting")
             worker.start()
         applied = _safe(lambda: applied_total(client, customer_ids), 0)

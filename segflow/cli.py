@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -48,7 +49,8 @@ def _kafka_config(settings: Settings) -> dict:
         raise typer.Exit(2) from None
 
 
-def _echo(msg: str) -> None:
+def _echo(msg: object) -> None:
+    """Echo to stderr; a non-text message (e.g. ProduceStats as progress) shows as its str()."""
     typer.echo(msg, err=True)
 
 
@@ -435,7 +437,9 @@ def bench(
     from lab.bench import BenchOptions
     from lab.bench import main as bench_main
 
-    kw = {k: v for k, v in dict(events=events, out=out, scale_max=scale_max, profile=profile, latency_rate=latency_rate).items() if v is not None}
+    kw: dict[str, Any] = {
+        k: v for k, v in dict(events=events, out=out, scale_max=scale_max, profile=profile, latency_rate=latency_rate).items() if v is not None
+    }
     opts = BenchOptions.quick_run(**kw) if quick else BenchOptions(**kw)
     raise typer.Exit(bench_main(opts))
 

@@ -286,7 +286,7 @@ class Segmenter:
         prototypes). Versions keep increasing either way."""
         try:
             data = pickle.loads(blob)
-            usable = data.get("format") == SNAPSHOT_FORMAT and data.get("fingerprint") == self._fingerprint()
+            usable: bool = data.get("format") == SNAPSHOT_FORMAT and data.get("fingerprint") == self._fingerprint()
         except Exception:  # a corrupt or foreign blob: start fresh rather than not start
             usable = False
         if usable:

@@ -62,7 +62,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError
@@ -70,7 +70,8 @@ from pydantic_core import PydanticCustomError
 from segmenter.changes import SegmentChange, datetime_to_ms
 from segmenter.config import Condition, SegmentationConfig, _issue, read_config_text, validate_yaml
 
-TRIGGER_SCHEMA_VERSION = 1
+TRIGGER_SCHEMA_VERSION: Final = 1
+CapStatus = Literal["charged", "recharged", "capped"]
 DAY_MS = 86_400_000
 # Verdicts are remembered per trigger id this long in wall-clock time, so a
 # trigger re-sent after a crash (outbox relay) gets its first verdict again.
@@ -80,7 +81,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 
 
-def parse_duration(value) -> float:
+def parse_duration(value: object) -> float:
     """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"12h"``, ``"30d"`` or ``"2w"``.
 
     >>> parse_duration("30d"), parse_duration("1.5h"), parse_duration(45)
@@ -202,7 +203,7 @@ class CapVerdict:
     trigger id was charged before: publish again, charge nothing), ``capped``
     (refused: do not publish; ``reason`` says why)."""
 
-    status: Literal["charged", "recharged", "capped"]
+    status: CapStatus
     reason: str = ""
 
     @property
@@ -286,7 +287,7 @@ class CampaignTrigger(BaseModel):
     schema_version: Literal[1] = TRIGGER_SCHEMA_VERSION
 
 
-def campaign_trigger_json_schema() -> dict:
+def campaign_trigger_json_schema() -> dict[str, Any]:
     """JSON Schema of the trigger message as it is on the wire (``from`` / ``to``)."""
     return CampaignTrigger.model_json_schema(by_alias=True, mode="serialization")
 
@@ -346,6 +347,7 @@ class Campaign(BaseModel):
             if change.to_segment not in self.enter or (self.from_ is not None and change.from_segment not in self.from_):
                 return False
         else:
+            assert self.leave is not None  # exactly one of enter / leave (_consistent)
             if change.from_segment not in self.leave or (self.to is not None and change.to_segment not in self.to):
                 return False
         feats = change.features
@@ -366,6 +368,7 @@ class Campaign(BaseModel):
             if self.from_ is not None:
                 what += " from " + "/".join("(first assignment)" if s is None else s for s in self.from_)
         else:
+            assert self.leave is not None  # exactly one of enter / leave (_consistent)
             what = f"leaves {self.segmentation} {'/'.join(self.leave)}"
             if self.to is not None:
                 what += " to " + "/".join(self.to)

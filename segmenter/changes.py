@@ -24,13 +24,13 @@ import base64
 import hashlib
 import json
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from features.codec import base36
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 
 def ms_to_datetime(ms: int) -> datetime:
@@ -109,7 +109,7 @@ class SegmentChange(BaseModel):
         return datetime_to_ms(self.occurred_at)
 
 
-def segment_change_json_schema() -> dict:
+def segment_change_json_schema() -> dict[str, Any]:
     """JSON Schema of the change message as it is on the wire (``from`` / ``to``)."""
     return SegmentChange.model_json_schema(by_alias=True, mode="serialization")
 
@@ -148,7 +148,7 @@ def history_entry(change: SegmentChange) -> str:
     return FIELD_SEP.join((short_id, base36(change.occurred_at_ms), *texts, version))
 
 
-def read_history_entry(entry: str | bytes) -> dict:
+def read_history_entry(entry: str | bytes) -> dict[str, Any]:
     """An entry (either form, or a JSON array as older versions wrote) as a dict of
     :data:`HISTORY_FIELDS`, plus ``occurred_at`` as ISO 8601 (UTC)."""
     if isinstance(entry, bytes):

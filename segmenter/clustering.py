@@ -33,6 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 import pickle
+from collections.abc import Iterable, Mapping
 
 from river import cluster, preprocessing
 
@@ -101,16 +102,17 @@ class BehaviourModel:
 
     def scaled(self, features: Features) -> dict[str, float]:
         """The point in z-scores, the space of centroids and prototypes."""
-        return self.scaler.transform_one(self.vectorise(features))
+        z: dict[str, float] = self.scaler.transform_one(self.vectorise(features))  # type: ignore[no-untyped-call]  # river: unannotated
+        return z
 
     # -- River API ----------------------------------------------------------------
     def learn_one(self, features: Features) -> None:
         x = self.vectorise(features)
-        self.scaler.learn_one(x)
+        self.scaler.learn_one(x)  # type: ignore[no-untyped-call]  # river: unannotated
         self.n_learned += 1
         if self.n_learned <= WARMUP_POINTS:
             return
-        self.kmeans.learn_one(self.scaler.transform_one(x))
+        self.kmeans.learn_one(self.scaler.transform_one(x))  # type: ignore[no-untyped-call]  # river: unannotated
         if self.n_learned % self.rename_every == 0:
             self.refresh_names()
 
@@ -173,5 +175,5 @@ class BehaviourModel:
         return self.features == other.features and self.prototypes == other.prototypes
 
 
-def _distance(a, b, keys) -> float:
+def _distance(a: Mapping[str, float], b: Mapping[str, float], keys: Iterable[str]) -> float:
     return math.sqrt(sum((a[k] - b[k]) ** 2 for k in keys))

@@ -32,9 +32,10 @@ import difflib
 import functools
 import operator
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -42,7 +43,14 @@ from pydantic_core import PydanticCustomError
 
 from features.catalogue import FEATURE_NAMES, MODEL_FEATURE_NAMES
 
-_COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    ">": operator.gt,
+    "<=": operator.le,
+    "<": operator.lt,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
 
 CHURN_FEATURE = "churn_propensity"
 ENGAGEMENT_FEATURE = "engagement_risk"
@@ -136,6 +144,7 @@ class Condition(BaseModel):
             return v is not None
         if v is None:
             return False
+        assert self.value is not None  # a comparison has a value (_value_matches_op)
         return _COMPARE[self.op](v, self.value)
 
 
@@ -356,11 +365,13 @@ class SegmentationConfig(BaseModel):
         """Every segment of ``segmentation`` (lifecycle, behaviour, value)."""
         if segmentation == "behaviour":
             return tuple(self.behaviour.prototypes)
-        return getattr(self, segmentation).segments
+        rules: RuleSet = getattr(self, segmentation)
+        return rules.segments
 
     def to_yaml(self) -> str:
         """YAML that :func:`parse_config` reads back to an equal config."""
-        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+        text: str = yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+        return text
 
 
 def _matches(text: str, pattern: str) -> bool:
@@ -370,7 +381,10 @@ def _matches(text: str, pattern: str) -> bool:
 # -- loading, with line numbers ------------------------------------------------------
 
 
-def validate_yaml(text: str, source_name: str, model, shape_hint: str, context: dict | None = None):
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def validate_yaml(text: str, source_name: str, model: type[ModelT], shape_hint: str, context: dict[str, Any] | None = None) -> ModelT:
     """Parse YAML ``text`` and validate it with the pydantic ``model``; every
     problem becomes a :class:`ConfigIssue` naming its line (syntax errors,
     duplicate keys, a top level that is not a mapping, validation errors)."""
@@ -431,7 +445,7 @@ def default_config() -> SegmentationConfig:
     return parse_config(text, DEFAULT_CONFIG_NAME)
 
 
-def _dotted(path: tuple) -> str:
+def _dotted(path: tuple[str | int, ...]) -> str:
     out = ""
     for part in path:
         if isinstance(part, int):
@@ -441,7 +455,7 @@ def _dotted(path: tuple) -> str:
     return out
 
 
-def _line_of(root: yaml.Node | None, path: tuple) -> int:
+def _line_of(root: yaml.Node | None, path: tuple[str | int, ...]) -> int:
     """1-based line of the deepest YAML node that ``path`` reaches.
 
     A key's own line is used (a block value starts on the next line); a
@@ -462,10 +476,11 @@ def _line_of(root: yaml.Node | None, path: tuple) -> int:
             mark = node.start_mark
         else:
             break
-    return mark.line + 1
+    line: int = mark.line
+    return line + 1
 
 
-def _duplicate_keys(node: yaml.Node, path: tuple) -> Any:
+def _duplicate_keys(node: yaml.Node, path: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...], int]]:
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key, value in node.value:

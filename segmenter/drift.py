@@ -38,8 +38,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from river import drift
+
+if TYPE_CHECKING:
+    from segmenter.config import SegmentationConfig
 
 # Detector settings. ``DELTA`` is ADWIN's significance: with ~15 signals fed
 # on every evaluation, River's default 0.002 gave false alarms on stationary
@@ -73,7 +77,7 @@ class DriftMonitor:
         self.n_detected = 0
 
     @classmethod
-    def from_config(cls, config, **kw) -> DriftMonitor:
+    def from_config(cls, config: SegmentationConfig, **kw: Any) -> DriftMonitor:
         """A monitor for every segment of a :class:`~segmenter.config.SegmentationConfig`."""
         from segmenter.config import SEGMENTATIONS
 
@@ -82,13 +86,13 @@ class DriftMonitor:
     def _detector(self, signal: str) -> drift.ADWIN:
         d = self.detectors.get(signal)
         if d is None:
-            d = self.detectors[signal] = drift.ADWIN(delta=self.delta, clock=self.clock, grace_period=self.grace_period)
+            d = self.detectors[signal] = drift.ADWIN(delta=self.delta, clock=self.clock, grace_period=self.grace_period)  # type: ignore[no-untyped-call]  # river: unannotated
         return d
 
     def _feed(self, signal: str, x: float, at_ms: int, out: list[DriftEvent]) -> None:
         d = self._detector(signal)
         before = d.estimation
-        d.update(x)
+        d.update(x)  # type: ignore[no-untyped-call]  # river: unannotated
         if d.drift_detected:
             out.append(DriftEvent(signal, f"mean {before:.4g} -> {d.estimation:.4g}", int(at_ms)))
 

@@ -27,6 +27,7 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from segmenter.flaps import flaps
 
@@ -89,7 +90,7 @@ def flap_stats(
     observed_days: float,
     revert_window_ms: int,
     min_dwell_ms: int = 0,
-) -> dict:
+) -> dict[str, Any]:
     """Change counts and flapping of one segmentation's ``moves``.
 
     ``observed_days``: customer-days the moves come from (the sum over
@@ -143,7 +144,7 @@ def silence_detection(
     flagged: frozenset[str] | set[str],
     within_ms: int,
     personas: Mapping[str, str] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """How well moves into ``flagged`` lifecycle segments find silenced customers.
 
     Ground truth: ``silenced_at_ms`` (customer -> when their last event was
@@ -196,8 +197,8 @@ def silence_detection(
             if not entered(m):
                 continue
             flags += 1
-            t_silent = silenced_at_ms.get(cid)
-            if t_silent is not None and t_silent <= m.occurred_at_ms:
+            silent_since = silenced_at_ms.get(cid)
+            if silent_since is not None and silent_since <= m.occurred_at_ms:
                 right += 1
             else:
                 wrong_by_persona[(personas or {}).get(cid, "?")] += 1

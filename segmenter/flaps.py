@@ -20,20 +20,37 @@ assignments and first moves cannot flap).
 from __future__ import annotations
 
 from collections.abc import Iterable
-
-from segmenter.changes import SegmentChange
+from typing import Protocol
 
 DEFAULT_WINDOW_MS = 7 * 86_400_000
 
 
-def flaps(changes: Iterable[SegmentChange], window_ms: int = DEFAULT_WINDOW_MS) -> tuple[int, int]:
+class ChangeLike(Protocol):
+    """What a flap is judged on: a :class:`~segmenter.changes.SegmentChange` or an
+    evaluation :class:`~segmenter.evaluation.Move`."""
+
+    @property
+    def customer_id(self) -> str: ...
+    @property
+    def segmentation(self) -> str: ...
+    @property
+    def from_segment(self) -> str | None: ...
+    @property
+    def to_segment(self) -> str: ...
+    @property
+    def occurred_at_ms(self) -> int: ...
+    @property
+    def change_id(self) -> str: ...
+
+
+def flaps(changes: Iterable[ChangeLike], window_ms: int = DEFAULT_WINDOW_MS) -> tuple[int, int]:
     """``(flapping changes, changes that could flap)``; input order does not matter."""
     ordered = sorted(changes, key=lambda c: (c.customer_id, c.segmentation, c.occurred_at_ms, c.change_id))
     flapping = eligible = 0
-    previous: SegmentChange | None = None
+    previous: ChangeLike | None = None
     for c in ordered:
         same_track = previous is not None and (previous.customer_id, previous.segmentation) == (c.customer_id, c.segmentation)
-        if same_track and previous.from_segment is not None and c.from_segment is not None:
+        if previous is not None and same_track and previous.from_segment is not None and c.from_segment is not None:
             eligible += 1
             if c.to_segment == previous.from_segment and c.occurred_at_ms - previous.occurred_at_ms <= window_ms:
                 flapping += 1
@@ -41,7 +58,7 @@ def flaps(changes: Iterable[SegmentChange], window_ms: int = DEFAULT_WINDOW_MS) 
     return flapping, eligible
 
 
-def flap_rate(changes: Iterable[SegmentChange], window_ms: int = DEFAULT_WINDOW_MS) -> float:
+def flap_rate(changes: Iterable[ChangeLike], window_ms: int = DEFAULT_WINDOW_MS) -> float:
     """Share of changes that undo the previous move within ``window_ms`` (0.0 if none could)."""
     flapping, eligible = flaps(changes, window_ms)
     return flapping / eligible if eligible else 0.0

@@ -32,9 +32,12 @@ from segmenter.config import HysteresisPolicy
 class AssignmentLike(Protocol):
     """Anything with the current segment and since when (e.g. the shell's stored form)."""
 
-    segment: str
-    since_ms: int
-    reason: str
+    @property
+    def segment(self) -> str: ...
+    @property
+    def since_ms(self) -> int: ...
+    @property
+    def reason(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -85,16 +88,16 @@ def decide(
     """
     if current is None:
         return Decision(Assignment(target, now_ms, reason), moved=True)
-    current = Assignment.of(current)
-    if current.segment == target:
-        return Decision(current, moved=False)
+    held = Assignment.of(current)
+    if held.segment == target:
+        return Decision(held, moved=False)
     if target in policy.urgent:
         return Decision(Assignment(target, now_ms, reason), moved=True)
     if not margin_ok:
-        return Decision(current, moved=False)
-    dwell_ends = current.since_ms + policy.min_dwell_ms
+        return Decision(held, moved=False)
+    dwell_ends = held.since_ms + policy.min_dwell_ms
     if now_ms < dwell_ends:
-        return Decision(current, moved=False, retry_at_ms=dwell_ends)
+        return Decision(held, moved=False, retry_at_ms=dwell_ends)
     return Decision(Assignment(target, now_ms, reason), moved=True)
 
 

@@ -70,8 +70,13 @@ class RFMScorer:
             return self.cold_start[dim]
         cached = self._boundaries.get(dim)
         if cached is None:
+            learned = [b for q in self.quantiles[dim] if (b := q.get()) is not None]
+            if len(learned) < len(QUINTILES):
+                # No purchaser had a value for this dimension yet (e.g. a monetary
+                # feature that can be None): nothing learned to replace the config.
+                return self.cold_start[dim]
             # Four independent estimators can cross by a hair; scores need order.
-            cached = self._boundaries[dim] = tuple(sorted(q.get() for q in self.quantiles[dim]))
+            cached = self._boundaries[dim] = tuple(sorted(learned))
         return cached
 
     def score(self, dim: str, value: float | None) -> int:

@@ -66,8 +66,9 @@ def _shorten_fetch_wait(max_wait_ms: int) -> None:
         consumer._fetch_max_wait_ms = max_wait_ms  # read by AIOKafkaConsumer.start() when it builds its Fetcher
         return consumer
 
-    thread_cls._segflow_original_create_worker_consumer = original
-    thread_cls._create_worker_consumer = create_worker_consumer
+    # Patching faust's class: the marker attribute is ours, the method is replaced on purpose.
+    thread_cls._segflow_original_create_worker_consumer = original  # type: ignore[attr-defined]
+    thread_cls._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings, segmenter_factory) -> faust.App:
@@ -243,5 +244,5 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
 
     add_web_views(app, settings)
     add_sizes_recorder(app, settings)
-    app.segflow_engine = engine  # for tests
+    app.segflow_engine = engine  # type: ignore[attr-defined]  # for tests; faust.App does not declare it
     return app

@@ -37,11 +37,22 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import cast
 
 from redis.exceptions import NoScriptError
 
 from features.pipeline import run_pipeline
-from segmenter.campaigns import REMEMBER_MS, CampaignConfig, CampaignTrigger, CapVerdict, TriggerDecision, default_campaigns, load_campaigns, parse_campaigns
+from segmenter.campaigns import (
+    REMEMBER_MS,
+    CampaignConfig,
+    CampaignTrigger,
+    CapStatus,
+    CapVerdict,
+    TriggerDecision,
+    default_campaigns,
+    load_campaigns,
+    parse_campaigns,
+)
 from segmenter.changes import SegmentChange
 
 log = logging.getLogger("segflow.campaigns")
@@ -183,7 +194,7 @@ class CampaignRouter:
                 await self.redis.script_load(CAPS_LUA)
                 results = await run_pipeline(self.redis, commands)
             for i, (status, reason) in zip(limited, results, strict=False):
-                verdicts[i] = CapVerdict(_text(status), _text(reason))
+                verdicts[i] = CapVerdict(cast(CapStatus, _text(status)), _text(reason))  # CAPS_LUA returns only these
         return verdicts  # type: ignore[return-value]
 
     async def route(self, payloads: Iterable[str | bytes]) -> list[CampaignTrigger]:

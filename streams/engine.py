@@ -22,7 +22,7 @@ from features.pipeline import run_pipeline
 from features.store import FeatureStore, load_library
 from segmenter.assign import Segmenter
 from segmenter.drift import DriftEvent, DriftMonitor
-from streams.events import InvalidEvent, check_not_future, decode
+from streams.events import Event, InvalidEvent, check_not_future, decode
 from streams.segment_store import CustomerUpdate, SegmentStore, StoredAssignment, evaluated_upto, parse_segments, stale_outbox, version_of
 from streams.settings import Settings
 from streams.topics import Topics
@@ -137,7 +137,7 @@ class Engine:
     # -- events ---------------------------------------------------------------
     def assign(self, partitions: set[tuple[str, int]], now: float | None = None) -> None:
         """Tell the engine which input (topic, partition)s this worker owns (after a rebalance)."""
-        owned = {(self.topics.family_of(t), p) for t, p in partitions if self.topics.family_of(t)}
+        owned = {(family, p) for t, p in partitions if (family := self.topics.family_of(t))}
         self.watermark.assign(owned, time.time() if now is None else now)
 
     async def process(self, messages: Sequence[InboundMessage], now: float | None = None) -> BatchOutcome:
@@ -162,7 +162,7 @@ class Engine:
             delta = delta_of(event, offset)
             self.watermark.observe(family, msg.partition or 0, delta.ts_ms, now)
             if offset is not None:
-                self.last_offsets[(msg.topic, msg.partition)] = msg.offset
+                self.last_offsets[(msg.topic, offset[0])] = offset[1]
             items.append((event.customer_id, delta))
             sources.append((msg, event))
         # Lateness is judged against the watermark as it stood before this batch:
@@ -175,8 +175,8 @@ class Engine:
             # One evaluation per customer per batch, on the customer's state after
             # the batch's last event: segments are written once the batch is
             # folded, so evaluating each event would compare against stale segments.
-            latest: dict[str, tuple] = {}
-            redelivered: dict[str, tuple] = {}
+            latest: dict[str, Event] = {}
+            redelivered: dict[str, Event] = {}
             final = {r.customer_id: r for r in results if r.state is not None}
             for (msg, event), result in zip(sources, results, strict=False):
                 if result.status == "duplicate":
@@ -215,17 +215,19 @@ class Engine:
             evaluate += [(cid, ev, False) for cid, ev in redelivered.items() if cid not in latest]
             for customer_id, event, learn in evaluate:
                 after = final[customer_id]
-                if not after.state.exists:
+                state, seg_hash = after.state, after.segments
+                # final holds results with state; the store returns segments along with it.
+                assert state is not None and seg_hash is not None
+                if not state.exists:
                     continue
-                upto = evaluated_upto(after.segments)
-                if not learn and upto is not None and upto >= after.state.last_seen_ms:
+                now_ms = state.last_seen_ms
+                assert now_ms is not None  # set with first_seen_ms by the customer's first event
+                upto = evaluated_upto(seg_hash)
+                if not learn and upto is not None and upto >= now_ms:
                     continue  # this state was evaluated and committed before the redelivery
-                now_ms = after.state.last_seen_ms
-                feats = compute(after.state, now_ms)
+                feats = compute(state, now_ms)
                 learned = learn and self.segmenter.learn_one(feats, customer_id, now_ms)
-                updates.append(
-                    self._evaluate(customer_id, feats, after.segments, now_ms, f"event:{event.event_id}", seen_ms=now_ms, drift=drift, learned=learned)
-                )
+                updates.append(self._evaluate(customer_id, feats, seg_hash, now_ms, f"event:{event.event_id}", seen_ms=now_ms, drift=drift, learned=learned))
             written = await self.segments.write(updates)
             self.publishing.update(i for i, _ in written.changes)
             out.changes = written.changes

@@ -22,7 +22,7 @@ import hashlib
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cached_property
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -34,7 +34,7 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 # Events dated before this are not customer behaviour but broken clocks
 # (epoch zero, 1900 defaults). CDNOW, the oldest real data we replay, is 1997.

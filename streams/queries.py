@@ -365,7 +365,7 @@ def sizes_series(redis, catalogue: dict[str, tuple[str, ...]], since_s: float, n
     t: list[int] = []
     changes: list[int | None] = []
     wm: list[int | None] = []
-    series = {s: {seg: [] for seg in segs} for s, segs in catalogue.items()}
+    series: dict[str, dict[str, list[int | None]]] = {s: {seg: [] for seg in segs} for s, segs in catalogue.items()}
     for entry_id, fields in entries:
         t.append(int(entry_id.split("-", 1)[0]))
         changes.append(int(fields["changes"]) if "changes" in fields else None)

@@ -61,7 +61,9 @@ def _with_hiredis_packing(base: type) -> type:
         async def read_response(self, disable_decoding=False, timeout=None, *, disconnect_on_error=True, push_request=False):
             parser = self._parser
             if type(parser) is _AsyncHiredisParser and parser._connected and not push_request:
-                response = parser._reader.gets(False) if disable_decoding else parser._reader.gets()
+                reader = parser._reader
+                assert reader is not None  # made by on_connect, which _connected says ran
+                response = reader.gets(False) if disable_decoding else reader.gets()
                 push = parser._hiredis_PushNotificationType
                 if push is not None and isinstance(response, push):
                     await parser.handle_push_response(response)  # then the reply itself, below

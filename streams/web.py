@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faust
 from redis.exceptions import RedisError
@@ -28,6 +29,9 @@ from redis.exceptions import RedisError
 from streams import queries
 from streams.queries import QueryError
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    import redis
 
 log = logging.getLogger("segflow.web")
 
@@ -45,9 +49,9 @@ class _Redis:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._client = None
+        self._client: redis.Redis | None = None
 
-    def __call__(self):
+    def __call__(self) -> redis.Redis:
         if self._client is None:
             import redis
 
