@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -127,6 +127,11 @@ def stream_through_engine(calibration: list[PurchaseEvent], work: Path, say: Cal
             SEGFLOW_APP_ID="segflow-cdnow",
             SEGFLOW_WEB_PORT=str(free_port()),
             SEGFLOW_DATA_DIR=str(work / "worker"),
+            # Only the purchases topic carries events: the others' partitions are idle at once,
+            # so the event-time watermark (and with it every absence deadline) follows the replay.
+            SEGFLOW_IDLE_PARTITION_SECONDS="2",
+            # Models (behaviour clusters, the churn model's population fit) saved every 2 s, not 30.
+            SEGFLOW_SNAPSHOT_INTERVAL_SECONDS="2",
         )
         with open(work / "worker.log", "ab") as log:
             worker = subprocess.Popen([sys.executable, "-m", "segflow.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -202,7 +207,9 @@ def _probability_scores(p_gone: list[float], expected: list[float], actual: list
     }
 
 
-def evaluate_cdnow(sample_every: int = 1, work_dir: Path | None = None, say: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> dict[str, Any]:
+def evaluate_cdnow(
+    sample_every: int = 1, work_dir: Path | None = None, say: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)
+) -> dict[str, Any]:
     """The whole evaluation; returns the report (see :func:`format_report`)."""
     t0 = time.monotonic()
     calibration, holdout = split(sample_every)
@@ -269,6 +276,13 @@ def evaluate_cdnow(sample_every: int = 1, work_dir: Path | None = None, say: Cal
             "precision": precision,
             "recall": recall,
         },
+        # what the shipped thresholds trade: each rule threshold as a flag on the same propensity
+        "threshold_sweep": [
+            {"threshold": t, **dict(zip(("precision", "recall"), precision_recall([p >= t for p in engine_p], outcome), strict=True))}
+            for t in (0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
+        ],
+        "lifecycle_sizes": dict(Counter(a["lifecycle"].segment for a in engine["segments"].values() if "lifecycle" in a)),
+        "engine_stats": engine["stats"],
         "engine_seconds": engine["seconds"],
         "seconds": time.monotonic() - t0,
     }
@@ -292,6 +306,9 @@ def format_report(r: dict[str, Any]) -> str:
     lines += [
         "",
         f"lifecycle flags ({', '.join(f['segments'])}): {f['flagged_share']:.1%} of customers flagged, precision {f['precision']:.3f}, recall {f['recall']:.3f}",
+        "",
+        "churn_propensity as a flag: " + ", ".join(f">= {t['threshold']:g}: P {t['precision']:.3f} R {t['recall']:.3f}" for t in r["threshold_sweep"]),
+        f"lifecycle at the cut: {r['lifecycle_sizes']}",
         "",
         "reliability (engine, deciles of P(no purchase in the holdout)):",
         "| decile | customers | predicted | observed |",

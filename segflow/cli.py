@@ -392,9 +392,31 @@ def evaluate(
     out: Path | None = typer.Option(None, help="JSON output (default docs/quality/quality-DATE-CxD-sSEED.json)"),
     no_write: bool = typer.Option(False, "--no-write", help="Print only"),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON instead of the tables"),
+    dataset: str = typer.Option(
+        "simulated", help="simulated (in-process, against the hidden personas) or cdnow (real purchases through broker, worker and Redis)"
+    ),
+    sample_every: int = typer.Option(1, help="cdnow: keep one customer in N (10 = the 2005 paper's sample size)"),
 ):
-    """Replay a simulated population in-process (no broker, no Redis) and score the segments against its hidden truth."""
+    """Score the segments: a simulated population replayed in-process against its hidden truth, or
+    (--dataset cdnow) real purchases streamed through the engine against the holdout and the batch BG/NBD."""
     from datetime import date
+
+    if dataset == "cdnow":
+        from lab.cdnow import evaluate_cdnow
+        from lab.cdnow import format_report as format_cdnow
+        from lab.cdnow import to_json as cdnow_json
+
+        result = evaluate_cdnow(sample_every=sample_every, say=_echo)
+        typer.echo(cdnow_json(result) if as_json else format_cdnow(result))
+        if not no_write:
+            path = out or Path("docs/quality") / f"cdnow-{date.today().isoformat()}-1in{sample_every}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(cdnow_json(result))
+            _echo(f"wrote {path}")
+        return
+    if dataset != "simulated":
+        typer.secho(f"unknown dataset {dataset!r}: simulated or cdnow", fg="red", err=True)
+        raise typer.Exit(2)
 
     from lab.evaluate import evaluate as run_evaluation
     from lab.evaluate import format_report, to_json

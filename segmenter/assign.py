@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 
 from segmenter.changes import SegmentChange
 from segmenter.churn import ChurnModel
-from segmenter.engagement import engagement_risk
 from segmenter.clustering import WARMUP_POINTS, BehaviourModel
 from segmenter.config import CHURN_FEATURE, ENGAGEMENT_FEATURE, SEGMENTATIONS, HysteresisPolicy, SegmentationConfig
+from segmenter.engagement import engagement_risk
 from segmenter.hysteresis import Assignment, AssignmentLike, decide, margin_ok
 from segmenter.rules import Features, LifecycleRules
 from segmenter.value import RFMScorer, ValueSegmentation
@@ -124,9 +124,7 @@ class Segmenter:
 
     def __init__(self, config: SegmentationConfig, behaviour_model: BehaviourModel | None = None, rfm: RFMScorer | None = None):
         self.config = config
-        self.churn = ChurnModel(
-            horizon_days=config.churn.horizon_days, sample_size=config.churn.sample_size, min_customers=config.churn.min_customers
-        )
+        self.churn = ChurnModel(horizon_days=config.churn.horizon_days, sample_size=config.churn.sample_size, min_customers=config.churn.min_customers)
         self.lifecycle = LifecycleRules(config, self.churn)
         self.behaviour = behaviour_model or BehaviourModel.from_config(config.behaviour)
         self.value = ValueSegmentation(config.value, rfm)

@@ -90,7 +90,7 @@ def p_no_purchase(params: BGNBDParams, horizon: float, x: float, t_x: float, T: 
     is no dropout (it happens only right after a purchase).
     """
     alive = p_alive(params, x, t_x, T)
-    stay_silent = ((params.alpha + T) / (params.alpha + T + horizon)) ** (params.r + x)
+    stay_silent = math.exp((params.r + x) * math.log((params.alpha + T) / (params.alpha + T + horizon)))
     return 1.0 - alive + alive * stay_silent
 
 

@@ -111,9 +111,7 @@ class RuleBook:
     vector; it is also applied to projected features to time their flips.
     """
 
-    def __init__(
-        self, rules: RuleSet, derive: Derive = unchanged, time_derived: TimeDerived | None = None
-    ):
+    def __init__(self, rules: RuleSet, derive: Derive = unchanged, time_derived: TimeDerived | None = None):
         self.rules: tuple[Rule, ...] = tuple(rules.rules)
         self.default: str = rules.default
         self.segments: tuple[str, ...] = tuple(rules.segments)
