@@ -40,7 +40,6 @@ explanation.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, overload
@@ -105,7 +104,7 @@ CDNOW_WEEKLY = BGNBDParams(r=0.286763, alpha=7.593488, a=0.468659, b=2.178377)
 #   periods merge purchases of one week, so CDNOW_WEEKLY.scaled(7) (alpha
 #   53.2 days) is a coarser model, not this one.
 CDNOW_DAILY = BGNBDParams(r=0.267128, alpha=41.905442, a=0.483517, b=2.111608)
-# Cold-start prior of RhythmModel (days): occasional buyers, a purchase every
+# Cold-start prior (days; segmenter.churn.ChurnModel): occasional buyers, a purchase every
 # ~160 days on average while alive, ~19% dropping out after each purchase.
 DEFAULT_PRIOR = CDNOW_DAILY
 
@@ -412,142 +411,3 @@ def silence_until(
             break
         low, high = (low, mid) if holds(mid) else (mid, high)
     return high
-
-
-class RhythmModel:
-    """Population BG/NBD parameters learned from a bounded sample of customer summaries.
-
-    ``learn_one`` feeds a reservoir sample (Algorithm R, ``sample_size`` rows,
-    deterministic for a ``seed``); with ``key`` (a customer id) a customer
-    already in the sample has their row replaced by the newer summary instead
-    of adding a second one (keys evicted and seen again count as new, so the
-    sample is close to, not exactly, uniform over customers). ``fit`` refits
-    from the sample once it holds ``min_customers`` rows, warm-started from the
-    current parameters; below that, or if the fit fails (``last_error`` says
-    why), the current parameters stay. Until the first fit they are ``prior``,
-    by default :data:`DEFAULT_PRIOR` (CDNOW, days).
-
-    Snapshots (``to_dict``) are JSON-able: parameters, prior, version and
-    settings, ~240 bytes. The sample is left out by default (5,000
-    rows with customer keys is ~190 kB of JSON): a restored model keeps its parameters and
-    refills the sample from the stream; ``include_sample=True`` keeps it.
-
-    >>> model = RhythmModel(min_customers=3, sample_size=10)
-    >>> model.fit() == DEFAULT_PRIOR, model.version
-    (True, 0)
-    >>> for i in range(12):
-    ...     model.learn_one(i % 4, 7.0 * (i % 4), 60.0 + i, key=f"c{i % 6}")
-    >>> len(model.sample), model.seen
-    (6, 6)
-    >>> model.fit() != DEFAULT_PRIOR, model.version
-    (True, 1)
-    >>> sorted(model.predict_one(2, 14.0, 70.0, horizon=30.0))
-    ['expected_purchases_30', 'expected_purchases_90', 'p_alive', 'p_no_purchase']
-    >>> RhythmModel.from_dict(model.to_dict()).params == model.params
-    True
-    """
-
-    def __init__(self, prior: BGNBDParams = DEFAULT_PRIOR, *, sample_size: int = 5000, min_customers: int = 200, seed: int = 0, penalizer: float = 0.0) -> None:
-        if sample_size < 1 or min_customers < 1 or min_customers > sample_size:
-            raise ValueError(f"need 1 <= min_customers <= sample_size, got {min_customers} and {sample_size}")
-        self.prior = prior
-        self.sample_size = sample_size
-        self.min_customers = min_customers
-        self.seed = seed
-        self.penalizer = penalizer
-        self.sample: list[tuple[float, float, float]] = []
-        self.seen = 0  # rows offered to the reservoir (keyed updates of a sampled key excluded)
-        self.last_error: str | None = None
-        self._keys: list[str | None] = []
-        self._slot_of: dict[str, int] = {}
-        self._rng = random.Random(seed)
-        self._params = prior
-        self._version = 0
-
-    @property
-    def params(self) -> BGNBDParams:
-        return self._params
-
-    @property
-    def version(self) -> int:
-        """Number of successful fits (0: still the prior)."""
-        return self._version
-
-    def learn_one(self, x: float, t_x: float, T: float, key: str | None = None) -> None:
-        """Offer one customer's summary to the sample (ValueError if it is not a valid summary)."""
-        row = (float(x), float(t_x), float(T))
-        _check_summaries(*(np.array([v]) for v in row))  # a bad row would fail every later fit
-        if key is not None and key in self._slot_of:
-            self.sample[self._slot_of[key]] = row
-            return
-        self.seen += 1
-        if len(self.sample) < self.sample_size:
-            slot = len(self.sample)
-            self.sample.append(row)
-            self._keys.append(None)
-        else:
-            slot = self._rng.randrange(self.seen)
-            if slot >= self.sample_size:
-                return
-            self.sample[slot] = row
-            old = self._keys[slot]
-            if old is not None:
-                del self._slot_of[old]
-        self._keys[slot] = key
-        if key is not None:
-            self._slot_of[key] = slot
-
-    def fit(self) -> BGNBDParams:
-        """Refit from the sample if it holds ``min_customers`` rows; the (possibly new) parameters."""
-        if len(self.sample) < self.min_customers:
-            return self._params
-        x, t_x, T = (np.array(column, dtype=np.float64) for column in zip(*self.sample, strict=True))
-        try:
-            self._params = fit(x, t_x, T, initial=self._params, penalizer=self.penalizer)
-        except (ValueError, RuntimeError) as error:
-            self.last_error = str(error)
-            return self._params
-        self.last_error = None
-        self._version += 1
-        return self._params
-
-    def predict_one(self, x: float, t_x: float, T: float, horizon: float = 30.0) -> dict[str, float]:
-        """P(alive), expected purchases in the next 30 and 90 time units, P(no purchase within ``horizon``)."""
-        p = self._params
-        return {
-            "p_alive": p_alive(p, float(x), float(t_x), float(T)),
-            "expected_purchases_30": expected_purchases(p, 30.0, float(x), float(t_x), float(T)),
-            "expected_purchases_90": expected_purchases(p, 90.0, float(x), float(t_x), float(T)),
-            "p_no_purchase": p_no_purchase(p, float(horizon), float(x), float(t_x), float(T)),
-        }
-
-    def to_dict(self, *, include_sample: bool = False) -> dict[str, Any]:
-        snapshot: dict[str, Any] = {
-            "params": self._params.as_dict(),
-            "prior": self.prior.as_dict(),
-            "version": self._version,
-            "sample_size": self.sample_size,
-            "min_customers": self.min_customers,
-            "seed": self.seed,
-            "penalizer": self.penalizer,
-        }
-        if include_sample:
-            snapshot["seen"] = self.seen
-            snapshot["sample"] = [[*row, key] for row, key in zip(self.sample, self._keys, strict=True)]
-        return snapshot
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RhythmModel:
-        model = cls(
-            BGNBDParams.from_dict(data["prior"]),
-            sample_size=int(data["sample_size"]),
-            min_customers=int(data["min_customers"]),
-            seed=int(data["seed"]),
-            penalizer=float(data["penalizer"]),
-        )
-        model._params = BGNBDParams.from_dict(data["params"])
-        model._version = int(data["version"])
-        for x, t_x, T, key in data.get("sample", []):
-            model.learn_one(x, t_x, T, key)
-        model.seen = int(data.get("seen", model.seen))
-        return model

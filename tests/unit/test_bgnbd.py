@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 
@@ -17,7 +16,6 @@ from segmenter.bgnbd import (
     CDNOW_WEEKLY,
     DEFAULT_PRIOR,
     BGNBDParams,
-    RhythmModel,
     expected_purchases,
     expected_purchases_new,
     fit,
@@ -259,99 +257,3 @@ def test_expected_purchases_are_finite_and_not_negative(params, history, t):
 def test_expected_purchases_near_a_equal_one_is_continuous():
     values = [expected_purchases(BGNBDParams(r=0.5, alpha=10.0, a=a, b=2.0), 30.0, 3, 20.0, 40.0) for a in (1 - 1e-4, 1.0, 1 + 1e-4)]
     assert values[1] == pytest.approx(values[0], rel=1e-3) and values[1] == pytest.approx(values[2], rel=1e-3)
-
-
-# RhythmModel ------------------------------------------------------------------
-
-
-def _feed(model: RhythmModel, n: int, seed: int = 1) -> None:
-    """Customers simulated from the paper's CDNOW-sample model (in weeks), observed for 39 to 78 weeks."""
-    rng = np.random.default_rng(seed)
-    for _ in range(n):
-        lam = rng.gamma(PAPER_SAMPLE.r, 1.0 / PAPER_SAMPLE.alpha)
-        p = rng.beta(PAPER_SAMPLE.a, PAPER_SAMPLE.b)
-        T = float(rng.uniform(39.0, 78.0))
-        now, x, t_x = 0.0, 0, 0.0
-        while True:
-            now += rng.exponential(1.0 / lam) if lam > 0 else math.inf
-            if now > T:
-                break
-            x, t_x = x + 1, now
-            if rng.random() < p:
-                break
-        model.learn_one(x, t_x, T)
-
-
-def test_cold_start_keeps_the_prior():
-    model = RhythmModel(min_customers=200)
-    assert model.params == DEFAULT_PRIOR and model.version == 0
-    _feed(model, 199)
-    assert model.fit() == DEFAULT_PRIOR and model.version == 0
-    assert model.predict_one(1, 10.0, 30.0)["p_alive"] == pytest.approx(p_alive(DEFAULT_PRIOR, 1, 10.0, 30.0))
-
-
-def test_fit_after_enough_customers_moves_the_params_and_the_version():
-    model = RhythmModel(sample_size=3000, min_customers=200, seed=7)
-    _feed(model, 4000)
-    assert len(model.sample) == 3000 and model.seen == 4000
-    params = model.fit()
-    assert model.version == 1 and params == model.params != DEFAULT_PRIOR
-    # The sample recovers the simulating model (alpha in weeks here).
-    assert params.r == pytest.approx(PAPER_SAMPLE.r, rel=0.25)
-    assert params.alpha == pytest.approx(PAPER_SAMPLE.alpha, rel=0.35)
-    assert params.a / (params.a + params.b) == pytest.approx(PAPER_SAMPLE.a / (PAPER_SAMPLE.a + PAPER_SAMPLE.b), rel=0.25)
-    model.fit()
-    assert model.version == 2
-    prediction = model.predict_one(2, 20.0, 40.0, horizon=13.0)
-    assert set(prediction) == {"p_alive", "expected_purchases_30", "expected_purchases_90", "p_no_purchase"}
-    assert prediction["p_no_purchase"] == pytest.approx(p_no_purchase(params, 13.0, 2, 20.0, 40.0))
-    assert 0 < prediction["expected_purchases_30"] < prediction["expected_purchases_90"]
-
-
-def test_reservoir_is_bounded_and_deterministic():
-    a, b = RhythmModel(sample_size=50, min_customers=10, seed=3), RhythmModel(sample_size=50, min_customers=10, seed=3)
-    for model in (a, b):
-        _feed(model, 500)
-    assert len(a.sample) == 50 and a.sample == b.sample
-
-
-def test_keyed_rows_are_replaced_not_duplicated():
-    model = RhythmModel(sample_size=10, min_customers=2)
-    model.learn_one(0, 0.0, 5.0, key="alice")
-    model.learn_one(1, 3.0, 9.0, key="alice")
-    model.learn_one(0, 0.0, 2.0, key="bob")
-    assert model.sample == [(1.0, 3.0, 9.0), (0.0, 0.0, 2.0)] and model.seen == 2
-
-
-def test_a_failed_fit_keeps_the_params():
-    model = RhythmModel(sample_size=10, min_customers=3)
-    for T in (5.0, 6.0, 7.0):
-        model.learn_one(0, 0.0, T)
-    assert model.fit() == DEFAULT_PRIOR and model.version == 0
-    assert model.last_error is not None and "repeat purchase" in model.last_error
-
-
-@pytest.mark.parametrize("include_sample", [False, True])
-def test_snapshot_round_trip(include_sample):
-    model = RhythmModel(sample_size=1000, min_customers=100, seed=5)
-    _feed(model, 600)
-    model.learn_one(2, 4.0, 8.0, key="carol")
-    model.fit()
-    snapshot = json.loads(json.dumps(model.to_dict(include_sample=include_sample)))
-    restored = RhythmModel.from_dict(snapshot)
-    assert restored.params == model.params and restored.version == model.version == 1
-    assert restored.prior == model.prior and restored.min_customers == 100 and restored.sample_size == 1000
-    assert restored.predict_one(1, 2.0, 3.0) == model.predict_one(1, 2.0, 3.0)
-    if include_sample:
-        assert restored.sample == model.sample and restored.seen == model.seen
-        restored.learn_one(3, 5.0, 9.0, key="carol")  # the key survived
-        assert len(restored.sample) == len(model.sample)
-    else:
-        assert "sample" not in snapshot and restored.sample == []
-
-
-def test_learn_one_rejects_an_invalid_summary():
-    model = RhythmModel()
-    with pytest.raises(ValueError, match="t_x <= T"):
-        model.learn_one(2, 10.0, 5.0)
-    assert model.sample == [] and model.seen == 0
