@@ -14,6 +14,7 @@ FLOWS = "segflow:flows"
 SIZES_HISTORY = "segflow:sizes"
 STATS = "segflow:stats"
 MODEL = "segflow:model:behaviour"
+CHURN_MODEL = "segflow:model:churn"  # JSON: the churn model's parameters, version and horizon
 DRIFT = "segflow:drift"
 RESEED = "segflow:reseed"
 CUSTOMERS = "segflow:customers"  # count of customers with state (the max_customers limit)

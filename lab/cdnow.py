@@ -45,9 +45,8 @@ from features.catalogue import compute
 from features.codec import state_from_hash
 from lab.datasets import cdnow_events
 from lab.embedded import EmbeddedStack, free_port
-from segmenter.assign import Segmenter
 from segmenter.bgnbd import BGNBDParams
-from segmenter.churn import p_no_purchase, summary
+from segmenter.churn import ChurnModel, p_no_purchase, summary
 from segmenter.config import default_config
 from segmenter.scoring import brier, precision_recall, reliability, roc_auc
 from streams.admin import ensure_topics
@@ -167,20 +166,17 @@ def stream_through_engine(calibration: list[PurchaseEvent], work: Path, say: Cal
         # The worker saves its models on a timer: stop it (SIGTERM) so the last fit is saved.
         worker.terminate()
         worker.wait(60)
-        model = (r.get(f"{keys.MODEL}:current"), None)
-        blob_version = int(model[0]) if model[0] is not None else None
+        churn_model = r.get(keys.CHURN_MODEL)
         customers = sorted({e.customer_id for e in calibration})
         pipe = r.pipeline(transaction=False)
         for cid in customers:
             pipe.hgetall(keys.customer_key(cid))
             pipe.hgetall(keys.segments_key(cid))
         replies = pipe.execute()
-        raw = redis_lib.Redis.from_url(stack.redis.url)
-        blob = raw.get(f"{keys.MODEL}:v{blob_version}") if blob_version is not None else None
         return {
             "states": {cid: replies[2 * i] for i, cid in enumerate(customers)},
             "segments": {cid: parse_segments(replies[2 * i + 1]) for i, cid in enumerate(customers)},
-            "model": None if blob is None else (blob_version, blob),
+            "churn_model": None if churn_model is None else json.loads(churn_model),
             "seconds": time.monotonic() - t0,
             "stats": r.hgetall(keys.STATS),
         }
@@ -220,9 +216,10 @@ def evaluate_cdnow(
     engine = stream_through_engine(calibration, work, say)
 
     config = default_config()
-    segmenter = Segmenter.from_config(config)
-    restored = engine["model"] is not None and segmenter.restore_model(*engine["model"])
-    params = segmenter.churn.params
+    # the worker's last fitted churn model, as it published it (segflow:model:churn)
+    restored = engine["churn_model"] is not None
+    churn = ChurnModel.from_summary(engine["churn_model"]) if restored else ChurnModel(horizon_days=config.churn.horizon_days)
+    params = churn.params
     cut_ms = _day_ms(CALIBRATION_END)
     ids, outcome, actual = [], [], []
     engine_p, engine_p_holdout, engine_expected, flags, recency = [], [], [], [], []
@@ -238,7 +235,7 @@ def evaluate_cdnow(
         bought = holdout.get(cid, 0)
         actual.append(bought)
         outcome.append(bought == 0)
-        engine_p.append(segmenter.churn.propensity(feats) or 0.0)
+        engine_p.append(churn.propensity(feats) or 0.0)
         engine_p_holdout.append(p_no_purchase(params, HOLDOUT_DAYS, *s))
         engine_expected.append(float(expected_purchases(params, float(HOLDOUT_DAYS), *s)))
         seg = engine["segments"].get(cid, {}).get("lifecycle")
@@ -255,10 +252,10 @@ def evaluate_cdnow(
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "customers": len(ids),
         "base_rate_no_purchase": base_rate,
-        "horizon_days": config.churn.horizon_days,
+        "horizon_days": churn.horizon_days,
         "holdout_days": HOLDOUT_DAYS,
         "engine_model_restored": bool(restored),
-        "params": {"engine": params.as_dict(), "engine_version": segmenter.churn.version, "lifetimes": batch_params.as_dict()},
+        "params": {"engine": params.as_dict(), "engine_version": churn.version, "lifetimes": batch_params.as_dict()},
         "auc": {
             "engine_churn_propensity": roc_auc(engine_p, outcome),
             "engine_p_no_purchase_holdout": roc_auc(engine_p_holdout, outcome),

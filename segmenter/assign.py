@@ -282,16 +282,18 @@ class Segmenter:
         """Adopt a snapshot from :meth:`snapshot_model`; False (and fresh
         models) when it was learned under a different config (features,
         prototypes). Versions keep increasing either way."""
+        data = None
         try:
             data = pickle.loads(blob)
             usable: bool = data.get("format") == SNAPSHOT_FORMAT and data.get("fingerprint") == self._fingerprint()
         except Exception:  # a corrupt or foreign blob: start fresh rather than not start
             usable = False
-        if usable:
+        if isinstance(data, dict) and data.get("format") == SNAPSHOT_FORMAT and "churn" in data:
+            # purchases alone decide the churn model: it survives a change of the behaviour config
+            self.churn.restore(data["churn"])
+        if usable and isinstance(data, dict):
             self.behaviour = BehaviourModel.from_bytes(data["behaviour"])
             self.value = ValueSegmentation(self.config.value, data["rfm"])
-            if "churn" in data:
-                self.churn.restore(data["churn"])
             self.n_learned = self._learned_at_snapshot = int(data.get("n_learned", 0))
         self.behaviour.version = max(self.behaviour.version, int(version))
         return usable

@@ -217,6 +217,20 @@ class ChurnModel:
         expected_text = "?" if expected is None else f"{expected:.2f}"
         return f"BG/NBD v{self.version}: p_alive {alive_text}, expected {expected_text} purchases in 30 d{gap}"
 
+    def summary(self) -> dict[str, Any]:
+        """Parameters, version and horizon, JSON-ready: what readers need to predict.
+
+        >>> ChurnModel.from_summary(ChurnModel(horizon_days=30).summary()).horizon_days
+        30.0
+        """
+        return {"params": self.params.as_dict(), "version": self.version, "horizon_days": self.horizon_days}
+
+    @classmethod
+    def from_summary(cls, data: dict[str, Any]) -> ChurnModel:
+        """A model that predicts as the one :meth:`summary` was taken from (no sample)."""
+        params = BGNBDParams.from_dict(data["params"])
+        return cls(horizon_days=float(data["horizon_days"]), params=params, version=int(data["version"]))
+
     def to_dict(self) -> dict[str, Any]:
         """What a snapshot keeps: parameters, version, the sample and its clock."""
         return {

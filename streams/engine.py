@@ -9,6 +9,7 @@ benchmarks drive it directly and the Faust agent stays a few lines.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -401,7 +402,7 @@ class Engine:
         if snap is None:
             return None
         version, blob = snap
-        await self.segments.save_model(version, blob)
+        await self.segments.save_model(version, blob, churn=json.dumps(self.segmenter.churn.summary()))
         return version
 
 

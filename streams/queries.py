@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 
@@ -9,6 +10,9 @@ from features import keys
 from features.catalogue import BY_NAME, compute, top_categories
 from features.codec import state_from_hash
 from segmenter.changes import read_history_entry
+from segmenter.churn import ChurnModel
+from segmenter.config import ENGAGEMENT_FEATURE
+from segmenter.engagement import engagement_risk
 from streams.segment_store import parse_segments
 from streams.settings import Settings
 
@@ -33,11 +37,17 @@ def customer_view(redis, customer_id: str, settings: Settings, history: int = 10
     pipe.hgetall(keys.segments_key(customer_id))
     pipe.lrange(keys.history_key(customer_id), 0, history - 1)
     pipe.zscore(keys.DEADLINES, customer_id)
-    raw, seg_hash, hist, deadline = pipe.execute()
+    pipe.get(keys.CHURN_MODEL)
+    raw, seg_hash, hist, deadline, churn_model = pipe.execute()
     if not raw:
         return None
     state = state_from_hash(raw)
     now_ms = max(now_ms_for(redis, settings), state.last_seen_ms or 0)
+    features = compute(state, now_ms)
+    # The workers' last fitted churn model (its CDNOW prior before the first snapshot).
+    model = ChurnModel.from_summary(json.loads(churn_model)) if churn_model else ChurnModel()
+    features.update(model.predict_one(features))
+    features[ENGAGEMENT_FEATURE] = engagement_risk(features)
     segments = {
         name: {"segment": a.segment, "since": _iso(a.since_ms), "reason": a.reason, "model_version": a.model_version}
         for name, a in parse_segments(seg_hash).items()
@@ -48,8 +58,9 @@ def customer_view(redis, customer_id: str, settings: Settings, history: int = 10
         "as_of": _iso(now_ms),
         "segments": segments,
         "churn_propensity": None if churn is None else float(churn),
+        "churn_model": {"name": "BG/NBD", "version": model.version, "horizon_days": model.horizon_days, **model.params.as_dict()},
         "next_reevaluation": _iso(int(deadline)) if deadline is not None else None,
-        "features": compute(state, now_ms),
+        "features": features,
         "top_categories": [{"category": c, "share": round(s, 4)} for c, s in top_categories(state)],
         "first_seen": _iso(state.first_seen_ms),
         "last_seen": _iso(state.last_seen_ms),
@@ -63,7 +74,11 @@ def format_customer(view: dict) -> str:
     for name, s in view["segments"].items():
         lines.append(f"  {name:10} {s['segment']:16} since {s['since']}  reason={s['reason']}  model=v{s['model_version']}")
     if view["churn_propensity"] is not None:
-        lines.append(f"  churn propensity: {view['churn_propensity']:.2f}")
+        lines.append(f"  churn propensity at the last evaluation: {view['churn_propensity']:.2f}")
+    m = view["churn_model"]
+    lines.append(
+        f"  churn model: {m['name']} v{m['version']}, horizon {m['horizon_days']:g} d (r {m['r']:.3f}, alpha {m['alpha']:.2f} d, a {m['a']:.3f}, b {m['b']:.3f})"
+    )
     if view["next_reevaluation"]:
         lines.append(f"  next time-based re-evaluation: {view['next_reevaluation']}")
     lines += ["", "features:"]

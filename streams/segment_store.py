@@ -187,9 +187,13 @@ class SegmentStore:
         if customer_ids:
             await self.redis.zrem(keys.DEADLINES, *customer_ids)
 
-    async def save_model(self, version: int, blob: bytes) -> None:
+    async def save_model(self, version: int, blob: bytes, churn: str | None = None) -> None:
+        """Store a model snapshot (the last three are kept) and, as JSON for readers
+        that do not unpickle (``segflow customer``, HTTP), the churn model's parameters."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(f"{keys.MODEL}:v{version}", blob)
+        if churn is not None:
+            pipe.set(keys.CHURN_MODEL, churn)
         pipe.set(f"{keys.MODEL}:current", version)
         pipe.execute_command("DEL", f"{keys.MODEL}:v{version - 3}")  # keep the last three
         await pipe.execute()

@@ -52,8 +52,8 @@ def replace_once(text: str, old: str, new: str) -> str:
 def test_default_config_has_the_documented_segments():
     cfg = default_config()
     assert cfg.lifecycle.segments == ("new", "active", "at_risk", "dormant", "churned")
-    assert set(cfg.behaviour.prototypes) == {"power_users", "steady", "explorers", "dormant"}
-    assert cfg.behaviour.n_clusters == 4
+    assert set(cfg.behaviour.prototypes) == {"power_users", "steady", "bargain_hunters", "explorers", "dormant"}
+    assert cfg.behaviour.n_clusters == 5
     assert cfg.value.segments == ("champions", "loyal", "need_attention", "at_risk", "lost")
     assert cfg.hysteresis.lifecycle.urgent == ("churned",)
 
@@ -150,7 +150,7 @@ def test_urgent_segment_must_exist():
 
 
 def test_prototype_count_must_match_n_clusters():
-    text = replace_once(SHIPPED, "n_clusters: 4", "n_clusters: 5")
+    text = replace_once(SHIPPED, "n_clusters: 5", "n_clusters: 6")
     err = error_of(text)
     assert err.issues[0].path == "behaviour.prototypes"
     assert "every cluster needs exactly one name" in err.issues[0].message
@@ -163,7 +163,7 @@ def test_duplicate_keys_are_refused():
 
 def test_every_issue_is_reported():
     text = replace_once(SHIPPED, "feature: purchase_days_total", "feature: nope")
-    text = replace_once(text, "n_clusters: 4", "n_clusters: many")
+    text = replace_once(text, "n_clusters: 5", "n_clusters: many")
     err = error_of(text)
     assert {i.path for i in err.issues} >= {"lifecycle.rules[3].when[0].feature", "behaviour.n_clusters"}
     assert len(str(err).splitlines()) == len(err.issues)
