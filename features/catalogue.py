@@ -103,6 +103,9 @@ def _catalogue() -> tuple[Feature, ...]:
         Feature("checkout_conversion_30d", "Purchases / checkouts started over 30 days, capped at 1.", "ratio", 30, "ratio"),
         Feature("purchase_interval_mean_days", "Mean days between purchases over the lifetime.", "days", None, "ratio"),
         Feature("purchase_interval_last_days", "Days between the last two purchases.", "days", None, "ratio"),
+        Feature("active_days_total", "Distinct days (UTC) with any event over the customer's lifetime (the visit rhythm).", "count", None, "engagement"),
+        Feature("active_span_days", "Whole days (UTC) from the first to the newest active day.", "days", None, "engagement"),
+        Feature("active_days_90d", "Days (UTC) with any activity in the last 90 days: the customer's visit rhythm.", "count", 90, "engagement"),
         Feature("weekend_share_90d", "Share of activity on Saturdays and Sundays (UTC), last 90 days.", "ratio", 90, "ratio"),
         Feature("top_category_share", "Share of purchased items in the customer's top category.", "ratio", None, "ratio"),
         Feature("engagement_score", f"Weighted activity, decaying with a {ENGAGEMENT_HALFLIFE_DAYS:g}-day half-life.", "score", None, "engagement"),
@@ -120,6 +123,13 @@ MODEL_FEATURES: tuple[Feature, ...] = (
     Feature(
         "churn_propensity",
         "Probability of no purchase in the next churn horizon (BG/NBD; `churn.horizon_days` in the segments config); None without a purchase.",
+        "probability",
+        None,
+        "model",
+    ),
+    Feature(
+        "p_active",
+        "Probability the customer still comes at all (BG/NBD over active days: any event counts as a visit).",
         "probability",
         None,
         "model",
@@ -196,7 +206,7 @@ def compute(state: CustomerState, now_ms: int) -> dict[str, float | None]:
     # order): each adds to the band of ages between two windows; a window's sums
     # are the bands inside it (what window_sums computes one window at a time).
     bands = [[0] * len(METRICS) for _ in WINDOWS]
-    weekend = total = 0
+    weekend = total = active_days = 0
     score = recent7 = prior30 = 0.0
     buckets = state.buckets
     for day in sorted(buckets):
@@ -211,6 +221,7 @@ def compute(state: CustomerState, now_ms: int) -> dict[str, float | None]:
         activity = sum(map(mul, bucket, _ACTIVITY_MASK))
         if age < 90:
             total += activity
+            active_days += activity > 0
             if weekday(day) >= 5:
                 weekend += activity
         decay = _DECAY[age] if age < len(_DECAY) else 0.5 ** (age / ENGAGEMENT_HALFLIFE_DAYS)
@@ -242,6 +253,12 @@ def compute(state: CustomerState, now_ms: int) -> dict[str, float | None]:
     out["purchase_interval_last_days"] = (
         None if state.prev_purchase_ms is None or state.last_purchase_ms is None else (state.last_purchase_ms - state.prev_purchase_ms) / DAY_MS
     )
+    # A state written before active days were counted ('ad' missing) uses its buckets' days.
+    out["active_days_total"] = float(state.active_days or len(state.buckets))
+    out["active_span_days"] = (
+        None if state.first_seen_ms is None or state.last_seen_ms is None else float(state.last_seen_ms // DAY_MS - state.first_seen_ms // DAY_MS)
+    )
+    out["active_days_90d"] = float(active_days)
     out["weekend_share_90d"] = _ratio(weekend, total)
     item_total = sum(state.categories.values())
     out["top_category_share"] = _ratio(max(state.categories.values(), default=0), item_total)

@@ -3,7 +3,7 @@
 The Redis hash ``cust:{<id>}`` holds short fields (see docs/OPERATIONS.md):
 ``fs``/``ls`` first/last event ms, ``fp``/``lp``/``pp`` first/last/previous
 purchase ms, ``lv`` last visit ms, ``ll`` last login ms, ``n`` events,
-``np`` purchases, ``pd`` distinct purchase days, ``rv`` revenue cents, ``dc`` discount cents, ``d:<day>``
+``np`` purchases, ``pd`` distinct purchase days, ``ad`` distinct active days, ``rv`` revenue cents, ``dc`` discount cents, ``d:<day>``
 daily bucket (comma-separated counters in :data:`features.state.METRICS`
 order, trailing zeros trimmed), ``c:<category>`` items bought, ``nc`` number
 of categories, ``q`` duplicate filter (:func:`ring_entries`; ``r`` in older
@@ -34,7 +34,14 @@ _INT_FIELDS = {
     "lv": "last_visit_ms",
     "ll": "last_login_ms",
 }
-_COUNTERS = {"n": "events_total", "np": "purchases_total", "pd": "purchase_days", "rv": "revenue_total_cents", "dc": "discount_total_cents"}
+_COUNTERS = {
+    "n": "events_total",
+    "np": "purchases_total",
+    "pd": "purchase_days",
+    "ad": "active_days",
+    "rv": "revenue_total_cents",
+    "dc": "discount_total_cents",
+}
 _CONTROL = re.compile(r"[\x00-\x1f]")
 
 

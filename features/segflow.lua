@@ -224,6 +224,16 @@ local function apply(keys, args)
   local in_window = day > newest_day - BUCKET_DAYS
   local bucket_raw = in_window and (redis.call('HGET', cust, 'd:' .. fmt(day)) or nil) or nil
 
+  -- A new active day ('ad'): its bucket does not exist yet (or, older than the buckets,
+  -- it is not the day of the first or the newest event).
+  local new_active
+  if in_window then
+    new_active = not bucket_raw
+  else
+    new_active = not ((first_seen and math.floor(first_seen / DAY_MS) == day) or (last_seen and math.floor(last_seen / DAY_MS) == day))
+  end
+  if new_active then redis.call('HINCRBY', cust, 'ad', 1) end
+
   local buys = (incs[PURCHASES] or 0) > 0
   local is_purchase = string.find(flags, 'p', 1, true)
   local fp, lp, pp

@@ -102,6 +102,8 @@ class CustomerState:
     # Distinct UTC days with a purchase: the buy-till-you-die models count repeat
     # purchases on distinct days (several orders on one day are one purchase occasion).
     purchase_days: int = 0
+    # Distinct UTC days with any event: the visit rhythm (segmenter/churn.py, VISIT_INPUTS).
+    active_days: int = 0
     revenue_total_cents: int = 0
     discount_total_cents: int = 0
     buckets: dict[int, list[int]] = field(default_factory=dict)
@@ -145,6 +147,17 @@ def _new_purchase_day(state: CustomerState, ts: int, newest_before: int | None) 
     return all(t is None or t // DAY_MS != day for t in known)
 
 
+def _new_active_day(state: CustomerState, ts: int, first_before: int | None, newest_before: int | None) -> bool:
+    """Whether an event at ``ts`` is the customer's first of its UTC day: within the
+    bucket window, its day has no bucket yet; older, unless it is the day of the first
+    or the newest event."""
+    day = ts // DAY_MS
+    newest_day = max(ts, newest_before or ts) // DAY_MS
+    if day > newest_day - BUCKET_DAYS:
+        return day not in state.buckets
+    return all(t is None or t // DAY_MS != day for t in (first_before, newest_before))
+
+
 def apply_delta(state: CustomerState, delta: EventDelta, late_before_ms: int | None) -> str:
     """Fold ``delta`` into ``state`` in place; return what happened.
 
@@ -171,7 +184,7 @@ def apply_delta(state: CustomerState, delta: EventDelta, late_before_ms: int | N
         return "unverifiable"
 
     ts = delta.ts_ms
-    newest_before = state.last_seen_ms
+    newest_before, first_before = state.last_seen_ms, state.first_seen_ms
     state.first_seen_ms = _min(state.first_seen_ms, ts)
     state.last_seen_ms = _max(state.last_seen_ms, ts)
     state.events_total += 1
@@ -183,6 +196,8 @@ def apply_delta(state: CustomerState, delta: EventDelta, late_before_ms: int | N
         state.last_login_ms = _max(state.last_login_ms, ts)
     if delta.increments.get(PURCHASES, 0) > 0 and _new_purchase_day(state, ts, newest_before):
         state.purchase_days += 1
+    if _new_active_day(state, ts, first_before, newest_before):
+        state.active_days += 1
     if delta.purchase:
         state.first_purchase_ms = _min(state.first_purchase_ms, ts)
         # Keep the two latest purchase times: order-independent, gives the last gap.

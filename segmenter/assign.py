@@ -35,11 +35,12 @@ import hashlib
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from segmenter.changes import SegmentChange
-from segmenter.churn import ChurnModel
+from segmenter.churn import VISIT_INPUTS, ChurnModel
 from segmenter.clustering import WARMUP_POINTS, BehaviourModel
-from segmenter.config import CHURN_FEATURE, ENGAGEMENT_FEATURE, SEGMENTATIONS, HysteresisPolicy, SegmentationConfig
+from segmenter.config import ACTIVE_FEATURE, CHURN_FEATURE, ENGAGEMENT_FEATURE, SEGMENTATIONS, HysteresisPolicy, SegmentationConfig
 from segmenter.engagement import engagement_risk
 from segmenter.hysteresis import Assignment, AssignmentLike, decide, margin_ok
 from segmenter.rules import Features, LifecycleRules
@@ -125,7 +126,14 @@ class Segmenter:
     def __init__(self, config: SegmentationConfig, behaviour_model: BehaviourModel | None = None, rfm: RFMScorer | None = None):
         self.config = config
         self.churn = ChurnModel(horizon_days=config.churn.horizon_days, sample_size=config.churn.sample_size, min_customers=config.churn.min_customers)
-        self.lifecycle = LifecycleRules(config, self.churn)
+        # The same model over active days (any event is a visit): P(the customer still comes).
+        self.visits = ChurnModel(
+            horizon_days=config.churn.horizon_days,
+            inputs=VISIT_INPUTS,
+            sample_size=config.churn.sample_size,
+            min_customers=config.churn.min_customers,
+        )
+        self.lifecycle = LifecycleRules(config, self.churn, self.visits)
         self.behaviour = behaviour_model or BehaviourModel.from_config(config.behaviour)
         self.value = ValueSegmentation(config.value, rfm)
         self._learned_at_snapshot = 0
@@ -148,8 +156,9 @@ class Segmenter:
         from evaluations during a customer's first session of each day (see
         :func:`first_session_of_day`); returns whether this one was.
         """
-        if customer_id is not None and now_ms is not None and self.churn.learn_one(customer_id, features, now_ms):
-            self.n_learned += 1
+        if customer_id is not None and now_ms is not None:
+            learned = [model.learn_one(customer_id, features, now_ms) for model in (self.churn, self.visits)]
+            self.n_learned += any(learned)
         if not first_session_of_day(features):
             return False
         self.behaviour.learn_one(features)
@@ -174,7 +183,12 @@ class Segmenter:
         triggered the evaluation (``event:<event_id>``, ``deadline:<ms>``) and
         enters the changes' ids. ``emitted_at_ms`` defaults to ``now_ms``.
         """
-        feats = {**features, **self.churn.predict_one(features), ENGAGEMENT_FEATURE: engagement_risk(features)}
+        feats = {
+            **features,
+            **self.churn.predict_one(features),
+            ACTIVE_FEATURE: self.visits.alive(features),
+            ENGAGEMENT_FEATURE: engagement_risk(features),
+        }
         churn = feats[CHURN_FEATURE]
 
         life_segment, life_rule = self.lifecycle.assign(feats)
@@ -239,12 +253,17 @@ class Segmenter:
         key = repr((b.features, sorted((n, sorted(p.items())) for n, p in b.prototypes.items()), v.recency, v.frequency, v.monetary))
         return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 
+    def models_summary(self) -> dict[str, Any]:
+        """The churn model's :meth:`~segmenter.churn.ChurnModel.summary`, the visit model's under ``visits``: JSON for readers."""
+        return {**self.churn.summary(), "visits": self.visits.summary()}
+
     def snapshot_model(self) -> tuple[int, bytes] | None:
         """``(version, blob)`` of the learned models to store, or None when
         nothing was learned since the last snapshot. Bumps the version."""
         if self.n_learned == self._learned_at_snapshot:
             return None
-        self.churn.refit()  # the purchase-rhythm population parameters, on the snapshot's tick
+        self.churn.refit()  # the purchase- and visit-rhythm population parameters, on the snapshot's tick
+        self.visits.refit()
         behaviour_blob = self.behaviour.snapshot()  # re-checks names, bumps version
         blob = pickle.dumps(
             {
@@ -253,6 +272,7 @@ class Segmenter:
                 "behaviour": behaviour_blob,
                 "rfm": self.value.scorer,
                 "churn": self.churn.to_dict(),
+                "visits": self.visits.to_dict(),
                 "n_learned": self.n_learned,
             },
             protocol=pickle.HIGHEST_PROTOCOL,
@@ -291,6 +311,8 @@ class Segmenter:
         if isinstance(data, dict) and data.get("format") == SNAPSHOT_FORMAT and "churn" in data:
             # purchases alone decide the churn model: it survives a change of the behaviour config
             self.churn.restore(data["churn"])
+            if "visits" in data:
+                self.visits.restore(data["visits"])
         if usable and isinstance(data, dict):
             self.behaviour = BehaviourModel.from_bytes(data["behaviour"])
             self.value = ValueSegmentation(self.config.value, data["rfm"])

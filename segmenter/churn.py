@@ -50,7 +50,11 @@ import numpy as np
 from segmenter.bgnbd import DEFAULT_PRIOR, BGNBDParams, expected_purchases, fit
 
 DAY_MS = 86_400_000
-INPUTS = frozenset({"purchase_days_total", "purchase_span_days", "days_since_first_purchase"})
+# (distinct days, first-to-last span, age): the purchase rhythm, and the visit rhythm
+# (any event is a visit) that the same model reads for ``p_active``.
+PURCHASE_INPUTS = ("purchase_days_total", "purchase_span_days", "days_since_first_purchase")
+VISIT_INPUTS = ("active_days_total", "active_span_days", "tenure_days")
+INPUTS = frozenset(PURCHASE_INPUTS)
 # BG/NBD fitted on the whole CDNOW log in days: a cold start that knows what real
 # purchase rhythms look like.
 CDNOW_PRIOR = DEFAULT_PRIOR
@@ -58,17 +62,18 @@ CDNOW_PRIOR = DEFAULT_PRIOR
 Features = dict[str, float | None]
 
 
-def summary(features: Features) -> tuple[float, float, float] | None:
+def summary(features: Features, inputs: tuple[str, str, str] = PURCHASE_INPUTS) -> tuple[float, float, float] | None:
     """``(x, t_x, T)`` in days from the features, or None for a customer without a purchase.
 
     >>> summary({"purchase_days_total": 3.0, "purchase_span_days": 20.0, "days_since_first_purchase": 50.0})
     (2.0, 20.0, 50.0)
     """
-    days = features.get("purchase_days_total")
-    age = features.get("days_since_first_purchase")
+    days_name, span_name, age_name = inputs
+    days = features.get(days_name)
+    age = features.get(age_name)
     if not days or age is None:
         return None
-    span = features.get("purchase_span_days") or 0.0
+    span = features.get(span_name) or 0.0
     x = days - 1.0
     return x, (min(span, age) if x > 0 else 0.0), age
 
@@ -139,6 +144,7 @@ class ChurnModel:
     """
 
     horizon_days: float = 90.0
+    inputs: tuple[str, str, str] = PURCHASE_INPUTS
     sample_size: int = 5000
     min_customers: int = 200
     prior: BGNBDParams = CDNOW_PRIOR
@@ -153,7 +159,7 @@ class ChurnModel:
 
     def learn_one(self, customer_id: str, features: Features, now_ms: int) -> bool:
         """Remember this buyer's rhythm for the next fit; False for a non-buyer."""
-        s = summary(features)
+        s = summary(features, self.inputs)
         if s is None:
             return False
         x, t_x, age = s
@@ -175,9 +181,14 @@ class ChurnModel:
         x = rows[:, 0]
         t_x = np.where(x > 0, rows[:, 1], 0.0)
         age = np.maximum(self.clock_day - rows[:, 2], t_x)
-        try:
-            new = fit(x, t_x, age, initial=self.params)
-        except (ValueError, FloatingPointError):
+        new = None
+        for start in (self.params, None):  # from the current parameters, else from the fit's own start
+            try:
+                new = fit(x, t_x, age, initial=start)
+                break
+            except (ValueError, FloatingPointError, RuntimeError):
+                continue
+        if new is None:
             return False  # a degenerate sample (everyone bought once, today): keep what we have
         self.params = new
         self.version += 1
@@ -186,12 +197,17 @@ class ChurnModel:
 
     def propensity(self, features: Features) -> float | None:
         """P(no purchase in the next ``horizon_days``); None without a purchase."""
-        s = summary(features)
+        s = summary(features, self.inputs)
         return None if s is None else p_no_purchase(self.params, self.horizon_days, *s)
+
+    def alive(self, features: Features) -> float | None:
+        """P(alive): for the visit rhythm, the probability the customer still comes at all."""
+        s = summary(features, self.inputs)
+        return None if s is None else p_alive(self.params, *s)
 
     def predict_one(self, features: Features) -> dict[str, float | None]:
         """The model features (features/catalogue.py, ``MODEL_FEATURES``) of one customer."""
-        s = summary(features)
+        s = summary(features, self.inputs)
         if s is None:
             return {"p_alive": None, "expected_purchases_30d": None, "expected_purchases_90d": None, "churn_propensity": None}
         x, t_x, age = s
@@ -223,13 +239,15 @@ class ChurnModel:
         >>> ChurnModel.from_summary(ChurnModel(horizon_days=30).summary()).horizon_days
         30.0
         """
-        return {"params": self.params.as_dict(), "version": self.version, "horizon_days": self.horizon_days}
+        return {"params": self.params.as_dict(), "version": self.version, "horizon_days": self.horizon_days, "inputs": list(self.inputs)}
 
     @classmethod
     def from_summary(cls, data: dict[str, Any]) -> ChurnModel:
         """A model that predicts as the one :meth:`summary` was taken from (no sample)."""
         params = BGNBDParams.from_dict(data["params"])
-        return cls(horizon_days=float(data["horizon_days"]), params=params, version=int(data["version"]))
+        inputs = tuple(data.get("inputs", PURCHASE_INPUTS))
+        assert len(inputs) == 3
+        return cls(horizon_days=float(data["horizon_days"]), inputs=(inputs[0], inputs[1], inputs[2]), params=params, version=int(data["version"]))
 
     def to_dict(self) -> dict[str, Any]:
         """What a snapshot keeps: parameters, version, the sample and its clock."""

@@ -54,6 +54,7 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
 
 CHURN_FEATURE = "churn_propensity"
 ENGAGEMENT_FEATURE = "engagement_risk"
+ACTIVE_FEATURE = "p_active"
 # Features a lifecycle rule may test: the catalogue, state and model features.
 RULE_FEATURES: tuple[str, ...] = (*FEATURE_NAMES, *MODEL_FEATURE_NAMES)
 # Value rules may also test the RFM scores (1..5) computed by segmenter.value.

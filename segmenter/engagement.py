@@ -7,9 +7,8 @@ their purchase rhythm can tell.
 Four signals, each turned into a risk in [0, 1]:
 
 - ``silence``: days since the customer's last event of any kind, relative to
-  their *own* usual gap (mean days between purchases when they have bought at
-  least twice, else :data:`DEFAULT_USUAL_GAP_DAYS`). Silent for up to one
-  usual gap: no risk; four gaps or more: full risk.
+  their *own* usual gap between active days (:func:`usual_gap_days`). Silent
+  for up to one usual gap: no risk; four gaps or more: full risk.
 - ``fading``: ``1 - engagement_trend`` (activity of the last 7 days per day
   over that of the 30 days before), clipped to [0, 1]; unknown trend: no risk.
 - ``login_silence``: no successful login for 14 days -> 0 rising to 1 at 60
@@ -56,6 +55,8 @@ WEIGHTS = EngagementWeights()
 ENGAGEMENT_INPUTS = frozenset(
     {
         "days_since_last_activity",
+        "active_days_90d",
+        "tenure_days",
         "purchase_interval_mean_days",
         "engagement_trend",
         "days_since_last_login",
@@ -69,10 +70,19 @@ def _clip01(x: float) -> float:
 
 
 def usual_gap_days(features: dict[str, float | None]) -> float:
-    """The customer's own expected gap between visits, in days."""
-    gap = features.get("purchase_interval_mean_days")
-    if gap is None:
-        return DEFAULT_USUAL_GAP_DAYS
+    """The customer's own usual gap between active days: the days observed (up to
+    90) over the days with any activity in them; a purchase-free visitor who comes
+    once a fortnight has a 14-day gap. Without activity data, the mean gap between
+    purchases, else :data:`DEFAULT_USUAL_GAP_DAYS`.
+
+    >>> usual_gap_days({"active_days_90d": 6.0, "tenure_days": 200.0})
+    15.0
+    """
+    active, tenure = features.get("active_days_90d"), features.get("tenure_days")
+    if active and tenure is not None:
+        gap = min(90.0, max(tenure, 1.0)) / active
+    else:
+        gap = features.get("purchase_interval_mean_days") or DEFAULT_USUAL_GAP_DAYS
     return min(MAX_USUAL_GAP_DAYS, max(MIN_USUAL_GAP_DAYS, gap))
 
 

@@ -44,8 +44,8 @@ from collections.abc import Callable, Iterable, Mapping
 from features.catalogue import CATALOGUE
 from features.state import DAY_MS
 from segmenter.churn import INPUTS as CHURN_INPUTS
-from segmenter.churn import ChurnModel
-from segmenter.config import CHURN_FEATURE, ENGAGEMENT_FEATURE, Condition, Rule, RuleSet, SegmentationConfig
+from segmenter.churn import VISIT_INPUTS, ChurnModel
+from segmenter.config import ACTIVE_FEATURE, CHURN_FEATURE, ENGAGEMENT_FEATURE, Condition, Rule, RuleSet, SegmentationConfig
 from segmenter.engagement import ENGAGEMENT_INPUTS, engagement_risk
 
 Features = dict[str, float | None]
@@ -190,12 +190,17 @@ class RuleBook:
 class LifecycleRules(RuleBook):
     """The lifecycle segmentation: new, active, at_risk, dormant, churned."""
 
-    def __init__(self, config: SegmentationConfig, churn: ChurnModel | None = None):
+    def __init__(self, config: SegmentationConfig, churn: ChurnModel | None = None, visits: ChurnModel | None = None):
         self.churn = churn or ChurnModel(horizon_days=config.churn.horizon_days)
+        self.visits = visits or ChurnModel(horizon_days=config.churn.horizon_days, inputs=VISIT_INPUTS)
         super().__init__(
             config.lifecycle,
             self._with_churn,
-            {CHURN_FEATURE: (self.churn.propensity, CHURN_INPUTS), ENGAGEMENT_FEATURE: (engagement_risk, ENGAGEMENT_INPUTS)},
+            {
+                CHURN_FEATURE: (self.churn.propensity, CHURN_INPUTS),
+                ACTIVE_FEATURE: (self.visits.alive, frozenset(VISIT_INPUTS)),
+                ENGAGEMENT_FEATURE: (engagement_risk, ENGAGEMENT_INPUTS),
+            },
         )
         self._churn_rules = frozenset(r.id for r in self.rules if any(c.feature == CHURN_FEATURE for c in r.conditions()))
 
@@ -210,4 +215,6 @@ class LifecycleRules(RuleBook):
             out[CHURN_FEATURE] = self.churn.propensity(features)
         if ENGAGEMENT_FEATURE not in out:
             out[ENGAGEMENT_FEATURE] = engagement_risk(features)
+        if ACTIVE_FEATURE not in out:
+            out[ACTIVE_FEATURE] = self.visits.alive(features)
         return out

@@ -402,7 +402,7 @@ class Engine:
         if snap is None:
             return None
         version, blob = snap
-        await self.segments.save_model(version, blob, churn=json.dumps(self.segmenter.churn.summary()))
+        await self.segments.save_model(version, blob, churn=json.dumps(self.segmenter.models_summary()))
         return version
 
 

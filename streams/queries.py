@@ -10,8 +10,8 @@ from features import keys
 from features.catalogue import BY_NAME, compute, top_categories
 from features.codec import state_from_hash
 from segmenter.changes import read_history_entry
-from segmenter.churn import ChurnModel
-from segmenter.config import ENGAGEMENT_FEATURE
+from segmenter.churn import VISIT_INPUTS, ChurnModel
+from segmenter.config import ACTIVE_FEATURE, ENGAGEMENT_FEATURE
 from segmenter.engagement import engagement_risk
 from streams.segment_store import parse_segments
 from streams.settings import Settings
@@ -45,8 +45,11 @@ def customer_view(redis, customer_id: str, settings: Settings, history: int = 10
     now_ms = max(now_ms_for(redis, settings), state.last_seen_ms or 0)
     features = compute(state, now_ms)
     # The workers' last fitted churn model (its CDNOW prior before the first snapshot).
-    model = ChurnModel.from_summary(json.loads(churn_model)) if churn_model else ChurnModel()
+    published = json.loads(churn_model) if churn_model else None
+    model = ChurnModel.from_summary(published) if published else ChurnModel()
+    visits = ChurnModel.from_summary(published["visits"]) if published and "visits" in published else ChurnModel(inputs=VISIT_INPUTS)
     features.update(model.predict_one(features))
+    features[ACTIVE_FEATURE] = visits.alive(features)
     features[ENGAGEMENT_FEATURE] = engagement_risk(features)
     segments = {
         name: {"segment": a.segment, "since": _iso(a.since_ms), "reason": a.reason, "model_version": a.model_version}

@@ -32,8 +32,9 @@ def test_a_claimed_deadline_survives_a_worker_that_dies_before_committing(redis_
         await a.process([InboundMessage(topic, 0, 0, b"lease", purchase_json("lease", 1, T0_MS))], now=time.time())
         due_at = redis_client.zscore(keys.DEADLINES, "lease")
         assert due_at is not None
-        # The event-time clock passes the deadline; worker A claims the customer and dies.
-        await b.features.advance_watermark(int(due_at) + 1000)
+        # The event-time clock passes the deadline, and the customer's two weeks of being
+        # `new`, so the re-evaluation moves them; worker A claims the customer and dies.
+        await b.features.advance_watermark(max(int(due_at), T0_MS + 15 * DAY_MS) + 1000)
         now_ms = await b.clock_ms()
         assert await a.segments.claim_due(now_ms) == ["lease"]
         before = StoredAssignment.decode(redis_client.hget(keys.segments_key("lease"), "lifecycle")).segment

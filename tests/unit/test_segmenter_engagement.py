@@ -104,4 +104,4 @@ def test_risk_reads_only_its_declared_inputs(f):
     every.update(f)
     engagement_risk(every)
     assert every.read <= ENGAGEMENT_INPUTS
-    assert engagement_risk(every) == engagement_risk({k: f.get(k) for k in ENGAGEMENT_INPUTS})
+    assert engagement_risk(every) == engagement_risk({k: every.get(k) for k in ENGAGEMENT_INPUTS})

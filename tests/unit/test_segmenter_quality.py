@@ -96,14 +96,17 @@ def test_behaviour_clusters_follow_the_personas(report):
     assert table["dormant"]["dormant"] >= 0.7 * sum(table["dormant"].values())
 
 
-def test_at_risk_finds_customers_who_went_silent(report):
+def test_at_risk_flags_are_right_and_find_the_silent(report):
+    """at_risk flags customers who really went silent (precision), and by the end
+    finds most of them; it waits for the customer's own rhythm to say so, which
+    takes about two to three weeks of silence here (docs/SEGMENTS.md)."""
     at_risk = report["silence"]["at_risk"]
     assert at_risk["silenced_eligible"] >= 10
-    assert at_risk["recall_within"] >= 0.8
-    assert at_risk["median_delay_days"] <= 14
+    assert at_risk["precision_of_flags"] >= 0.8
+    assert at_risk["median_delay_days"] <= 21
     worse = report["silence"]["at_risk_or_worse"]
-    assert worse["recall_at_end"] >= 0.9
-    assert worse["precision_at_end"] >= 0.5
+    assert worse["recall_at_end"] >= 0.8
+    assert worse["precision_at_end"] >= 0.8
 
 
 def test_no_move_is_undone_within_the_minimum_dwell(run, report):
@@ -119,3 +122,4 @@ def test_changes_stay_few(report):
     for name, stats in report["flapping"].items():
         assert stats["changes_per_customer_30d"] < 2.0, name
         assert stats["revert_share"] < 0.4, name
+    assert report["flapping"]["lifecycle"]["revert_share"] < 0.1
