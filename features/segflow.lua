@@ -360,21 +360,25 @@ end
 --       and flow keys that ARGV refers to by position.
 -- ARGV: customer_id, expected_version, churn ('' none), deadline_ms ('' none),
 --       history_cap, flow_ttl_s, retry_at_ms, seen_ms (newest event time the
---       evaluation saw, '' from a deadline), n_assign, then per assignment:
+--       evaluation saw, '' from a deadline), commit token ('' without changes: kept
+--       as `_t` so that a retry of a commit whose reply was lost can tell it landed),
+--       n_assign, then per assignment:
 --       field, json, old_set_key# (0 none), new_set_key#; n_changes, then per
 --       change: payload (outbox), history entry, flow_key#, flow_field.
--- Returns {'ok', outbox ids...} or {'conflict'} (the customer is then queued
--- for an immediate re-evaluation at retry_at_ms).
+-- Returns {'ok', outbox ids...}, {'conflict'} (the customer is then queued for an
+-- immediate re-evaluation at retry_at_ms), or {'landed'} when this very commit
+-- (same token) was applied before: its outbox entries are the caller's to send.
 local function commit(keys, args)
   local seg, hist, outbox, deadlines = keys[1], keys[2], keys[3], keys[4]
   local cid = args[1]
   local expected = tonumber(args[2])
   local current = tonumber(redis.call('HGET', seg, '_v') or '0')
   if current ~= expected then
+    if args[9] ~= '' and current == expected + 1 and redis.call('HGET', seg, '_t') == args[9] then return {'landed'} end
     redis.call('ZADD', deadlines, 'LT', tonumber(args[7]), cid)
     return {'conflict'}
   end
-  local i = 9
+  local i = 10
   local n_assign = tonumber(args[i]); i = i + 1
   local fields = {}
   for _ = 1, n_assign do
@@ -387,6 +391,7 @@ local function commit(keys, args)
   if n_assign > 0 then redis.call('HINCRBY', seg, '_v', 1) end
   if args[3] ~= '' then fields[#fields + 1] = '_churn'; fields[#fields + 1] = args[3] end
   if args[8] ~= '' then fields[#fields + 1] = '_e'; fields[#fields + 1] = args[8] end
+  if args[9] ~= '' then fields[#fields + 1] = '_t'; fields[#fields + 1] = args[9] end
   if #fields > 0 then redis.call('HSET', seg, unpack(fields)) end
   local out = {'ok'}
   local n_changes = tonumber(args[i]); i = i + 1

@@ -25,8 +25,10 @@ re-evaluates, and the change's reason gives the model's numbers.
 
 >>> later = {**f, "days_since_last_activity": 120.0, "days_since_last_purchase": 120.0, "days_since_first_purchase": 150.0, "tenure_days": 160.0}
 >>> ev2 = seg.evaluate("c1", later, ev.assignments, now_ms=220 * day, cause="deadline")
->>> [(c.from_segment, c.to_segment, c.reason) for c in ev2.changes if c.segmentation == "lifecycle"]
-[('active', 'at_risk', 'rhythm_at_risk: churn_propensity 0.82 in 90 d (BG/NBD v0: p_alive 0.26, expected 0.13 purchases in 30 d, usual gap 10 d)')]
+>>> [(c.from_segment, c.to_segment, c.reason, c.seq) for c in ev2.changes if c.segmentation == "lifecycle"]
+[('active', 'at_risk', 'rhythm_at_risk', 2)]
+>>> [c.explanation for c in ev2.changes if c.segmentation == "lifecycle"]
+['churn_propensity 0.82 in 90 d, BG/NBD v0: p_alive 0.26, expected 0.13 purchases in 30 d, usual gap 10 d']
 """
 
 from __future__ import annotations
@@ -192,8 +194,9 @@ class Segmenter:
         churn = feats[CHURN_FEATURE]
 
         life_segment, life_rule = self.lifecycle.assign(feats)
+        explanations: dict[str, str] = {}
         if self.lifecycle.uses_churn(life_rule):
-            life_rule = f"{life_rule}: churn_propensity {churn:.2f} in {self.churn.horizon_days:g} d ({self.churn.explain(feats)})"
+            explanations["lifecycle"] = f"churn_propensity {churn:.2f} in {self.churn.horizon_days:g} d, {self.churn.explain(feats)}"
         distances = self.behaviour.distances(feats)
         behaviour_segment = min(distances, key=distances.__getitem__)
         value_segment, value_rule = self.value.assign(feats)
@@ -230,7 +233,9 @@ class Segmenter:
                         occurred_at_ms=now_ms,
                         cause=cause,
                         features=feats,
+                        seq=decision.assignment.seq,
                         emitted_at_ms=emitted_at_ms,
+                        explanation=explanations.get(name),
                     )
                 )
         pending = [d for d in deadlines if d is not None and d > now_ms]

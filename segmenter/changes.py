@@ -68,7 +68,16 @@ class SegmentChange(BaseModel):
     segmentation: str = Field(description="lifecycle, behaviour or value.")
     from_segment: str | None = Field(alias="from", description="The segment left; null on the customer's first assignment.")
     to_segment: str = Field(alias="to", description="The segment entered.")
+    seq: int = Field(
+        ge=1,
+        description=(
+            "This customer's change number in this segmentation: 1 on the first assignment, +1 per change. "
+            "Changes of one customer are published in seq order; a subscriber drops any change whose seq is not "
+            "above the last it applied (a repeat, or a stale re-send)."
+        ),
+    )
     reason: str = Field(description="The rule id, cluster or RFM scores that put the customer there.")
+    explanation: str | None = Field(default=None, description="The numbers behind the decision, e.g. the churn model's, in words.")
     model_version: int | None = Field(description="Snapshot version of the learned models (clusters, quintiles) used.")
     occurred_at: AwareDatetime = Field(description="Event time of the evaluation that moved the customer.")
     emitted_at: AwareDatetime = Field(description="When the change was decided (the engine's clock).")
@@ -88,7 +97,9 @@ class SegmentChange(BaseModel):
         occurred_at_ms: int,
         cause: str,
         features: dict[str, float | None],
+        seq: int = 1,
         emitted_at_ms: int | None = None,
+        explanation: str | None = None,
     ) -> SegmentChange:
         """Build a change with its deterministic ``change_id``."""
         return cls(
@@ -97,7 +108,9 @@ class SegmentChange(BaseModel):
             segmentation=segmentation,
             from_segment=from_segment,
             to_segment=to_segment,
+            seq=seq,
             reason=reason,
+            explanation=explanation,
             model_version=model_version,
             occurred_at=ms_to_datetime(occurred_at_ms),
             emitted_at=ms_to_datetime(occurred_at_ms if emitted_at_ms is None else emitted_at_ms),
@@ -107,6 +120,72 @@ class SegmentChange(BaseModel):
     @property
     def occurred_at_ms(self) -> int:
         return datetime_to_ms(self.occurred_at)
+
+
+class SegmentState(BaseModel):
+    """A customer's current segment in one segmentation: the value on the compacted
+    ``segment-state`` topic, keyed by :func:`state_key`. A new subscriber reads that
+    topic from the beginning (the last record per key wins) and then follows
+    ``segment-changes``, dropping changes whose ``seq`` is not above the state's."""
+
+    model_config = ConfigDict(frozen=True)
+
+    customer_id: str
+    segmentation: str
+    segment: str
+    seq: int = Field(ge=1, description="The seq of the change that put the customer there.")
+    since: AwareDatetime
+    reason: str
+    change_id: str
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+    @classmethod
+    def of(cls, change: SegmentChange) -> SegmentState:
+        """The state a change leaves behind.
+
+        >>> c = SegmentChange.create(customer_id="c1", segmentation="lifecycle", from_segment="active", to_segment="at_risk",
+        ...                          reason="rhythm_at_risk", model_version=1, occurred_at_ms=0, cause="deadline:0", features={}, seq=4)
+        >>> s = SegmentState.of(c)
+        >>> s.segment, s.seq, state_key(s.customer_id, s.segmentation)
+        ('at_risk', 4, b'["c1","lifecycle"]')
+        """
+        return cls(
+            customer_id=change.customer_id,
+            segmentation=change.segmentation,
+            segment=change.to_segment,
+            seq=change.seq,
+            since=change.occurred_at,
+            reason=change.reason,
+            change_id=change.change_id,
+        )
+
+
+def state_key(customer_id: str, segmentation: str) -> bytes:
+    """The compacted topic's key: ``["<customer_id>","<segmentation>"]`` (JSON: any id is safe)."""
+    return json.dumps([customer_id, segmentation], separators=(",", ":")).encode()
+
+
+def state_record(change: dict[str, Any]) -> tuple[bytes, bytes]:
+    """(key, value) on the state topic for a change as published (its JSON, parsed):
+    :class:`SegmentState`'s fields, without building the models on the hot path.
+
+    >>> c = SegmentChange.create(customer_id="c1", segmentation="value", from_segment=None, to_segment="loyal",
+    ...                          reason="r", model_version=None, occurred_at_ms=0, cause="event:e", features={})
+    >>> key, value = state_record(json.loads(c.model_dump_json(by_alias=True)))
+    >>> SegmentState.model_validate_json(value) == SegmentState.of(c)
+    True
+    """
+    value = {
+        "customer_id": change["customer_id"],
+        "segmentation": change["segmentation"],
+        "segment": change["to"],
+        "seq": change["seq"],
+        "since": change["occurred_at"],
+        "reason": change["reason"],
+        "change_id": change["change_id"],
+        "schema_version": SCHEMA_VERSION,
+    }
+    return state_key(change["customer_id"], change["segmentation"]), json.dumps(value, separators=(",", ":")).encode()
 
 
 def segment_change_json_schema() -> dict[str, Any]:

@@ -182,7 +182,7 @@ class ChurnModel:
         t_x = np.where(x > 0, rows[:, 1], 0.0)
         age = np.maximum(self.clock_day - rows[:, 2], t_x)
         new = None
-        for start in (self.params, None):  # from the current parameters, else from the fit's own start
+        for start in (self.prior, None):  # from the prior (a sane basin), else from the fit's own start
             try:
                 new = fit(x, t_x, age, initial=start)
                 break

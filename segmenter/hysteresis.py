@@ -38,13 +38,17 @@ class AssignmentLike(Protocol):
     def since_ms(self) -> int: ...
     @property
     def reason(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
 
 
 @dataclass(frozen=True)
 class Assignment:
     """A customer's segment in one segmentation, since when and why.
 
-    Persist it as :meth:`to_json` (``{"segment", "since_ms", "reason"}``, plus
+    ``seq`` counts the customer's changes in this segmentation: 1 on the first
+    assignment, +1 per move (subscribers drop a change whose seq is not newer).
+    Persist it as :meth:`to_json` (``{"segment", "since_ms", "reason", "seq"}``, plus
     whatever the store adds, e.g. ``model_version``); read it back with
     :meth:`from_json`, which ignores unknown keys.
     """
@@ -52,18 +56,19 @@ class Assignment:
     segment: str
     since_ms: int
     reason: str
+    seq: int = 0
 
     def to_json(self) -> str:
-        return json.dumps({"segment": self.segment, "since_ms": self.since_ms, "reason": self.reason}, separators=(",", ":"))
+        return json.dumps({"segment": self.segment, "since_ms": self.since_ms, "reason": self.reason, "seq": self.seq}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Assignment:
         d = json.loads(text)
-        return cls(str(d["segment"]), int(d["since_ms"]), str(d.get("reason", "")))
+        return cls(str(d["segment"]), int(d["since_ms"]), str(d.get("reason", "")), int(d.get("seq", 0)))
 
     @classmethod
     def of(cls, other: AssignmentLike) -> Assignment:
-        return other if isinstance(other, cls) else cls(other.segment, int(other.since_ms), other.reason)
+        return other if isinstance(other, cls) else cls(other.segment, int(other.since_ms), other.reason, int(getattr(other, "seq", 0)))
 
 
 @dataclass(frozen=True)
@@ -87,18 +92,18 @@ def decide(
     a move failing it is not retried by time, only by new features.
     """
     if current is None:
-        return Decision(Assignment(target, now_ms, reason), moved=True)
+        return Decision(Assignment(target, now_ms, reason, 1), moved=True)
     held = Assignment.of(current)
     if held.segment == target:
         return Decision(held, moved=False)
     if target in policy.urgent:
-        return Decision(Assignment(target, now_ms, reason), moved=True)
+        return Decision(Assignment(target, now_ms, reason, held.seq + 1), moved=True)
     if not margin_ok:
         return Decision(held, moved=False)
     dwell_ends = held.since_ms + policy.min_dwell_ms
     if now_ms < dwell_ends:
         return Decision(held, moved=False, retry_at_ms=dwell_ends)
-    return Decision(Assignment(target, now_ms, reason), moved=True)
+    return Decision(Assignment(target, now_ms, reason, held.seq + 1), moved=True)
 
 
 def margin_ok(distances: dict[str, float], current: str, target: str, margin: float) -> bool:

@@ -27,7 +27,7 @@ def ensure_topics(bootstrap: str, topics: Topics, partitions: int, client_kwargs
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="segflow-admin", **(client_kwargs or {}))
     try:
         existing = set(admin.list_topics())
-        wanted = [NewTopic(name, partitions, 1) for name in (*topics.inputs, *topics.outputs) if name not in existing]
+        wanted = [NewTopic(name, partitions, 1, topic_configs=topics.config_of(name)) for name in (*topics.inputs, *topics.outputs) if name not in existing]
         created = []
         for topic in wanted:
             try:

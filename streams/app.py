@@ -21,6 +21,7 @@ from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from segmenter.changes import state_record
 from streams.batching import take_overlapped
 from streams.campaign_router import CampaignRouter, campaigns_for, trigger_message
 from streams.engine import BatchOutcome, Engine, InboundMessage
@@ -100,6 +101,7 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
     )
     inputs = app.topic(*topics.inputs, key_serializer="raw", value_serializer="raw")
     changes_topic = app.topic(topics.segment_changes, key_serializer="raw", value_serializer="raw")
+    state_topic = app.topic(topics.segment_state, key_serializer="raw", value_serializer="raw")
     dead_letter_topic = app.topic(topics.dead_letter, key_serializer="raw", value_serializer="raw")
     triggers_topic = app.topic(topics.campaign_triggers, key_serializer="raw", value_serializer="raw")
     campaigns = campaigns_for(settings)
@@ -148,22 +150,34 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
         return pending
 
     async def publish(e: Engine, outcome: BatchOutcome) -> None:
-        sent_ids = [outbox_id for outbox_id, _ in outcome.changes]
+        if outcome.dead_letters:
+            await asyncio.gather(
+                *[await dead_letter_topic.send(key=dl.message.key, value=dl.message.value or b"", headers=dl.headers()) for dl in outcome.dead_letters]
+            )
+        if not outcome.changes:
+            return
+        if outcome.ticket is None:  # a relay: its turn comes after everything committed so far
+            outcome.ticket = e.turnstile.take()
+        # In commit order (streams.ordering): one customer's changes reach the topic in seq order.
+        async with e.turnstile.turn(outcome.ticket):
+            await send_changes(e, outcome.changes)
+
+    async def send_changes(e: Engine, changes: list[tuple[str, str]]) -> None:
+        sent_ids = [outbox_id for outbox_id, _ in changes]
         # In flight until done (the engine marked its own at commit): the stale relay
         # skips them, however long Redis keeps this publish from deleting them.
         e.publishing.update(sent_ids)
         try:
             futures = []
-            for dl in outcome.dead_letters:
-                futures.append(await dead_letter_topic.send(key=dl.message.key, value=dl.message.value or b"", headers=dl.headers()))
-            for _, payload in outcome.changes:
-                customer_id = json.loads(payload)["customer_id"]
-                futures.append(await changes_topic.send(key=customer_id.encode(), value=payload.encode()))
-            if futures:
-                await asyncio.gather(*futures)
+            for _, payload in changes:
+                change = json.loads(payload)
+                futures.append(await changes_topic.send(key=change["customer_id"].encode(), value=payload.encode()))
+                key, value = state_record(change)
+                futures.append(await state_topic.send(key=key, value=value))
+            await asyncio.gather(*futures)
             # Campaign triggers for changes the broker has, sent before the outbox
             # entries go: a crash re-sends them (same trigger ids) rather than loses them.
-            triggers = await holder["router"].route(payload for _, payload in outcome.changes) if outcome.changes else []
+            triggers = await holder["router"].route(payload for _, payload in changes)
             if triggers:
                 await asyncio.gather(*[await triggers_topic.send(key=k, value=v) for k, v in map(trigger_message, triggers)])
             # Only once the broker has the changes do they leave the outbox.
@@ -172,11 +186,15 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
             e.publishing.difference_update(sent_ids)
 
     async def relay_outbox(e: Engine) -> None:
-        """Send changes a previous run wrote to Redis but did not confirm on Kafka."""
-        pending = await e.pending_outbox()
-        if pending:
-            log.warning("relaying %d segment changes left in the outbox", len(pending))
+        """Send every change a previous run wrote to Redis but did not confirm on Kafka,
+        oldest first, before this worker commits anything new: a newer change of the
+        same customer must not overtake them (it did when only the first 1,000 went)."""
+        relayed = 0
+        while pending := await e.pending_outbox():
             await publish(e, BatchOutcome(changes=pending))
+            relayed += len(pending)
+        if relayed:
+            log.warning("relayed %d segment changes left in the outbox", relayed)
 
     @app.agent(inputs)
     async def ingest(stream):

@@ -24,6 +24,7 @@ from features.store import FeatureStore, load_library
 from segmenter.assign import Segmenter
 from segmenter.drift import DriftEvent, DriftMonitor
 from streams.events import Event, InvalidEvent, check_not_future, decode
+from streams.ordering import Turnstile
 from streams.segment_store import CustomerUpdate, SegmentStore, StoredAssignment, evaluated_upto, parse_segments, stale_outbox, version_of
 from streams.settings import Settings
 from streams.topics import Topics
@@ -100,6 +101,7 @@ class Counters:
 class BatchOutcome:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     changes: list[tuple[str, str]] = field(default_factory=list)  # (outbox id, change json)
+    ticket: int | None = None  # its turn to publish (streams.ordering): commit order
 
 
 class Engine:
@@ -125,6 +127,8 @@ class Engine:
         # The Faust agent and the deadline timer share a worker; evaluating one
         # customer from both at once could write stale segments.
         self.lock = asyncio.Lock()
+        # Changes go out in commit order, whichever task (agent, deadline timer, relay) sends them.
+        self.turnstile = Turnstile()
 
     async def start(self) -> None:
         await load_library(self.redis)
@@ -232,8 +236,13 @@ class Engine:
             written = await self.segments.write(updates)
             self.publishing.update(i for i, _ in written.changes)
             out.changes = written.changes
+            out.ticket = self.turnstile.take() if out.changes else None
             self.counters.conflicts += len(written.conflicts)
-            await self._record_drift(drift)
+            try:
+                await self._record_drift(drift)
+            except BaseException:
+                self._abandon(out)
+                raise
         # Counted once the batch is done, with its outcome: the deadline timer publishes
         # the counters too, and may do so while this batch waits for the lock. A batch
         # counted as received then, before Redis counted it applied, made the shared
@@ -241,7 +250,11 @@ class Engine:
         self.counters.received += len(messages)
         self.counters.batches += 1
         self._count(out)
-        await self._publish_counts()
+        try:
+            await self._publish_counts()
+        except BaseException:
+            self._abandon(out)
+            raise
         return out
 
     # -- deadlines ------------------------------------------------------------
@@ -276,12 +289,23 @@ class Engine:
             self.counters.deadline_evaluations += len(due)
             self.publishing.update(i for i, _ in written.changes)
             out.changes = written.changes
+            out.ticket = self.turnstile.take() if out.changes else None
             self.counters.conflicts += len(written.conflicts)
         self._count(out)
-        await self._publish_counts()
+        try:
+            await self._publish_counts()
+        except BaseException:
+            self._abandon(out)
+            raise
         return out
 
     # -- shared ---------------------------------------------------------------
+    def _abandon(self, out: BatchOutcome) -> None:
+        """A committed outcome that will not be published (its batch failed after the
+        commit): later ones may go; its changes stay in the outbox for the relay."""
+        if out.ticket is not None:
+            self.turnstile.abandon(out.ticket)
+
     async def _low_watermark(self, now: float) -> int | None:
         silent = self.watermark.silent(now)
         pending: set[tuple[str, int]] = set()
@@ -307,7 +331,7 @@ class Engine:
             segments = {name: a.segment for name, a in evaluation.assignments.items()}
             drift += self.drift.update(now_ms, segments=segments, distance=evaluation.behaviour_distance if learned else None)
         changed = {
-            name: StoredAssignment(a.segment, a.since_ms, a.reason, evaluation.model_version)
+            name: StoredAssignment(a.segment, a.since_ms, a.reason, evaluation.model_version, a.seq)
             for name, a in evaluation.assignments.items()
             if name not in previous or previous[name].segment != a.segment
         }

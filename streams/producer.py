@@ -353,7 +353,7 @@ def create_topics(
             if name in existing:
                 continue
             try:
-                admin.create_topics([NewTopic(name, partitions, replication_factor)])
+                admin.create_topics([NewTopic(name, partitions, replication_factor, topic_configs=topics.config_of(name))])
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass

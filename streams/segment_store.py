@@ -10,9 +10,11 @@ model snapshots.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from features import keys
 from features.codec import base36
@@ -29,36 +31,49 @@ class StoredAssignment:
     since_ms: int
     reason: str
     model_version: int | None = None
+    seq: int = 0
 
     def encode(self) -> str:
-        """``segment``, ``since_ms`` (base 36), ``reason``, ``model_version`` joined by the
+        """``segment``, ``since_ms`` (base 36), ``reason``, ``model_version``, ``seq`` (base 36) joined by the
         unit separator ``\\x1f``: no key names, no quotes (a JSON object's key names were
         a third of a customer's segment hash, docs/PERFORMANCE.md). A JSON array when a
         text holds the separator.
 
-        >>> a = StoredAssignment("at_risk", 1790000000000, "buyer_silent_14d", 3)
+        >>> a = StoredAssignment("at_risk", 1790000000000, "rhythm_at_risk", 3, 12)
         >>> a.encode().split("\x1f")
-        ['at_risk', 'mubbs7i8', 'buyer_silent_14d', '3']
+        ['at_risk', 'mubbs7i8', 'rhythm_at_risk', '3', 'c']
         >>> StoredAssignment.decode(a.encode()) == a
         True
-        >>> StoredAssignment.decode('["at_risk",1790000000000,"buyer_silent_14d",3]') == a  # as older versions wrote
-        True
+        >>> StoredAssignment.decode('["at_risk",1790000000000,"rhythm_at_risk",3]').seq  # as older versions wrote: no seq
+        0
         """
         if FIELD_SEP in self.segment or FIELD_SEP in self.reason:
-            return json.dumps([self.segment, self.since_ms, self.reason, self.model_version], separators=(",", ":"))
+            return json.dumps([self.segment, self.since_ms, self.reason, self.model_version, self.seq], separators=(",", ":"))
         version = "" if self.model_version is None else str(self.model_version)
-        return FIELD_SEP.join((self.segment, base36(self.since_ms), self.reason, version))
+        return FIELD_SEP.join((self.segment, base36(self.since_ms), self.reason, version, base36(self.seq)))
 
     @classmethod
     def decode(cls, text: str) -> StoredAssignment:
         if not text.startswith(("[", "{")):
-            segment, since, reason, version = text.split(FIELD_SEP)
-            return cls(segment, int(since, 36), reason, int(version) if version else None)
+            segment, since, reason, version, *seq = text.split(FIELD_SEP)
+            return cls(segment, int(since, 36), reason, int(version) if version else None, int(seq[0], 36) if seq else 0)
         d = json.loads(text)
         if isinstance(d, dict):  # written by an older segflow
-            return cls(d["segment"], int(d["since_ms"]), d["reason"], d.get("model_version"))
-        segment, since_ms, reason, model_version = d
-        return cls(segment, int(since_ms), reason, model_version)
+            return cls(d["segment"], int(d["since_ms"]), d["reason"], d.get("model_version"), int(d.get("seq", 0)))
+        segment, since_ms, reason, model_version, *rest = d
+        return cls(segment, int(since_ms), reason, model_version, int(rest[0]) if rest else 0)
+
+
+def commit_token(changes: Sequence[Any]) -> str:
+    """A short fingerprint of a commit's changes ('' without changes).
+
+    >>> commit_token([]), len(commit_token([type("C", (), {"change_id": "x1"})()]))
+    ('', 10)
+    """
+    if not changes:
+        return ""
+    ids = "|".join(c.change_id for c in changes)
+    return hashlib.blake2b(ids.encode(), digest_size=5).hexdigest()
 
 
 def parse_segments(h: dict[str, str]) -> dict[str, StoredAssignment]:
@@ -138,6 +153,7 @@ class SegmentStore:
                 FLOWS_TTL_SECONDS,
                 u.evaluated_at_ms,
                 "" if u.seen_ms is None else u.seen_ms,
+                commit_token(u.changes),
             ]
             moved = [(name, a) for name, a in u.assignments.items() if u.previous.get(name) is None or u.previous[name].segment != a.segment]
             argv.append(len(u.assignments))
@@ -161,12 +177,29 @@ class SegmentStore:
         # resent one lose its compare-and-set (a conflict, re-queued).
         replies = await run_pipeline(self.redis, commands)
         out = WriteOutcome([], [])
+        landed: list[tuple[CustomerUpdate, list[str]]] = []
         for (u, payloads), reply in zip(batch, replies, strict=False):
-            if _text(reply[0]) == "conflict":
+            status = _text(reply[0])
+            if status == "conflict":
                 out.conflicts.append(u.customer_id)
-                continue
-            out.changes.extend(zip((_text(i) for i in reply[1:]), payloads, strict=False))
+            elif status == "landed":
+                landed.append((u, payloads))
+            else:
+                out.changes.extend(zip((_text(i) for i in reply[1:]), payloads, strict=False))
+        if landed:
+            out.changes.extend(await self._outbox_entries_of([p for _, payloads in landed for p in payloads]))
         return out
+
+    async def _outbox_entries_of(self, payloads: Sequence[str], scan: int = 10_000) -> list[tuple[str, str]]:
+        """The outbox entries (id, payload) holding these payloads, in outbox order: a commit
+        retried after its reply was lost had landed, and its entries are still to send."""
+        wanted = set(payloads)
+        found = []
+        for i, fields in await self.redis.xrevrange(keys.OUTBOX, count=scan):
+            payload = _text(fields.get(b"change", fields.get("change")))
+            if payload in wanted:
+                found.append((_text(i), payload))
+        return sorted(found, key=lambda e: tuple(int(x) for x in e[0].split("-")))
 
     async def confirm_sent(self, outbox_ids: Sequence[str]) -> None:
         if outbox_ids:

@@ -19,6 +19,7 @@ class Topics:
     purchases: str = field(init=False)
     logins: str = field(init=False)
     segment_changes: str = field(init=False)
+    segment_state: str = field(init=False)
     dead_letter: str = field(init=False)
     campaign_triggers: str = field(init=False)
 
@@ -41,7 +42,11 @@ class Topics:
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        return (self.segment_changes, self.dead_letter, self.campaign_triggers)
+        return (self.segment_changes, self.segment_state, self.dead_letter, self.campaign_triggers)
+
+    def config_of(self, topic: str) -> dict[str, str]:
+        """Topic configs segflow creates a topic with (the state topic is compacted)."""
+        return {"cleanup.policy": "compact"} if topic == self.segment_state else {}
 
     def family_of(self, topic: str) -> str | None:
         return self._family_by_topic.get(topic)
@@ -56,6 +61,7 @@ _BASE_NAMES = {
     "purchases": "purchases",
     "logins": "logins",
     "segment_changes": "segment-changes",
+    "segment_state": "segment-state",
     "dead_letter": "segflow-deadletter",
     "campaign_triggers": "campaign-triggers",
 }
@@ -64,7 +70,8 @@ _PURPOSE = {
     "clickstream": "input: session_start, page_view, search, add_to_cart, remove_from_cart, checkout_started",
     "purchases": "input: completed orders",
     "logins": "input: login attempts (success or failure)",
-    "segment_changes": "output: one message per segment change (see `segflow schemas`)",
+    "segment_changes": "output: one message per segment change (see `segflow schemas`), in seq order per customer",
+    "segment_state": "output, compacted: each customer's current segment per segmentation (key [customer_id, segmentation]); a new subscriber starts here",
     "dead_letter": "output: rejected input, original bytes as value, reason in headers",
     "campaign_triggers": "output: campaign triggers routed from segment changes",
 }

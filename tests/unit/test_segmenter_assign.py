@@ -85,7 +85,7 @@ def test_a_blocked_move_is_retried_when_the_dwell_ends():
     assert ev.next_deadline_ms == dwell_ends
     later = {**lapsing, "days_since_last_activity": 30.5 + 23 / 24}
     ev2 = seg.evaluate("c1", later, ev.assignments, dwell_ends, "deadline:b")
-    assert ev2.assignments["lifecycle"] == Assignment("dormant", dwell_ends, "silent_30d")
+    assert ev2.assignments["lifecycle"] == Assignment("dormant", dwell_ends, "silent_30d", current["lifecycle"].seq + 1)
 
 
 def test_urgent_segment_skips_the_dwell():
@@ -210,3 +210,13 @@ def test_a_snapshot_from_another_setup_is_not_restored():
     assert other.restore_model(version, blob) is False
     assert other.model_version == version  # versions keep increasing
     assert other.restore_model(7, b"garbage") is False
+
+
+def test_seq_counts_each_segmentations_changes():
+    seg = Segmenter.from_config(CONFIG)
+    first = seg.evaluate("c1", NEVER_BOUGHT, {}, T0, "event:e1")
+    assert {c.segmentation: c.seq for c in first.changes} == {"lifecycle": 1, "behaviour": 1, "value": 1}
+    later = seg.evaluate("c1", {**NEVER_BOUGHT, "days_since_last_activity": 31.0}, first.assignments, T0 + 31 * DAY, "deadline:1")
+    moved = {c.segmentation: c.seq for c in later.changes}
+    assert moved.get("lifecycle") == 2
+    assert all(later.assignments[name].seq == first.assignments[name].seq + (name in moved) for name in first.assignments)
