@@ -502,8 +502,53 @@ def soak(
     raise typer.Exit(code)
 
 
+def _unreachable(exc: BaseException) -> str | None:
+    """One line naming the service a command could not reach, or None for another error."""
+    import kafka.errors
+    import redis
+
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return f"cannot reach Redis at {_where('redis_url')}: {exc}"
+    unreachable_kafka = tuple(
+        getattr(kafka.errors, name) for name in ("NoBrokersAvailable", "KafkaTimeoutError", "KafkaConnectionError") if hasattr(kafka.errors, name)
+    )
+    if isinstance(exc, unreachable_kafka):
+        return f"cannot reach the Kafka broker at {_where('kafka_url')}: {type(exc).__name__}: {exc}".rstrip(": ")
+    return None
+
+
+def _where(setting: str) -> str:
+    """The URL a command used (from SEGFLOW_* / --config as the command read it), password hidden."""
+    try:
+        value = getattr(load_settings(_config_arg()), setting)
+        url = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+    except Exception:  # the settings themselves are broken: that error was reported already
+        return "(unknown)"
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return url if parts.password is None else url.replace(f":{parts.password}@", ":***@")
+
+
+def _config_arg() -> Path | None:
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if arg.startswith("--config="):
+            return Path(arg.split("=", 1)[1])
+    return None
+
+
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except Exception as exc:  # usage errors and --help exit inside cli(); this is what a command raised
+        line = _unreachable(exc)
+        if line is None:
+            raise
+        typer.secho(f"segflow: {line}", fg="red", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
