@@ -55,6 +55,7 @@ import redis as redis_lib
 
 from lab.embedded import EmbeddedStack, RedisServer, free_port
 from streams.admin import ensure_topics
+from streams.change_audit import check_subscriber_view
 from streams.topic_reader import read_to_end
 from streams.topics import TOPICS
 
@@ -233,12 +234,6 @@ def compare_features(client, states: dict) -> dict:
     return {"customers_compared": len(ids), "mismatches": len(mismatched), "examples": mismatched[:5]}
 
 
-def change_summary(bootstrap: str) -> dict:
-    records = read_to_end(bootstrap, TOPICS.segment_changes)
-    ids = {json.loads(r.value)["change_id"] for r in records}
-    return {"topic_records": len(records), "distinct_change_ids": len(ids), "resent_duplicates": len(records) - len(ids)}
-
-
 def run_soak(opts: SoakOptions, say: Callable[[str], None] = lambda m: print(m, flush=True)) -> tuple[int, dict]:
     """Run the soak; return (exit code, report)."""
     from lab.simulate import Simulation
@@ -350,7 +345,9 @@ def run_soak(opts: SoakOptions, say: Callable[[str], None] = lambda m: print(m, 
         applied = applied_total(client, sim.customer_ids)
         stats = {k: int(v) for k, v in client.hgetall("segflow:stats").items()}
         dead = dead_letter_summary(stack.broker.bootstrap)
-        changes = change_summary(stack.broker.bootstrap)
+        subscriber = check_subscriber_view(stack.broker.bootstrap, TOPICS, client)
+        records, distinct = subscriber.records, subscriber.distinct_change_ids
+        changes = {"topic_records": records, "distinct_change_ids": distinct, "resent_duplicates": records - distinct}
         features = compare_features(client, feed.states)
         difference = sent - applied - dead["distinct"]
         report.update(
@@ -367,6 +364,9 @@ def run_soak(opts: SoakOptions, say: Callable[[str], None] = lambda m: print(m, 
                 "stats": stats,
                 "drained": drained,
                 "changes": {"stats_changes": stats.get("changes", 0), **changes},
+                "subscriber": subscriber.as_dict(),
+                "subscriber_line": subscriber.line(),
+                "repeats_per_kill": round(subscriber.follower.repeats / max(1, sum(f.get("kind") == "worker_sigkill" for f in report["faults"])), 1),
                 "outbox_left": client.xlen("segflow:outbox"),
                 "difference": difference,
                 "features": features,
@@ -374,7 +374,7 @@ def run_soak(opts: SoakOptions, say: Callable[[str], None] = lambda m: print(m, 
                 "total_seconds": round(time.monotonic() - started, 1),
             }
         )
-        code = 0 if difference == 0 and features["mismatches"] == 0 else (1 if difference != 0 else 2)
+        code = 0 if difference == 0 and features["mismatches"] == 0 and subscriber.ok else (1 if difference != 0 else 2)
         if feed.stats.failed or feed.folded != sent:
             code = 1
         report["exit_code"] = code
@@ -489,6 +489,7 @@ def _print_report(r: dict, say) -> None:
     say(
         f"  changes emitted    stats {c['stats_changes']}, topic {c['topic_records']} records, {c['distinct_change_ids']} distinct change ids; outbox left {r['outbox_left']}"
     )
+    say(f"  {r['subscriber_line']}")
     say(f"  difference         sent - applied - dead-lettered = {r['difference']}  {'OK' if r['difference'] == 0 else 'NOT ZERO'}")
     f = r["features"]
     say(

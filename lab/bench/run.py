@@ -343,6 +343,9 @@ def format_table(result: dict) -> str:
     body = [f"{a:<{w1}}  {b:<{w2}}  {c}" for a, b, c in lines]
     mark = {True: "x", False: " ", None: "-"}
     tail = ["", "targets:"] + [f"  [{mark[t['reached']]}] {t['target']}: {t['value']}" for t in result.get("targets", [])]
+    e2e = rows.get("segflow_e2e") or {}
+    if e2e.get("subscriber_line"):
+        tail += ["", f"row 5's change topics, read as a subscriber: {e2e['subscriber_line']}"]
     return "\n".join(head + body + tail)
 
 

@@ -91,6 +91,8 @@ def run_worker_e2e(stack, procs: Procs, work: Path, expected: int, timeout: floa
             "final_stats": final,
             "workers": workers,
         }
+        if workers == 1:  # the 2-worker row re-reads the same backlog: its changes share these topics
+            out.update(subscriber_view(stack, r))
         out["memory"] = memory_per_customer(r, sample=2000 if not opts.quick else 300)
         if profile is not None:
             out["profile"] = profile
@@ -101,6 +103,25 @@ def run_worker_e2e(stack, procs: Procs, work: Path, expected: int, timeout: floa
         for w in (p, *others):
             procs.stop(w)
         r.close()
+
+
+def subscriber_view(stack, r, quiet_s: float = 5.0, timeout_s: float = 120.0) -> dict:
+    """Once the changes stop (absence moves after the backlog included) and the outbox is
+    empty: the change topics read from the beginning as a subscriber does, against Redis."""
+    from streams.change_audit import check_subscriber_view
+    from streams.topics import Topics
+
+    last, since, deadline = None, time.monotonic(), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        now = (r.hget("segflow:stats", "changes"), r.hget("segflow:stats", "deadline_evaluations"), r.xlen("segflow:outbox"))
+        if now != last:
+            last, since = now, time.monotonic()
+        elif now[2] == 0 and time.monotonic() - since >= quiet_s:
+            break
+        time.sleep(0.3)
+    check = check_subscriber_view(stack.broker.bootstrap, Topics(prefix=BENCH_PREFIX), r)
+    say(f"  {check.line()}")
+    return {"subscriber": check.as_dict(), "subscriber_line": check.line()}
 
 
 def start_py_spy(pid: int, out: Path, seconds: float, procs: Procs) -> subprocess.Popen | None:

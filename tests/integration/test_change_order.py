@@ -14,7 +14,6 @@ is not newer are dropped, and for every customer and segmentation:
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 
@@ -22,10 +21,8 @@ import pytest
 
 from features import keys
 from lab.datasets import cdnow_events
-from streams.change_audit import ChangeFollower, compare_with_redis, follow
+from streams.change_audit import check_subscriber_view
 from streams.events import event_to_json
-from streams.segment_store import parse_segments
-from streams.topic_reader import read_to_end
 from tests.kafka_helpers import fresh_topics, send
 
 pytestmark = pytest.mark.integration
@@ -65,23 +62,6 @@ def wait_quiet(redis_client, worker, quiet: float = 6.0, timeout: float = 240) -
     wait_for("the engine to go quiet", settled, timeout, worker)
 
 
-def redis_segments(redis_client) -> dict:
-    out = {}
-    for key in redis_client.scan_iter(match="cust:*:seg", count=1000):
-        segs = parse_segments(redis_client.hgetall(key))
-        if segs:
-            out[keys.customer_id_of(key)] = segs
-    return out
-
-
-def audit(broker, topics, redis_client) -> tuple[ChangeFollower, list[str], list[str]]:
-    follower = follow(r.value for r in read_to_end(broker.bootstrap, topics.segment_changes))
-    segments = redis_segments(redis_client)
-    from_state = ChangeFollower()
-    from_state.seed(json.loads(r.value) for r in read_to_end(broker.bootstrap, topics.segment_state) if r.value is not None)
-    return follower, compare_with_redis(follower.state, segments), compare_with_redis(from_state.state, segments)
-
-
 @pytest.mark.timeout(600)
 def test_changes_of_events_and_deadlines_reach_the_topic_in_order(broker, redis_client, start_worker):
     topics = fresh_topics(broker, partitions=2)
@@ -90,12 +70,12 @@ def test_changes_of_events_and_deadlines_reach_the_topic_in_order(broker, redis_
     send(broker, topics.purchases, [(e.customer_id.encode(), event_to_json(e)) for e in events])
     wait_for("every event applied", lambda: applied(redis_client) >= len(events), 300, worker)
     wait_quiet(redis_client, worker)
-    follower, mismatches, state_mismatches = audit(broker, topics, redis_client)
+    check = check_subscriber_view(broker.bootstrap, topics, redis_client)
     assert int(redis_client.hget(keys.STATS, "deadline_evaluations") or 0) > 1000  # deadlines did interleave
-    assert follower.applied > 5000
-    assert follower.chain_breaks == 0 and follower.seq_gaps == 0, follower.summary()
-    assert mismatches == [], mismatches[:5]
-    assert state_mismatches == [], state_mismatches[:5]
+    assert check.follower.applied > 5000
+    assert check.follower.chain_breaks == 0 and check.follower.seq_gaps == 0, check.line()
+    assert check.mismatches == [], check.mismatches[:5]
+    assert check.state_mismatches == [], check.state_mismatches[:5]
 
 
 @pytest.mark.timeout(600)
@@ -110,7 +90,7 @@ def test_order_holds_across_worker_kills(broker, redis_client, start_worker):
         worker.start()
     wait_for("every event applied", lambda: applied(redis_client) >= len(events), 300, worker)
     wait_quiet(redis_client, worker)
-    follower, mismatches, state_mismatches = audit(broker, topics, redis_client)
-    assert follower.chain_breaks == 0 and follower.seq_gaps == 0, follower.summary()
-    assert mismatches == [], mismatches[:5]
-    assert state_mismatches == [], state_mismatches[:5]
+    check = check_subscriber_view(broker.bootstrap, topics, redis_client)
+    assert check.follower.chain_breaks == 0 and check.follower.seq_gaps == 0, check.line()
+    assert check.mismatches == [], check.mismatches[:5]
+    assert check.state_mismatches == [], check.state_mismatches[:5]
