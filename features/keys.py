@@ -8,7 +8,7 @@ Keys of one customer share the hash tag ``{<id>}`` so they live in one slot.
 
 PREFIX_CUSTOMER = "cust:"
 WATERMARK = "segflow:watermark"
-DEADLINES = "segflow:deadlines"
+DEADLINES = "segflow:deadlines"  # the prefix of the per-partition sets (and the single set of older versions)
 OUTBOX = "segflow:outbox"
 FLOWS = "segflow:flows"
 SIZES_HISTORY = "segflow:sizes"
@@ -40,3 +40,13 @@ def customer_id_of(key: str) -> str:
     """Inverse of :func:`customer_key` (also accepts the ``:seg``/``:hist`` keys)."""
     start, end = key.index("{"), key.rindex("}")
     return key[start + 1 : end]
+
+
+def deadlines_key(partition: int) -> str:
+    """The deadlines of the customers whose events go to input ``partition``: the worker
+    that owns the partition re-evaluates them, so one worker decides for a customer.
+
+    >>> deadlines_key(3)
+    'segflow:deadlines:3'
+    """
+    return f"{DEADLINES}:{partition}"

@@ -111,7 +111,9 @@ class Engine:
         self.redis = redis
         self.features = FeatureStore(redis, settings.max_customers)
         self.watermark = Watermark(settings.idle_partition_seconds)
-        self.segments = SegmentStore(redis, settings.history_cap)
+        self.segments = SegmentStore(redis, settings.history_cap, settings.partitions)
+        # Input partitions this worker owns (None: not told, e.g. an engine without Faust: all).
+        self.owned_partitions: set[int] | None = None
         self.segmenter = segmenter
         self.counters = Counters()
         self.drift = DriftMonitor.from_config(segmenter.config)
@@ -132,6 +134,9 @@ class Engine:
 
     async def start(self) -> None:
         await load_library(self.redis)
+        moved = await self.segments.migrate_legacy_deadlines()
+        if moved:
+            log.warning("moved %d deadlines from the single set of an older version into per-partition sets", moved)
         snapshot = await self.segments.load_model()
         if snapshot is not None:
             if self.segmenter.restore_model(*snapshot):
@@ -144,6 +149,13 @@ class Engine:
         """Tell the engine which input (topic, partition)s this worker owns (after a rebalance)."""
         owned = {(family, p) for t, p in partitions if (family := self.topics.family_of(t))}
         self.watermark.assign(owned, time.time() if now is None else now)
+        # The deadlines of a partition's customers follow the partition: one worker decides for a customer.
+        self.owned_partitions = {p for _, p in owned}
+        if any(p >= self.settings.partitions for p in self.owned_partitions):
+            log.error(
+                "input topics have more partitions than SEGFLOW_PARTITIONS=%d: deadlines are kept per partition by that count; set it to the topics' count",
+                self.settings.partitions,
+            )
 
     async def process(self, messages: Sequence[InboundMessage], now: float | None = None) -> BatchOutcome:
         now = time.time() if now is None else now
@@ -273,7 +285,7 @@ class Engine:
         if now_ms is None:
             return out
         async with self.lock:
-            due = await self.segments.claim_due(now_ms, limit)
+            due = await self.segments.claim_due(now_ms, limit, partitions=self.owned_partitions)
             if not due:
                 return out
             rows = await self.features.read(due)

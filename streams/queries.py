@@ -15,6 +15,7 @@ from segmenter.config import ACTIVE_FEATURE, ENGAGEMENT_FEATURE
 from segmenter.engagement import engagement_risk
 from streams.segment_store import parse_segments
 from streams.settings import Settings
+from streams.topics import partition_of
 
 
 def _iso(ms: int | None) -> str | None:
@@ -36,7 +37,7 @@ def customer_view(redis, customer_id: str, settings: Settings, history: int = 10
     pipe.hgetall(keys.customer_key(customer_id))
     pipe.hgetall(keys.segments_key(customer_id))
     pipe.lrange(keys.history_key(customer_id), 0, history - 1)
-    pipe.zscore(keys.DEADLINES, customer_id)
+    pipe.zscore(keys.deadlines_key(partition_of(customer_id, settings.partitions)), customer_id)
     pipe.get(keys.CHURN_MODEL)
     raw, seg_hash, hist, deadline, churn_model = pipe.execute()
     if not raw:

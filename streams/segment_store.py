@@ -2,7 +2,7 @@
 
 Per customer: ``cust:{id}:seg`` (hash, one JSON field per segmentation plus
 ``_churn``), ``cust:{id}:hist`` (capped list of compact changes, newest first). Population:
-``seg:<segmentation>:<segment>`` membership sets, ``segflow:deadlines``
+``seg:<segmentation>:<segment>`` membership sets, ``segflow:deadlines:<partition>``
 (time-based re-evaluations), ``segflow:outbox`` (changes not yet confirmed
 on Kafka), ``segflow:flows:<hour>`` (transition counts) and the behaviour
 model snapshots.
@@ -20,6 +20,7 @@ from features import keys
 from features.codec import base36
 from features.pipeline import run_pipeline
 from segmenter.changes import FIELD_SEP, history_entry
+from streams.topics import partition_of
 
 FLOWS_TTL_SECONDS = 8 * 86_400
 DEADLINE_LEASE_MS = 30_000  # of the deadline clock (wall, or event time in replays)
@@ -128,9 +129,13 @@ def stale_outbox(pending: Iterable[tuple[str, str]], now_ms: int, in_flight: Col
 class SegmentStore:
     """Writes evaluation outcomes: one ``segflow_commit`` call per customer, pipelined."""
 
-    def __init__(self, redis, history_cap: int = 10):
+    def __init__(self, redis, history_cap: int = 10, partitions: int = 1):
         self.redis = redis
         self.history_cap = history_cap
+        self.partitions = partitions
+
+    def deadlines_of(self, customer_id: str) -> str:
+        return keys.deadlines_key(partition_of(customer_id, self.partitions))
 
     async def write(self, updates: Iterable[CustomerUpdate]) -> WriteOutcome:
         """Commit each customer's update atomically with its outbox entries, unless
@@ -138,7 +143,7 @@ class SegmentStore:
         commands = []
         batch: list[tuple[CustomerUpdate, list[str]]] = []
         for u in updates:
-            key_list = [keys.segments_key(u.customer_id), keys.history_key(u.customer_id), keys.OUTBOX, keys.DEADLINES]
+            key_list = [keys.segments_key(u.customer_id), keys.history_key(u.customer_id), keys.OUTBOX, self.deadlines_of(u.customer_id)]
 
             def key_no(k: str, key_list: list[str] = key_list) -> int:
                 key_list.append(k)
@@ -209,16 +214,31 @@ class SegmentStore:
         entries = await self.redis.xrange(keys.OUTBOX, count=count)
         return [(_text(i), _text(fields.get(b"change", fields.get("change")))) for i, fields in entries]
 
-    async def claim_due(self, now_ms: int, limit: int = 1000, lease_ms: int = DEADLINE_LEASE_MS) -> list[str]:
-        """Customers whose deadline is due, leased until ``now_ms + lease_ms`` (the
-        commit of their evaluation sets the next deadline; a crash before it lets
-        the lease run out and the customer be claimed again)."""
-        due = await self.redis.fcall("segflow_claim_due", 1, keys.DEADLINES, now_ms, limit, now_ms + lease_ms)
-        return [_text(c) for c in due]
+    async def claim_due(self, now_ms: int, limit: int = 1000, lease_ms: int = DEADLINE_LEASE_MS, partitions: Iterable[int] | None = None) -> list[str]:
+        """Customers of ``partitions`` (default: all) whose deadline is due, leased until
+        ``now_ms + lease_ms`` (the commit of their evaluation sets the next deadline; a
+        crash before it lets the lease run out and the customer be claimed again)."""
+        claimed: list[str] = []
+        for p in range(self.partitions) if partitions is None else sorted(partitions):
+            if len(claimed) >= limit:
+                break
+            due = await self.redis.fcall("segflow_claim_due", 1, keys.deadlines_key(p), now_ms, limit - len(claimed), now_ms + lease_ms)
+            claimed += [_text(c) for c in due]
+        return claimed
 
     async def drop_deadlines(self, customer_ids: Sequence[str]) -> None:
         if customer_ids:
-            await self.redis.zrem(keys.DEADLINES, *customer_ids)
+            await run_pipeline(self.redis, [("ZREM", self.deadlines_of(c), c) for c in customer_ids])
+
+    async def migrate_legacy_deadlines(self) -> int:
+        """Move the single deadline set of older versions into the per-partition sets; the count moved."""
+        if await self.redis.type(keys.DEADLINES) not in (b"zset", "zset"):
+            return 0
+        entries = await self.redis.zrange(keys.DEADLINES, 0, -1, withscores=True)
+        commands: list[tuple[Any, ...]] = [("ZADD", self.deadlines_of(_text(c)), "LT", score, _text(c)) for c, score in entries]
+        commands.append(("DEL", keys.DEADLINES))
+        await run_pipeline(self.redis, commands)
+        return len(entries)
 
     async def save_model(self, version: int, blob: bytes, churn: str | None = None) -> None:
         """Store a model snapshot (the last three are kept) and, as JSON for readers

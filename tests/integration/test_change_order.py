@@ -94,3 +94,24 @@ def test_order_holds_across_worker_kills(broker, redis_client, start_worker):
     assert check.follower.chain_breaks == 0 and check.follower.seq_gaps == 0, check.line()
     assert check.mismatches == [], check.mismatches[:5]
     assert check.state_mismatches == [], check.state_mismatches[:5]
+
+
+@pytest.mark.timeout(600)
+def test_order_holds_with_two_workers_and_a_rebalance(broker, redis_client, start_worker, tmp_path):
+    """A second worker joins mid-replay: each customer's events and deadlines move with its
+    partition to one worker, so one worker decides, and publishes, for a customer at a time."""
+    topics = fresh_topics(broker, partitions=2)
+    first = start_worker(topics.prefix, **WORKER_ENV)
+    events = cdnow_sample()
+    half = len(events) // 2
+    send(broker, topics.purchases, [(e.customer_id.encode(), event_to_json(e)) for e in events[:half]])
+    wait_for("the first half applied", lambda: applied(redis_client) >= half, 300, first)
+    second = start_worker(topics.prefix, app_id=f"{topics.prefix}app", SEGFLOW_DATA_DIR=tmp_path / "second", **WORKER_ENV)
+    send(broker, topics.purchases, [(e.customer_id.encode(), event_to_json(e)) for e in events[half:]])
+    wait_for("every event applied", lambda: applied(redis_client) >= len(events), 300, first)
+    wait_quiet(redis_client, first)
+    assert second.proc.poll() is None, second.log()[-2000:]
+    check = check_subscriber_view(broker.bootstrap, topics, redis_client)
+    assert check.follower.chain_breaks == 0 and check.follower.seq_gaps == 0, check.line()
+    assert check.mismatches == [], check.mismatches[:5]
+    assert check.state_mismatches == [], check.state_mismatches[:5]

@@ -18,6 +18,7 @@ from features import keys
 from streams.engine import InboundMessage
 from streams.segment_store import StoredAssignment
 from streams.settings import Settings
+from streams.topics import partition_of
 from tests.integration.reliability_helpers import DAY_MS, purchase_json, two_engines
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -65,4 +66,4 @@ def test_a_deadline_evaluation_in_another_worker_does_not_overwrite_a_fresher_ev
     froms = [f for f, _, _ in lifecycle]
     assert len(froms) == len(set(froms)), f"forked: {lifecycle}"
     # The stale evaluation lost the compare-and-set: it was re-queued, not written.
-    assert stale.changes == [] and redis_client.zscore(keys.DEADLINES, "race") is not None
+    assert stale.changes == [] and redis_client.zscore(keys.deadlines_key(partition_of("race", settings.partitions)), "race") is not None

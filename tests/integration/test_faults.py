@@ -81,7 +81,8 @@ def finish(client, worker: WorkerProcess, broker, topics, timeout: float = 90.0)
     quiet_since, last = time.monotonic(), None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # the deadline timer and outbox are quiet for 3 s
-        now = (client.xlen(keys.OUTBOX), client.zcard(keys.DEADLINES), len(read_to_end(broker.bootstrap, topics.segment_changes)))
+        deadlines = sum(client.zcard(k) for k in client.scan_iter(match=f"{keys.DEADLINES}:*"))
+        now = (client.xlen(keys.OUTBOX), deadlines, len(read_to_end(broker.bootstrap, topics.segment_changes)))
         if now != last:
             quiet_since, last = time.monotonic(), now
         elif time.monotonic() - quiet_since > 3:
