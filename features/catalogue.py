@@ -114,8 +114,8 @@ def _catalogue() -> tuple[Feature, ...]:
     return tuple(f)
 
 
-# What the segmenter's per-customer purchase-rhythm model (segmenter/rhythm.py)
-# adds to the features above at each evaluation; rules can test them.
+# What the segmenter's purchase- and visit-rhythm models (segmenter/churn.py) and its
+# engagement score add to the features above at each evaluation; rules can test them.
 MODEL_FEATURES: tuple[Feature, ...] = (
     Feature("p_alive", "Probability the customer is still a customer (BG/NBD); 1 for buyers with no repeat purchase yet.", "probability", None, "model"),
     Feature("expected_purchases_30d", "Expected purchase days in the next 30 days (BG/NBD).", "count", 30, "model"),
