@@ -15,6 +15,8 @@ is not newer are dropped, and for every customer and segmentation:
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -76,6 +78,17 @@ def test_changes_of_events_and_deadlines_reach_the_topic_in_order(broker, redis_
     assert check.follower.chain_breaks == 0 and check.follower.seq_gaps == 0, check.line()
     assert check.mismatches == [], check.mismatches[:5]
     assert check.state_mismatches == [], check.state_mismatches[:5]
+    # The example subscriber (`segflow subscribe --changes`) applies the same changes, in a consumer group.
+    done = subprocess.run(
+        [sys.executable, "-m", "segflow.cli", "subscribe", "--changes", "--from-beginning", "--idle-timeout", "10"],
+        env=worker.env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(done.stdout.splitlines()) == check.follower.applied
+    assert f"{check.follower.applied} changes applied" in done.stderr and "0 chain breaks, 0 seq gaps" in done.stderr
 
 
 @pytest.mark.timeout(600)
