@@ -25,6 +25,7 @@ import pytest
 
 from lab.publish import produce_simulation
 from lab.simulate import Simulation
+from segmenter.config import default_config
 from streams.segment_store import StoredAssignment
 from tests.kafka_helpers import fresh_topics
 
@@ -210,7 +211,8 @@ def test_dashboard_renders_charts_and_customer_lookup(broker, redis_client, star
     dom.feed(out.stdout)
     assert int(dom.body.get("data-ready", 0)) >= 1, f"the page never finished a refresh: {out.stdout[:3000]}"
     assert dom.body.get("data-charts") == "4", dom.body
-    expected = {"sizes-lifecycle": 5, "sizes-behaviour": 4, "sizes-value": 5, "change-rate": 1}
+    config = default_config()
+    expected = {f"sizes-{name}": len(config.segments_of(name)) for name in ("lifecycle", "behaviour", "value")} | {"change-rate": 1}
     for key, lines in expected.items():
         chart = dom.charts.get(key)
         assert chart is not None, f"chart {key} missing; have {sorted(dom.charts)}"
