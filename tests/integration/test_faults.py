@@ -270,4 +270,4 @@ def test_changes_left_in_the_outbox_by_a_crash_are_relayed_on_start(broker, redi
     while redis_client.xlen(keys.OUTBOX):
         assert time.monotonic() < deadline, "relayed change never left the outbox"
         time.sleep(0.2)
-    assert "relaying 1 segment changes" in worker.log()
+    assert "relayed 1 segment changes" in worker.log()
