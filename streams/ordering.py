@@ -17,6 +17,19 @@ in the order they were committed, which is their ``seq`` order.
 ...     return sent
 >>> asyncio.run(demo())
 ['earlier', 'later']
+
+A ticket whose publisher gave up (cancelled, or failed before its turn) does not
+hold the ones after it:
+
+>>> async def abandoned():
+...     gate, sent = Turnstile(), []
+...     lost, kept = gate.take(), gate.take()
+...     gate.abandon(lost)
+...     async with gate.turn(kept):
+...         sent.append("kept")
+...     return sent, gate.waiting
+>>> asyncio.run(abandoned())
+(['kept'], 0)
 """
 
 from __future__ import annotations
@@ -76,7 +89,11 @@ class Turnstile:
         (also when the block raises: a failed send must not stop every later one; what it
         did not send stays in the outbox)."""
         if ticket != self._serving:
-            await self._event(ticket).wait()
+            try:
+                await self._event(ticket).wait()
+            except BaseException:  # cancelled while waiting: do not hold the tickets after it
+                self.abandon(ticket)
+                raise
         try:
             yield
         finally:
