@@ -163,7 +163,8 @@ def stream_through_engine(calibration: list[PurchaseEvent], work: Path, say: Cal
 
         _wait("the engine to go quiet", settled, 900, worker)
         say(f"  quiet after {time.monotonic() - t0:.0f} s; reading every customer back from Redis")
-        # The worker saves its models on a timer: stop it (SIGTERM) so the last fit is saved.
+        # Stopped (SIGTERM) before reading, so nothing moves while Redis is read; its models
+        # were saved every 2 s (SEGFLOW_SNAPSHOT_INTERVAL_SECONDS above).
         worker.terminate()
         worker.wait(60)
         churn_model = r.get(keys.CHURN_MODEL)
@@ -185,10 +186,6 @@ def stream_through_engine(calibration: list[PurchaseEvent], work: Path, say: Cal
             worker.kill()
             worker.wait()
         stack.stop()
-
-
-def _signal_scores(name: str, scores: list[float], outcomes: list[bool]) -> dict[str, Any]:
-    return {"signal": name, "auc": roc_auc(scores, outcomes)}
 
 
 def _probability_scores(p_gone: list[float], expected: list[float], actual: list[int], outcomes: list[bool]) -> dict[str, Any]:
