@@ -8,7 +8,7 @@ nothing in the holdout; repeat purchases counted on distinct days.
 1. The calibration purchases are streamed through the real engine: an embedded
    broker and Redis, one ``segflow worker`` on the event clock, the shipped
    segments config. Once every event is applied and the engine is quiet
-   (changes and deadline evaluations unchanged for ``QUIET_S``), every
+   (changes and deadline evaluations unchanged for ``QUIET_S``, the outbox empty), every
    customer's state, lifecycle segment and the worker's fitted churn model are
    read back from Redis.
 2. In the same run, the batch reference: BG/NBD fitted with ``lifetimes`` on
@@ -46,10 +46,11 @@ from features.codec import state_from_hash
 from lab.datasets import cdnow_events
 from lab.embedded import EmbeddedStack, free_port
 from segmenter.bgnbd import BGNBDParams
-from segmenter.churn import ChurnModel, p_no_purchase, summary
+from segmenter.churn import ChurnModel, p_no_purchase, rhythm_of
 from segmenter.config import default_config
 from segmenter.scoring import brier, precision_recall, reliability, roc_auc
 from streams.admin import ensure_topics
+from streams.change_audit import EngineQuiet
 from streams.events import PurchaseEvent, event_to_json
 from streams.producer import produce_events
 from streams.segment_store import parse_segments
@@ -153,15 +154,7 @@ def stream_through_engine(calibration: list[PurchaseEvent], work: Path, say: Cal
 
         _wait("every event applied", all_applied, 1800, worker)
         say(f"  all applied after {time.monotonic() - t0:.0f} s; waiting until absence moves are done (quiet for {QUIET_S:g} s)")
-        quiet: dict[str, Any] = {"last": None, "since": time.monotonic()}
-
-        def settled() -> bool:
-            now = (r.hget(keys.STATS, "changes"), r.hget(keys.STATS, "deadline_evaluations"))
-            if now != quiet["last"]:
-                quiet["last"], quiet["since"] = now, time.monotonic()
-            return time.monotonic() - quiet["since"] >= QUIET_S
-
-        _wait("the engine to go quiet", settled, 900, worker)
+        _wait("the engine to go quiet", EngineQuiet(r, QUIET_S), 900, worker)
         say(f"  quiet after {time.monotonic() - t0:.0f} s; reading every customer back from Redis")
         # Stopped (SIGTERM) before reading, so nothing moves while Redis is read; its models
         # were saved every 2 s (SEGFLOW_SNAPSHOT_INTERVAL_SECONDS above).
@@ -225,7 +218,7 @@ def evaluate_cdnow(
 
     for cid, h in engine["states"].items():
         feats = compute(state_from_hash(h), cut_ms)
-        s = summary(feats)
+        s = rhythm_of(feats)
         if s is None or cid not in batch_rows:
             continue
         ids.append(cid)

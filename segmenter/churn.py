@@ -62,10 +62,10 @@ CDNOW_PRIOR = DEFAULT_PRIOR
 Features = dict[str, float | None]
 
 
-def summary(features: Features, inputs: tuple[str, str, str] = PURCHASE_INPUTS) -> tuple[float, float, float] | None:
+def rhythm_of(features: Features, inputs: tuple[str, str, str] = PURCHASE_INPUTS) -> tuple[float, float, float] | None:
     """``(x, t_x, T)`` in days from the features, or None for a customer without a purchase.
 
-    >>> summary({"purchase_days_total": 3.0, "purchase_span_days": 20.0, "days_since_first_purchase": 50.0})
+    >>> rhythm_of({"purchase_days_total": 3.0, "purchase_span_days": 20.0, "days_since_first_purchase": 50.0})
     (2.0, 20.0, 50.0)
     """
     days_name, span_name, age_name = inputs
@@ -159,7 +159,7 @@ class ChurnModel:
 
     def learn_one(self, customer_id: str, features: Features, now_ms: int) -> bool:
         """Remember this buyer's rhythm for the next fit; False for a non-buyer."""
-        s = summary(features, self.inputs)
+        s = rhythm_of(features, self.inputs)
         if s is None:
             return False
         x, t_x, age = s
@@ -197,17 +197,17 @@ class ChurnModel:
 
     def propensity(self, features: Features) -> float | None:
         """P(no purchase in the next ``horizon_days``); None without a purchase."""
-        s = summary(features, self.inputs)
+        s = rhythm_of(features, self.inputs)
         return None if s is None else p_no_purchase(self.params, self.horizon_days, *s)
 
     def alive(self, features: Features) -> float | None:
         """P(alive): for the visit rhythm, the probability the customer still comes at all."""
-        s = summary(features, self.inputs)
+        s = rhythm_of(features, self.inputs)
         return None if s is None else p_alive(self.params, *s)
 
     def predict_one(self, features: Features) -> dict[str, float | None]:
         """The model features (features/catalogue.py, ``MODEL_FEATURES``) of one customer."""
-        s = summary(features, self.inputs)
+        s = rhythm_of(features, self.inputs)
         if s is None:
             return {"p_alive": None, "expected_purchases_30d": None, "expected_purchases_90d": None, "churn_propensity": None}
         x, t_x, age = s

@@ -27,6 +27,7 @@ audit; the integration tests assert 0 chain breaks, 0 gaps and 0 mismatches.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,6 +129,25 @@ class SubscriberCheck:
             "examples": (self.mismatches + self.state_mismatches)[:5],
             "ok": self.ok,
         }
+
+
+class EngineQuiet:
+    """A predicate to poll: true once the workers' counts of changes and deadline
+    evaluations (``segflow:stats``) have not moved for ``quiet_s`` and the outbox is
+    empty, so every absence move is out. Take a subscriber's view only then."""
+
+    def __init__(self, redis_client: Any, quiet_s: float = 5.0) -> None:
+        self.redis, self.quiet_s = redis_client, quiet_s
+        self._last: tuple[Any, ...] | None = None
+        self._since = time.monotonic()
+
+    def __call__(self) -> bool:
+        from features import keys
+
+        now = (self.redis.hget(keys.STATS, "changes"), self.redis.hget(keys.STATS, "deadline_evaluations"), self.redis.xlen(keys.OUTBOX))
+        if now != self._last:
+            self._last, self._since = now, time.monotonic()
+        return now[2] == 0 and time.monotonic() - self._since >= self.quiet_s
 
 
 def redis_segments(redis_client: Any) -> dict[str, dict[str, Any]]:

@@ -108,16 +108,11 @@ def run_worker_e2e(stack, procs: Procs, work: Path, expected: int, timeout: floa
 def subscriber_view(stack, r, quiet_s: float = 5.0, timeout_s: float = 120.0) -> dict:
     """Once the changes stop (absence moves after the backlog included) and the outbox is
     empty: the change topics read from the beginning as a subscriber does, against Redis."""
-    from streams.change_audit import check_subscriber_view
+    from streams.change_audit import EngineQuiet, check_subscriber_view
     from streams.topics import Topics
 
-    last, since, deadline = None, time.monotonic(), time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        now = (r.hget("segflow:stats", "changes"), r.hget("segflow:stats", "deadline_evaluations"), r.xlen("segflow:outbox"))
-        if now != last:
-            last, since = now, time.monotonic()
-        elif now[2] == 0 and time.monotonic() - since >= quiet_s:
-            break
+    quiet, deadline = EngineQuiet(r, quiet_s), time.monotonic() + timeout_s
+    while not quiet() and time.monotonic() < deadline:
         time.sleep(0.3)
     check = check_subscriber_view(stack.broker.bootstrap, Topics(prefix=BENCH_PREFIX), r)
     say(f"  {check.line()}")

@@ -23,7 +23,7 @@ import pytest
 
 from features import keys
 from lab.datasets import cdnow_events
-from streams.change_audit import check_subscriber_view
+from streams.change_audit import EngineQuiet, check_subscriber_view
 from streams.events import event_to_json
 from tests.kafka_helpers import fresh_topics, send
 
@@ -53,15 +53,7 @@ def applied(redis_client) -> int:
 
 def wait_quiet(redis_client, worker, quiet: float = 6.0, timeout: float = 240) -> None:
     """Until changes, deadline evaluations and the outbox stop moving: every absence move is out."""
-    seen = {"last": None, "since": time.monotonic()}
-
-    def settled() -> bool:
-        now = (redis_client.hget(keys.STATS, "changes"), redis_client.hget(keys.STATS, "deadline_evaluations"), redis_client.xlen(keys.OUTBOX))
-        if now != seen["last"]:
-            seen["last"], seen["since"] = now, time.monotonic()
-        return now[2] == 0 and time.monotonic() - seen["since"] >= quiet
-
-    wait_for("the engine to go quiet", settled, timeout, worker)
+    wait_for("the engine to go quiet", EngineQuiet(redis_client, quiet), timeout, worker)
 
 
 @pytest.mark.timeout(600)
