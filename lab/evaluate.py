@@ -363,6 +363,9 @@ def format_report(report: dict) -> str:
     for name, f in report["flapping"].items():
         top = ", ".join(f"{k} {v}" for k, v in list(f["transitions"].items())[:5])
         out.append(f"  {name}: sizes {f['final_sizes']}; top moves: {top}")
+        if f["revert_paths"]:
+            paths = ", ".join(f"{k} {v}" for k, v in list(f["revert_paths"].items())[:4])
+            out.append(f"    reverts by path: {paths}")
     return "\n".join(out)
 
 

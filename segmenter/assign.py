@@ -20,15 +20,16 @@ snapshots.
 >>> round(ev.churn_propensity, 2)
 0.17
 
-A buyer every ten days, four months later without any event: the timer
-re-evaluates, and the change's reason gives the model's numbers.
+A buyer every ten days, 140 days later without any event (with the CDNOW
+prior, before any population fit): the timer re-evaluates, and the change's
+reason gives the model's numbers.
 
->>> later = {**f, "days_since_last_activity": 120.0, "days_since_last_purchase": 120.0, "days_since_first_purchase": 150.0, "tenure_days": 160.0}
->>> ev2 = seg.evaluate("c1", later, ev.assignments, now_ms=220 * day, cause="deadline")
+>>> later = {**f, "days_since_last_activity": 140.0, "days_since_last_purchase": 140.0, "days_since_first_purchase": 170.0, "tenure_days": 180.0}
+>>> ev2 = seg.evaluate("c1", later, ev.assignments, now_ms=240 * day, cause="deadline")
 >>> [(c.from_segment, c.to_segment, c.reason, c.seq) for c in ev2.changes if c.segmentation == "lifecycle"]
 [('active', 'at_risk', 'rhythm_at_risk', 2)]
 >>> [c.explanation for c in ev2.changes if c.segmentation == "lifecycle"]
-['churn_propensity 0.82 in 90 d, BG/NBD v0: p_alive 0.26, expected 0.13 purchases in 30 d, usual gap 10 d']
+['churn_propensity 0.86 in 90 d, BG/NBD v0: p_alive 0.20, expected 0.09 purchases in 30 d, usual gap 10 d']
 """
 
 from __future__ import annotations
@@ -127,13 +128,19 @@ class Segmenter:
 
     def __init__(self, config: SegmentationConfig, behaviour_model: BehaviourModel | None = None, rfm: RFMScorer | None = None):
         self.config = config
-        self.churn = ChurnModel(horizon_days=config.churn.horizon_days, sample_size=config.churn.sample_size, min_customers=config.churn.min_customers)
+        self.churn = ChurnModel(
+            horizon_days=config.churn.horizon_days,
+            sample_size=config.churn.sample_size,
+            min_customers=config.churn.min_customers,
+            min_history_days=config.churn.min_history_days,
+        )
         # The same model over active days (any event is a visit): P(the customer still comes).
         self.visits = ChurnModel(
             horizon_days=config.churn.horizon_days,
             inputs=VISIT_INPUTS,
             sample_size=config.churn.sample_size,
             min_customers=config.churn.min_customers,
+            min_history_days=config.churn.min_history_days,
         )
         self.lifecycle = LifecycleRules(config, self.churn, self.visits)
         self.behaviour = behaviour_model or BehaviourModel.from_config(config.behaviour)
@@ -193,7 +200,8 @@ class Segmenter:
         }
         churn = feats[CHURN_FEATURE]
 
-        life_segment, life_rule = self.lifecycle.assign(feats)
+        held = current.get("lifecycle")
+        life_segment, life_rule = self.lifecycle.assign(feats, held_by=None if held is None else held.reason)
         explanations: dict[str, str] = {}
         if self.lifecycle.uses_churn(life_rule):
             explanations["lifecycle"] = f"churn_propensity {churn:.2f} in {self.churn.horizon_days:g} d, {self.churn.explain(feats)}"

@@ -25,8 +25,12 @@ them (default_segments.yaml).
 The population parameters are fitted from a bounded sample of customers
 (:class:`CustomerSample`, at most ``sample_size``, chosen by a hash of the
 customer id) when the shell asks (:meth:`ChurnModel.refit`, on the snapshot
-tick); until ``min_customers`` buyers are in the sample the ``prior``
-parameters hold (fitted on CDNOW in days). Each fit bumps ``version``.
+tick); until ``min_customers`` buyers are in the sample, and their median
+age is ``min_history_days``, the ``prior`` parameters hold (fitted on CDNOW in
+days). The age gate matters on a new deployment: histories a few days old
+show no dropouts yet, and the maximum-likelihood fit on them is extreme (on
+the simulator's first two days, a dropout probability of 1 after every
+purchase). Each fit bumps ``version``.
 
 >>> model = ChurnModel()
 >>> f = {"purchase_days_total": 5.0, "purchase_span_days": 120.0, "days_since_first_purchase": 130.0}
@@ -147,6 +151,7 @@ class ChurnModel:
     inputs: tuple[str, str, str] = PURCHASE_INPUTS
     sample_size: int = 5000
     min_customers: int = 200
+    min_history_days: float = 30.0
     prior: BGNBDParams = CDNOW_PRIOR
     params: BGNBDParams = CDNOW_PRIOR
     version: int = 0
@@ -173,7 +178,14 @@ class ChurnModel:
         """Fit the population parameters on the sample, as of the newest time learned.
 
         Returns whether the parameters changed (and ``version`` was bumped): not
-        before ``min_customers`` buyers are in the sample, nor without new data.
+        before ``min_customers`` buyers are in the sample with a median age of
+        ``min_history_days``, nor without new data.
+
+        >>> m = ChurnModel(min_customers=10, min_history_days=30)
+        >>> for i in range(20):
+        ...     _ = m.learn_one(f"c{i}", {"purchase_days_total": 1.0 + i % 3, "purchase_span_days": 1.0, "days_since_first_purchase": 2.0}, 5 * DAY_MS)
+        >>> m.refit(), m.version  # 2-day histories: the prior holds
+        (False, 0)
         """
         if len(self.sample.rows) < self.min_customers or self.learned_since_fit == 0:
             return False
@@ -181,6 +193,8 @@ class ChurnModel:
         x = rows[:, 0]
         t_x = np.where(x > 0, rows[:, 1], 0.0)
         age = np.maximum(self.clock_day - rows[:, 2], t_x)
+        if float(np.median(age)) < self.min_history_days:
+            return False
         new = None
         for start in (self.prior, None):  # from the prior (a sane basin), else from the fit's own start
             try:

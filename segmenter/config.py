@@ -155,7 +155,12 @@ class ValueCondition(Condition):
 
 class Rule(BaseModel):
     """Puts a customer in ``segment`` when every ``when`` condition holds and,
-    if ``any`` is given, at least one of those holds too."""
+    if ``any`` is given, at least one of those holds too.
+
+    ``stay`` is hysteresis: a customer this rule placed keeps its segment while
+    every ``stay`` condition holds (and no earlier rule matches), even after
+    ``when`` stops holding. Enter at one threshold, leave at a laxer one.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
 
@@ -163,6 +168,7 @@ class Rule(BaseModel):
     segment: str
     when: tuple[Condition, ...] = ()
     any_of: tuple[Condition, ...] = Field(default=(), alias="any")
+    stay: tuple[Condition, ...] = ()
 
     @model_validator(mode="after")
     def _has_conditions(self) -> Rule:
@@ -173,8 +179,12 @@ class Rule(BaseModel):
     def matches(self, features: dict[str, float | None]) -> bool:
         return all(c.holds(features) for c in self.when) and (not self.any_of or any(c.holds(features) for c in self.any_of))
 
+    def stays(self, features: dict[str, float | None]) -> bool:
+        """Whether a customer this rule placed keeps its segment (``stay`` given and all hold)."""
+        return bool(self.stay) and all(c.holds(features) for c in self.stay)
+
     def conditions(self) -> tuple[Condition, ...]:
-        return self.when + self.any_of
+        return self.when + self.any_of + self.stay
 
 
 class ValueRule(Rule):
@@ -338,6 +348,9 @@ class ChurnConfig(BaseModel):
     horizon_days: float = Field(90.0, gt=0, description="churn_propensity = P(no purchase in this many days)")
     sample_size: int = Field(5000, ge=10, description="customers kept to fit the population parameters")
     min_customers: int = Field(200, ge=10, description="buyers in the sample before the first fit (the prior holds until then)")
+    min_history_days: float = Field(
+        30.0, ge=0, description="the sampled buyers' median age (days since first purchase) before the first fit: days-old histories show no dropouts"
+    )
 
 
 # -- the whole config ----------------------------------------------------------------

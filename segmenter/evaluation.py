@@ -29,7 +29,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from segmenter.flaps import flaps
+from segmenter.flaps import flapping_pairs, flaps
 
 DAY_MS = 86_400_000
 
@@ -105,7 +105,9 @@ def flap_stats(
       reverts / changes that had a previous change to undo;
     - ``reverts_within_dwell``: the same within ``min_dwell_ms`` (hysteresis
       should make it 0);
-    - ``transitions``: ``"from -> to"`` counts, most frequent first.
+    - ``transitions``: ``"from -> to"`` counts, most frequent first;
+    - ``revert_paths``: ``"A -> B (the rule that moved it) -> A"`` counts, so a
+      revert rate says which rule flaps.
 
     >>> day = DAY_MS
     >>> ms = [Move("c1", "lifecycle", None, "active", 0, "default", "1"),
@@ -117,7 +119,9 @@ def flap_stats(
     """
     moves = list(moves)
     changes = [m for m in moves if m.from_segment is not None]
-    reverts, eligible = flaps(moves, revert_window_ms)
+    pairs, eligible = flapping_pairs(moves, revert_window_ms)
+    reverts = len(pairs)
+    paths = Counter(f"{a.from_segment} -> {a.to_segment} ({a.reason}) -> {b.to_segment}" for a, b in pairs)
     in_dwell = flaps(moves, min_dwell_ms)[0] if min_dwell_ms > 0 else 0
     transitions = Counter(f"{m.from_segment} -> {m.to_segment}" for m in changes)
     return {
@@ -129,6 +133,7 @@ def flap_stats(
         "revert_share": round(reverts / eligible, 4) if eligible else 0.0,
         "reverts_within_dwell": in_dwell,
         "transitions": dict(transitions.most_common()),
+        "revert_paths": dict(paths.most_common()),
     }
 
 

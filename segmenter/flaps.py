@@ -40,22 +40,31 @@ class ChangeLike(Protocol):
     @property
     def occurred_at_ms(self) -> int: ...
     @property
+    def reason(self) -> str: ...
+    @property
     def change_id(self) -> str: ...
 
 
-def flaps(changes: Iterable[ChangeLike], window_ms: int = DEFAULT_WINDOW_MS) -> tuple[int, int]:
-    """``(flapping changes, changes that could flap)``; input order does not matter."""
+def flapping_pairs(changes: Iterable[ChangeLike], window_ms: int = DEFAULT_WINDOW_MS) -> tuple[list[tuple[ChangeLike, ChangeLike]], int]:
+    """``([(move, the move that undid it), ...], changes that could flap)``; input order does not matter."""
     ordered = sorted(changes, key=lambda c: (c.customer_id, c.segmentation, c.occurred_at_ms, c.change_id))
-    flapping = eligible = 0
+    pairs: list[tuple[ChangeLike, ChangeLike]] = []
+    eligible = 0
     previous: ChangeLike | None = None
     for c in ordered:
         same_track = previous is not None and (previous.customer_id, previous.segmentation) == (c.customer_id, c.segmentation)
         if previous is not None and same_track and previous.from_segment is not None and c.from_segment is not None:
             eligible += 1
             if c.to_segment == previous.from_segment and c.occurred_at_ms - previous.occurred_at_ms <= window_ms:
-                flapping += 1
+                pairs.append((previous, c))
         previous = c
-    return flapping, eligible
+    return pairs, eligible
+
+
+def flaps(changes: Iterable[ChangeLike], window_ms: int = DEFAULT_WINDOW_MS) -> tuple[int, int]:
+    """``(flapping changes, changes that could flap)``; input order does not matter."""
+    pairs, eligible = flapping_pairs(changes, window_ms)
+    return len(pairs), eligible
 
 
 def flap_rate(changes: Iterable[ChangeLike], window_ms: int = DEFAULT_WINDOW_MS) -> float:

@@ -125,11 +125,15 @@ class RuleBook:
         self._clock_conditions = tuple(c for c in unique if c.feature in CLOCK_FEATURES)
         self._derived_conditions = tuple(c for c in unique if c.feature not in CLOCK_FEATURES and c.feature in self.time_derived)
 
-    def assign(self, features: Features) -> tuple[str, str]:
-        """``(segment, rule id)``; ``(default, 'default')`` when no rule matches."""
+    def assign(self, features: Features, held_by: str | None = None) -> tuple[str, str]:
+        """``(segment, rule id)``; ``(default, 'default')`` when no rule matches.
+
+        ``held_by``: the rule that placed the customer in its current segment;
+        its ``stay`` conditions keep the customer there unless an earlier rule matches.
+        """
         features = self.derive(features)
         for rule in self.rules:
-            if rule.matches(features):
+            if rule.matches(features) or (rule.id == held_by and rule.stays(features)):
                 return rule.segment, rule.id
         return self.default, DEFAULT_REASON
 
