@@ -237,6 +237,27 @@ def segments(config: Path | None = ConfigOpt, as_json: bool = typer.Option(False
     typer.echo(json.dumps(sizes, indent=2) if as_json else format_sizes(sizes))
 
 
+@cli.command()
+def status(
+    config: Path | None = ConfigOpt,
+    interval: float = typer.Option(2.0, min=0.2, help="Seconds between the two samples the rates come from"),
+    as_json: bool = typer.Option(False, "--json"),
+    check: bool = typer.Option(False, "--check", help="Exit 1 when the verdict is BEHIND (for scripts and probes)"),
+):
+    """Is the engine keeping up? Consumer lag (whole group, from the broker), deadline backlog,
+    outbox and rates, with a verdict (limits in streams/status.py)."""
+    from streams.status import format_status as format_engine_status
+    from streams.status import keeping_up, read_status
+
+    settings = _settings(config)
+    _kafka_config(settings)  # an impossible security combination exits here, with its reason
+    _echo(f"sampling for {interval:g} s ...")
+    result = read_status(_sync_redis(settings), settings, interval)
+    typer.echo(json.dumps(result.as_dict(), indent=2) if as_json else format_engine_status(result))
+    if check and not keeping_up(result)[0]:
+        raise typer.Exit(1)
+
+
 def _query_failed(exc: Exception):
     typer.secho(str(exc), fg="red", err=True)
     raise typer.Exit(2) from None

@@ -17,16 +17,17 @@ import redis.asyncio as aioredis
 from faust.types import TP
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import BusyLoadingError
+from redis.exceptions import BusyLoadingError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from segmenter.changes import state_record
 from streams.batching import take_overlapped
 from streams.campaign_router import CampaignRouter, campaigns_for, trigger_message
-from streams.engine import BatchOutcome, Engine, InboundMessage
+from streams.engine import BatchOutcome, Counters, Engine, InboundMessage
 from streams.gc_tuning import settle_heap
 from streams.kafka_security import faust_credentials
+from streams.metrics import WorkerMetrics
 from streams.redis_packing import use_hiredis_packer
 from streams.settings import Settings
 
@@ -108,12 +109,15 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
 
     holder: dict = {}
     ready = asyncio.Lock()
+    metrics = WorkerMetrics()
+    metrics.attach(lambda: holder["engine"].counters if "engine" in holder else Counters(), lambda: holder["engine"].status if "engine" in holder else None)
 
     async def engine() -> Engine:
         async with ready:
             if "engine" not in holder:
                 e = Engine(settings, redis_client(settings.redis_url.get_secret_value()), segmenter_factory())
                 e.backlog_probe = backlog
+                e.observe = lambda call, seconds: metrics.batch_seconds.observe(seconds) if call == "batch" else metrics.observe_redis(call, seconds)
                 await e.start()
                 holder["engine"] = e
                 holder["router"] = CampaignRouter(campaigns, e.redis)
@@ -156,13 +160,14 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
             )
         if not outcome.changes:
             return
+        relayed = outcome.ticket is None
         if outcome.ticket is None:  # a relay: its turn comes after everything committed so far
             outcome.ticket = e.turnstile.take()
         # In commit order (streams.ordering): one customer's changes reach the topic in seq order.
         async with e.turnstile.turn(outcome.ticket):
-            await send_changes(e, outcome.changes)
+            await send_changes(e, outcome.changes, relayed)
 
-    async def send_changes(e: Engine, changes: list[tuple[str, str]]) -> None:
+    async def send_changes(e: Engine, changes: list[tuple[str, str]], relayed: bool) -> None:
         sent_ids = [outbox_id for outbox_id, _ in changes]
         # In flight until done (the engine marked its own at commit): the stale relay
         # skips them, however long Redis keeps this publish from deleting them.
@@ -175,6 +180,9 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
                 key, value = state_record(change)
                 futures.append(await state_topic.send(key=key, value=value))
             await asyncio.gather(*futures)
+            e.counters.changes_sent += len(changes)
+            if relayed:
+                e.counters.changes_resent += len(changes)
             # Campaign triggers for changes the broker has, sent before the outbox
             # entries go: a crash re-sends them (same trigger ids) rather than loses them.
             triggers = await holder["router"].route(payload for _, payload in changes)
@@ -241,6 +249,41 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
             log.warning("relaying %d segment changes left in the outbox for over 10 s", len(stale))
             await publish(e, BatchOutcome(changes=stale))
 
+    async def lag_of_assigned() -> dict[str, int]:
+        """Messages not yet processed per input partition this worker owns."""
+        e = holder["engine"]
+        inputs = set(topics.inputs)
+        lag = {}
+        for tp in app.consumer.assignment():
+            if tp.topic not in inputs:
+                continue
+            high = highwater(tp)
+            last = e.last_offsets.get((tp.topic, tp.partition))
+            if last is not None:
+                done = last + 1
+            else:
+                try:
+                    done = await app.consumer.position(tp)
+                except Exception:  # not fetched from yet
+                    done = None
+            if high is not None and done is not None:
+                lag[f"{tp.topic}[{tp.partition}]"] = max(0, high - done)
+        return lag
+
+    # Two timers: lag needs no Redis, so it stays current while Redis stalls.
+    @app.timer(settings.status_interval_seconds)
+    async def measure_lag():
+        e = await engine()
+        e.note_lag(await lag_of_assigned())
+
+    @app.timer(settings.status_interval_seconds)
+    async def measure_backlog():
+        e = await engine()
+        try:
+            await e.refresh_backlog()
+        except RedisError as exc:  # Redis away: the last numbers stay, the next tick tries again
+            log.warning("could not measure the deadline backlog: %s", exc)
+
     @app.timer(5.0)
     async def progress():
         e = await engine()
@@ -258,9 +301,10 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
             c.received / max(elapsed, 1e-9),
         )
 
-    from streams.web import add_sizes_recorder, add_web_views
+    from streams.web import add_sizes_recorder, add_status_views, add_web_views
 
     add_web_views(app, settings)
+    add_status_views(app, metrics, lambda: holder["engine"].status if "engine" in holder else None)
     add_sizes_recorder(app, settings)
     app.segflow_engine = engine  # type: ignore[attr-defined]  # for tests; faust.App does not declare it
     return app

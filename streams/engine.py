@@ -27,6 +27,7 @@ from streams.events import Event, InvalidEvent, check_not_future, decode
 from streams.ordering import Turnstile
 from streams.segment_store import CustomerUpdate, SegmentStore, StoredAssignment, evaluated_upto, parse_segments, stale_outbox, version_of
 from streams.settings import Settings
+from streams.status import Status, backlog_commands, backlog_from
 from streams.topics import Topics
 from streams.watermark import Watermark
 
@@ -82,6 +83,8 @@ class Counters:
     conflicts: int = 0  # evaluations dropped because another committed first (re-queued)
     drift_detected: int = 0
     reseeds: int = 0
+    changes_sent: int = 0  # acknowledged by the broker (counted by the shell's publish)
+    changes_resent: int = 0  # of those, sent by a relay from the outbox
     reasons: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -131,6 +134,13 @@ class Engine:
         self.lock = asyncio.Lock()
         # Changes go out in commit order, whichever task (agent, deadline timer, relay) sends them.
         self.turnstile = Turnstile()
+        # Latency observer the shell installs ((call, seconds): streams.metrics), and the
+        # parts of the status (streams.status) its timers refresh.
+        self.observe: Callable[[str, float], None] = lambda call, seconds: None
+        self._lag: dict[str, int] | None = None
+        self._backlog: tuple[int, float | None, int, float | None] | None = None
+        self._apply_rate: float | None = None
+        self._status_sample: tuple[float, int] | None = None
 
     async def start(self) -> None:
         await load_library(self.redis)
@@ -158,12 +168,23 @@ class Engine:
             )
 
     async def process(self, messages: Sequence[InboundMessage], now: float | None = None) -> BatchOutcome:
+        started = time.perf_counter()
+        try:
+            return await self._process(messages, now)
+        finally:
+            self.observe("batch", time.perf_counter() - started)
+
+    async def _process(self, messages: Sequence[InboundMessage], now: float | None = None) -> BatchOutcome:
         now = time.time() if now is None else now
         out = BatchOutcome()
         before = await self._low_watermark(now)
         items = []
         sources = []
         for msg in messages:
+            # Every message taken counts as processed, a dead letter too: otherwise a partition
+            # whose last message was malformed would look unread for ever (lag, idle watermark).
+            if msg.partition is not None and msg.offset is not None:
+                self.last_offsets[(msg.topic, msg.partition)] = max(msg.offset, self.last_offsets.get((msg.topic, msg.partition), -1))
             family = self.topics.family_of(msg.topic)
             try:
                 if family is None:
@@ -178,8 +199,6 @@ class Engine:
             offset = None if msg.partition is None or msg.offset is None else (msg.partition, msg.offset)
             delta = delta_of(event, offset)
             self.watermark.observe(family, msg.partition or 0, delta.ts_ms, now)
-            if offset is not None:
-                self.last_offsets[(msg.topic, offset[0])] = offset[1]
             items.append((event.customer_id, delta))
             sources.append((msg, event))
         # Lateness is judged against the watermark as it stood before this batch:
@@ -188,7 +207,9 @@ class Engine:
         low = await self._low_watermark(now)
 
         async with self.lock:
+            t0 = time.perf_counter()
             results = await self.features.apply_batch(items, late_before, low)
+            self.observe("apply", time.perf_counter() - t0)
             # One evaluation per customer per batch, on the customer's state after
             # the batch's last event: segments are written once the batch is
             # folded, so evaluating each event would compare against stale segments.
@@ -245,7 +266,9 @@ class Engine:
                 feats = compute(state, now_ms)
                 learned = learn and self.segmenter.learn_one(feats, customer_id, now_ms)
                 updates.append(self._evaluate(customer_id, feats, seg_hash, now_ms, f"event:{event.event_id}", seen_ms=now_ms, drift=drift, learned=learned))
+            t0 = time.perf_counter()
             written = await self.segments.write(updates)
+            self.observe("commit", time.perf_counter() - t0)
             self.publishing.update(i for i, _ in written.changes)
             out.changes = written.changes
             out.ticket = self.turnstile.take() if out.changes else None
@@ -285,7 +308,9 @@ class Engine:
         if now_ms is None:
             return out
         async with self.lock:
+            t0 = time.perf_counter()
             due = await self.segments.claim_due(now_ms, limit, partitions=self.owned_partitions)
+            self.observe("claim_due", time.perf_counter() - t0)
             if not due:
                 return out
             rows = await self.features.read(due)
@@ -297,7 +322,9 @@ class Engine:
                     continue
                 feats = compute(state, now_ms)
                 updates.append(self._evaluate(cid, feats, seg_hash, now_ms, f"deadline:{now_ms}"))
+            t0 = time.perf_counter()
             written = await self.segments.write(updates)
+            self.observe("commit", time.perf_counter() - t0)
             self.counters.deadline_evaluations += len(due)
             self.publishing.update(i for i, _ in written.changes)
             out.changes = written.changes
@@ -310,6 +337,34 @@ class Engine:
             self._abandon(out)
             raise
         return out
+
+    def note_lag(self, lag: dict[str, int], now: float | None = None) -> None:
+        """Record this worker's consumer ``lag`` (the shell reads it from its consumer, no
+        I/O) and the apply rate since the last call: kept current while Redis stalls."""
+        now = time.time() if now is None else now
+        if self._status_sample is not None and now > self._status_sample[0]:
+            self._apply_rate = (self.counters.applied - self._status_sample[1]) / (now - self._status_sample[0])
+        self._status_sample = (now, self.counters.applied)
+        self._lag = lag
+
+    async def refresh_backlog(self, now: float | None = None) -> None:
+        """Read the due deadlines of this worker's partitions and the outbox from Redis."""
+        now = time.time() if now is None else now
+        if self.settings.clock == "wall":
+            clock = int(now * 1000)
+        else:
+            wm = await self.features.watermark_ms()
+            clock = -1 if wm is None else wm - self.settings.lateness_ms  # before any event nothing is due
+        partitions = range(self.settings.partitions) if self.owned_partitions is None else sorted(self.owned_partitions)
+        self._backlog = backlog_from(await run_pipeline(self.redis, backlog_commands(partitions, clock)), clock, int(now * 1000))
+
+    @property
+    def status(self) -> Status | None:
+        """This worker's :class:`~streams.status.Status` (None until both parts were measured)."""
+        if self._lag is None or self._backlog is None:
+            return None
+        due, oldest, outbox, outbox_age = self._backlog
+        return Status(lag=self._lag, deadline_backlog=due, oldest_due_s=oldest, outbox=outbox, outbox_oldest_s=outbox_age, applied_per_s=self._apply_rate)
 
     # -- shared ---------------------------------------------------------------
     def _abandon(self, out: BatchOutcome) -> None:

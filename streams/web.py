@@ -14,6 +14,8 @@ for something the caller can fix.
 | ``/flows?since=1h`` | transition counts per segmentation |
 | ``/sizes?since=1h`` | recorded segment sizes and change rate over time |
 | ``/healthz`` | ``{"ok": true}`` |
+| ``/metrics`` | Prometheus text: counters, lag, deadline backlog, outbox, latencies (streams/metrics.py) |
+| ``/status`` | this worker's lag, backlog, outbox, apply rate and verdict (streams/status.py) |
 """
 
 from __future__ import annotations
@@ -27,11 +29,17 @@ import faust
 from redis.exceptions import RedisError
 
 from streams import queries
+from streams.metrics import CONTENT_TYPE_LATEST
 from streams.queries import QueryError
 from streams.settings import Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import redis
+
+    from streams.metrics import WorkerMetrics
+    from streams.status import Status
 
 log = logging.getLogger("segflow.web")
 
@@ -133,6 +141,21 @@ def add_web_views(app: faust.App, settings: Settings) -> None:
     @app.page("/healthz")
     async def healthz(web, request):
         return web.json({"ok": True})
+
+
+def add_status_views(app: faust.App, metrics: WorkerMetrics, status: Callable[[], Status | None]) -> None:
+    """``/metrics`` and ``/status``: read from memory, no Redis call (a scrape must not add load)."""
+
+    @app.page("/metrics")
+    async def get_metrics(web, request):
+        return web.bytes(metrics.render(), content_type=CONTENT_TYPE_LATEST.split(";")[0], headers={"Cache-Control": "no-store"})
+
+    @app.page("/status")
+    async def get_status(web, request):
+        s = status()
+        if s is None:
+            return web.json({"error": "starting: no status measured yet"}, status=503)
+        return web.json(s.as_dict())
 
 
 def add_sizes_recorder(app: faust.App, settings: Settings) -> None:
