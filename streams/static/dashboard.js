@@ -4,11 +4,14 @@
 //   body[data-charts]  uPlot charts drawn
 //   .chart[data-series][data-points]   lines and points in each chart
 //   #customer-result[data-status]      idle | loading | ok | not-found | error
+//   #worker-status[data-verdict]       starting | keeping-up | behind (from /status), [data-lag] [data-backlog]
 "use strict";
 
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 const REFRESH_MS = 5000;
 const charts = {}; // key -> {plot, labels}
+const STATUS_POINTS = 720; // lag/backlog samples kept in the page (an hour at 5 s)
+const statusHistory = { t: [], lag: [], backlog: [], outbox: [] };
 let refreshes = 0;
 
 function el(tag, attrs, ...children) {
@@ -120,16 +123,54 @@ function renderFlows(view) {
   }
 }
 
+function secs(x) { return x == null ? "-" : `${x.toFixed(1)} s`; }
+
+// /status is this worker's view (its partitions); `segflow status` sums the deployment.
+function renderStatus(res) {
+  const box = document.getElementById("worker-status");
+  const badge = document.getElementById("worker-verdict");
+  box.textContent = "";
+  if (!res.ok) {
+    box.dataset.verdict = "starting";
+    badge.textContent = "starting";
+    badge.className = "verdict";
+    box.append(el("p", { class: "muted" }, res.body.error || `HTTP ${res.status}`));
+    return;
+  }
+  const s = res.body;
+  box.dataset.verdict = s.keeping_up ? "keeping-up" : "behind";
+  box.dataset.lag = String(s.total_lag);
+  box.dataset.backlog = String(s.deadline_backlog);
+  badge.textContent = s.keeping_up ? "keeping up" : "BEHIND";
+  badge.className = `verdict ${s.keeping_up ? "ok" : "behind"}`;
+  const facts = el("table", { class: "facts" },
+    row("consumer lag", `${s.total_lag} messages`),
+    row("applied", s.applied_per_s == null ? null : `${Math.round(s.applied_per_s)} events/s`),
+    row("deadline backlog", `${s.deadline_backlog} due, oldest ${secs(s.oldest_due_s)}`),
+    row("outbox", `${s.outbox} changes, oldest ${secs(s.outbox_oldest_s)}`));
+  const parts = el("table", { class: "lag" }, el("tr", {}, el("th", {}, "partition"), el("th", { class: "num" }, "lag")));
+  for (const [name, n] of Object.entries(s.lag)) parts.append(el("tr", {}, el("td", {}, name), el("td", { class: "num" }, n)));
+  box.append(facts, parts);
+  for (const reason of s.reasons) box.append(el("p", { class: "error" }, reason));
+  const h = statusHistory;
+  h.t.push(Date.now() / 1000); h.lag.push(s.total_lag); h.backlog.push(s.deadline_backlog); h.outbox.push(s.outbox);
+  if (h.t.length > STATUS_POINTS) for (const k of Object.keys(h)) h[k].shift();
+  drawChart(document.getElementById("lag"), "lag", "lag, backlog, outbox", ["consumer lag", "deadlines due", "outbox"], h.t, [h.lag, h.backlog, h.outbox], 180);
+}
+
 async function refresh() {
   const status = document.getElementById("status");
   const s = encodeURIComponent(since());
   try {
-    const [sizes, current, flows] = await Promise.all([getJSON(`sizes?since=${s}`), getJSON("segments"), getJSON(`flows?since=${s}`)]);
+    const [sizes, current, flows, workerStatus] = await Promise.all([
+      getJSON(`sizes?since=${s}`), getJSON("segments"), getJSON(`flows?since=${s}`), getJSON("status"),
+    ]);
     const failed = [sizes, current, flows].find((r) => !r.ok);
     if (failed) throw new Error(failed.body && failed.body.error ? failed.body.error : `HTTP ${failed.status}`);
     renderSizes(sizes.body);
     renderCurrent(current.body);
     renderFlows(flows.body);
+    renderStatus(workerStatus);
     refreshes += 1;
     document.body.dataset.ready = String(refreshes);
     document.body.dataset.charts = String(Object.keys(charts).length);

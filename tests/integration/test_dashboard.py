@@ -147,6 +147,7 @@ class _Dom(HTMLParser):
         self.charts: dict[str, dict] = {}
         self.canvases: list[dict] = []
         self.result: dict = {}
+        self.worker_status: dict = {}
         self.segment_cells: list[str] = []
         self._in_segment = False
 
@@ -160,6 +161,8 @@ class _Dom(HTMLParser):
             self.canvases.append(a)
         elif tag == "div" and a.get("id") == "customer-result":
             self.result = a
+        elif tag == "div" and a.get("id") == "worker-status":
+            self.worker_status = a
         elif tag == "td" and a.get("class") == "segment":
             self._in_segment = True
 
@@ -210,15 +213,19 @@ def test_dashboard_renders_charts_and_customer_lookup(broker, redis_client, star
     dom = _Dom()
     dom.feed(out.stdout)
     assert int(dom.body.get("data-ready", 0)) >= 1, f"the page never finished a refresh: {out.stdout[:3000]}"
-    assert dom.body.get("data-charts") == "4", dom.body
+    assert dom.body.get("data-charts") == "5", dom.body
     config = default_config()
     expected = {f"sizes-{name}": len(config.segments_of(name)) for name in ("lifecycle", "behaviour", "value")} | {"change-rate": 1}
     for key, lines in expected.items():
         chart = dom.charts.get(key)
         assert chart is not None, f"chart {key} missing; have {sorted(dom.charts)}"
         assert int(chart["data-series"]) == lines and int(chart["data-points"]) >= 5, (key, chart)
+    # the worker's own lag and backlog (/status): quiet, so keeping up with nothing behind
+    assert dom.charts["lag"]["data-series"] == "3" and int(dom.charts["lag"]["data-points"]) >= 1, dom.charts["lag"]
+    assert dom.worker_status.get("data-verdict") == "keeping-up", dom.worker_status
+    assert dom.worker_status.get("data-lag") == "0" and dom.worker_status.get("data-backlog") == "0", dom.worker_status
     drawn = [c for c in dom.canvases if int(c.get("width", 0)) > 0 and int(c.get("height", 0)) > 0]
-    assert len(drawn) >= 4, f"uPlot canvases with a size: {dom.canvases}"
+    assert len(drawn) >= 5, f"uPlot canvases with a size: {dom.canvases}"
     assert re.search(r'<table class="flow" data-segmentation="lifecycle" data-rows="[1-9]', out.stdout), "flows table missing"
     assert dom.result.get("data-status") == "ok" and dom.result.get("data-customer") == cid, dom.result
     assert lifecycle in dom.segment_cells, (lifecycle, dom.segment_cells)
