@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     history_cap: int = Field(10, ge=1, description="Segment changes kept per customer in Redis, compact (about 90 B each; the full changes are on the topic)")
     snapshot_interval_seconds: float = Field(30.0, gt=0, description="How often the behaviour model is snapshotted to Redis")
     deadline_interval_seconds: float = Field(0.25, gt=0, description="How often due deadlines are claimed and re-evaluated (bounds deadline-to-change latency)")
+    deadline_claim: int = Field(
+        200,
+        ge=1,
+        description="Due customers claimed and re-evaluated per turn of the deadline timer; events waiting on the worker go between turns",
+    )
     status_interval_seconds: float = Field(1.0, gt=0, description="How often the worker measures its lag, deadline backlog and outbox (/metrics, /status)")
     sizes_interval_seconds: float = Field(5.0, gt=0, description="How often segment sizes are appended to the segflow:sizes stream (dashboard, /sizes)")
     sizes_history_len: int = Field(5000, ge=10, description="Entries kept in segflow:sizes (about; 5000 at 5 s = 7 h)")

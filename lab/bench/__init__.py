@@ -20,7 +20,10 @@ shared, noisy machine; ratios matter more than absolute numbers. Rows:
    customers only (wall clock) at half the rate, at 100 ev/s and at a few rates
    between (``latency_sweep``); the sweeps show where p99 crosses 100 ms;
 7. Redis memory per customer and per-event cost of ``segflow_apply`` at 10k,
-   100k (and 1M with ``--scale-max``) customers, state populated directly.
+   100k (and 1M with ``--scale-max``) customers, state populated directly;
+8. ``mass_silence``: 10,000 (``--quick``) and 100,000 customers fall due in the
+   same second (:mod:`lab.bench.mass_silence`): evaluations per second, and the
+   latency of events arriving during the drain against the same probe before it.
 
 Progress goes to stderr; the table to stdout; the JSON to ``docs/bench/``
 (or ``--out``). Every subprocess and server is stopped at the end, also on

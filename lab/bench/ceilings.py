@@ -56,6 +56,8 @@ def faust_app_kwargs(settings) -> dict:
     Copied (the bench must not build the real app); tests/integration/test_bench_smoke.py
     checks they still equal the real app's configuration.
     """
+    from streams.app import PRODUCER_MAX_BATCH_BYTES
+
     return dict(
         store="memory://",
         topic_partitions=settings.partitions,
@@ -65,6 +67,7 @@ def faust_app_kwargs(settings) -> dict:
         broker_heartbeat_interval=1.0,
         broker_rebalance_timeout=settings.session_timeout_seconds,
         producer_acks=-1,
+        producer_max_batch_size=PRODUCER_MAX_BATCH_BYTES,
         stream_buffer_maxsize=32768,
         broker_max_poll_records=10000,
         consumer_max_fetch_size=8 * 1024 * 1024,

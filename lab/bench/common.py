@@ -39,6 +39,8 @@ class BenchOptions:
     # More points of fresh-customer load: where p99 crosses 100 ms (each costs ~40 s).
     latency_sweep: tuple[float, ...] = (200.0, 400.0, 700.0)
     two_workers: bool = True  # row 5b: two worker processes (the machine's 2 cores are shared with broker and Redis)
+    mass_silence_sizes: tuple[int, ...] = (10_000, 100_000)  # row 8: cohorts due in the same second
+    mass_silence_probe_rate: float = 200.0  # fresh logins per second arriving before and during the drain
     scale_sizes: tuple[int, ...] = (10_000, 100_000)
     scale_probe_events: int = 20_000
     scale_probe_rounds: int = 5
@@ -54,6 +56,7 @@ class BenchOptions:
             latency_mix_two_workers=False,
             latency_sweep=(),
             two_workers=False,
+            mass_silence_sizes=(10_000,),
             scale_sizes=(2_000, 10_000),
             scale_probe_events=4_000,
             scale_probe_rounds=3,

@@ -30,6 +30,7 @@ from lab.bench.common import (
 from lab.bench.deadlines import run_deadline_latency
 from lab.bench.floor import FLOOR_CONSUMERS, run_latency_floor
 from lab.bench.latency import run_latency, run_mix_latency
+from lab.bench.mass_silence import run_mass_silence
 from lab.bench.redis_rows import redis_ceiling, scale_test
 from lab.bench.worker import run_worker_e2e
 
@@ -150,6 +151,16 @@ def run_bench(opts: BenchOptions) -> dict:
             dl = rows["deadline_latency"]
             say(f"    {dl['answered']}/{dl['customers']} moved; p50 {dl['p50_ms']} ms, p99 {dl['p99_ms']} ms after their deadline")
 
+            rows["mass_silence"] = []
+            for i, cohort in enumerate(opts.mass_silence_sizes):
+                say(f"[8] mass_silence: {cohort:,} customers fall due in the same second (SEGFLOW_CLOCK=wall), probe {opts.mass_silence_probe_rate:g} ev/s")
+                ms = run_mass_silence(stack, procs, work, cohort, probe_rate=opts.mass_silence_probe_rate, tag=f"m{i}")
+                rows["mass_silence"].append(ms)
+                say(
+                    f"    {ms['moved']:,}/{cohort:,} moved in {ms['drain_s']} s after their deadline ({ms['evaluations_per_s']} evaluations/s); "
+                    f"probe p99 {ms['probe_before']['p99_ms']} ms before, {ms['probe_during']['p99_ms']} ms during"
+                )
+
             sizes = opts.scale_sizes + ((1_000_000,) if opts.scale_max else ())
             say(f"[7] scale: memory and per-event cost at {', '.join(f'{s:,}' for s in sizes)} customers")
             rows["scale"] = scale_test(stack.redis.url, payloads, sizes, opts.scale_probe_events, probe_rounds=opts.scale_probe_rounds)
@@ -210,6 +221,25 @@ def targets(rows: dict) -> list[dict]:
     out.append(
         {"target": "(where it holds) highest fresh-customer load measured with p99 < 100 ms, ev/s", "value": max(under) if under else None, "reached": None}
     )
+    for ms in rows.get("mass_silence", []):
+        evals, rate = ms.get("evaluations_per_s"), e2e.get("rate")
+        out.append(
+            {
+                "target": f"mass_silence {ms['customers']:,}: evaluations/s >= row 5's event rate ({rate:,.0f})"
+                if rate
+                else "mass_silence: evaluations/s >= row 5",
+                "value": evals,
+                "reached": evals is not None and rate is not None and ms["moved"] == ms["customers"] and evals >= rate,
+            }
+        )
+        ratio = ms.get("probe_p99_ratio")
+        out.append(
+            {
+                "target": f"mass_silence {ms['customers']:,}: event p99 during the drain <= 2x without it (ratio)",
+                "value": ratio,
+                "reached": ratio is not None and ratio <= 2.0,
+            }
+        )
     mem = e2e.get("memory", {}).get("bytes_per_customer_keys")
     out.append({"target": "< 2 KiB Redis per customer (cust + seg + hist keys)", "value": mem, "reached": mem is not None and mem < 2048})
     scale = rows.get("scale", [])
@@ -313,6 +343,14 @@ def format_table(result: dict) -> str:
             f"6b latency deadline -> change ({dl['silence_s']:g}s silence)",
             f"p50 {dl['p50_ms']} / p99 {dl['p99_ms']} / max {dl['max_ms']} ms",
             f"{dl['answered']} of {dl['customers']} silent customers moved with no event from them, {dl['early']} early",
+        )
+    for ms in rows.get("mass_silence", []):
+        add(
+            f"8 mass_silence: {ms['customers']:,} customers due in the same second",
+            f"{ms['evaluations_per_s']} evaluations/s",
+            f"{ms['moved']:,} moved to dormant {ms['first_change_after_deadline_s']} .. {ms['drain_s']} s after their deadline; "
+            f"probe {ms['probe_rate']:g} ev/s of fresh logins, p99 {ms['probe_before']['p99_ms']} ms before, "
+            f"{ms['probe_during']['p99_ms']} ms during the drain ({ms['probe_during']['events']} events)",
         )
     if e and e.get("memory", {}).get("customers"):
         m = e["memory"]

@@ -41,6 +41,7 @@ def test_quick_bench_writes_every_row(tmp_path, capsys):
                 two_workers=True,
                 scale_sizes=(500, 2000),
                 scale_probe_events=1000,
+                mass_silence_sizes=(1000,),
                 out=out,
             )
         )
@@ -65,6 +66,10 @@ def test_quick_bench_writes_every_row(tmp_path, capsys):
     dl = rows["deadline_latency"]
     # Every silent customer moved, none before its deadline.
     assert dl["answered"] == dl["customers"] > 0 and dl["early"] == 0 and dl["p99_ms"] > 0
+    (ms,) = rows["mass_silence"]
+    # The whole cohort moved, after its deadline, while the probe's events were answered before and during the drain.
+    assert ms["customers"] == ms["moved"] == 1000 and ms["first_change_after_deadline_s"] >= 0 and ms["evaluations_per_s"] > 0
+    assert ms["probe_before"]["events"] > 0 and ms["probe_during"]["events"] > 0
     assert rows["segflow_e2e"]["memory"]["bytes_per_customer_keys"] > 0
     assert [s["customers"] for s in rows["scale"]] == [500, 2000]
     for s in rows["scale"]:

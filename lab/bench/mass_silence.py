@@ -1,0 +1,158 @@
+"""Row 8, ``mass_silence``: a whole cohort falls due in the same second.
+
+``customers`` fresh customers log in once, all stamped with the same event time
+T0, and then stay silent; the shipped config with the 30-day dormancy rule
+shortened to ``silence_s`` (as row 6b) makes every one of them due at
+T0 + ``silence_s`` on the worker's wall clock. Meanwhile a probe of other fresh
+customers' logins arrives at a fixed rate, before and during the drain.
+
+Reported: the time from the cohort's deadline to its last ``dormant`` change
+(and to the first), ``evaluations_per_s`` = cohort / that time, and the probe's
+event -> first change p99 without the drain (the seconds before T0 + silence)
+and during it. Absence deadlines must not starve ingest (probe p99 during the
+drain) and ingest must not starve them (evaluations per second).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from lab.bench.common import PARTITIONS, Procs, _pick, say, worker_env
+from lab.bench.deadlines import deadline_config
+from lab.bench.latency import ChangeWatcher, _iso_ms, fresh_logins
+
+MASS_PREFIX = "benchms-"
+
+
+def cohort_logins(n: int, at_ms: int, tag: str):
+    """``n`` never-seen customers' logins, every one stamped ``at_ms``."""
+    stamp = _iso_ms(at_ms)
+    for i in range(n):
+        cid = f"ms{tag}c-{i}"
+        value = f'{{"event_id":"{cid}","customer_id":"{cid}","occurred_at":"{stamp}","type":"login","success":true,"channel":"web"}}'
+        yield "login", cid.encode(), value.encode()
+
+
+def run_mass_silence(stack, procs: Procs, work: Path, customers: int, probe_rate: float = 200.0, tag: str = "a") -> dict[str, Any]:
+    import redis as redis_lib
+
+    from streams.admin import ensure_topics
+    from streams.producer import produce_events
+    from streams.topics import Topics
+
+    topics = Topics(f"{MASS_PREFIX}{tag}-")
+    ensure_topics(stack.broker.bootstrap, topics, PARTITIONS)
+    r = redis_lib.Redis.from_url(stack.redis.url, decode_responses=True)
+    r.flushall()
+    # The cohort must be in before it falls due: ingest of fresh customers runs at
+    # ~2,000-4,000 ev/s here, so allow 1 ms per customer plus a quiet baseline.
+    silence_s = 25.0 + customers / 1000.0
+    cohort_key = f"ms{tag}c-".encode()
+    dormant_at: dict[str, float] = {}
+
+    def on_record(now: float, rec: Any) -> None:
+        if rec.key and rec.key.startswith(cohort_key):
+            change = json.loads(rec.value)
+            if change["segmentation"] == "lifecycle" and change["to"] == "dormant":
+                dormant_at.setdefault(change["customer_id"], now)
+
+    watcher = ChangeWatcher(stack.broker.bootstrap, topics.segment_changes, b"")  # the topic is this row's own
+    watcher.on_record = on_record
+    watcher.start()
+    env = worker_env(stack, topics.prefix, f"bench-mass-{tag}", work, "wall", SEGFLOW_SEGMENTS_CONFIG=deadline_config(work, silence_s))
+    log = work / f"worker-mass-{tag}.log"
+    p = procs.start([sys.executable, "-m", "segflow.cli", "worker"], env, log)
+    stop = threading.Event()
+    try:
+        watcher.ready.wait(30)
+        if watcher.error:
+            raise RuntimeError(f"changes watcher: {watcher.error}")
+        say("  waiting for the worker to join and answer a warm-up event")
+        warm: dict = {}
+        until = time.monotonic() + 60
+        while not any(k.startswith(f"latms{tag}warm".encode()) for k in list(watcher.first)) and time.monotonic() < until:
+            if p.poll() is not None:
+                raise RuntimeError(f"worker exited with {p.returncode}; see {log}")
+            produce_events(stack.broker.bootstrap, [next(fresh_logins(f"ms{tag}warm", threading.Event(), warm))], topics)
+            time.sleep(1.0)
+        t0_ms = int(time.time() * 1000)
+        due_s = t0_ms / 1000 + silence_s
+        say(f"  {customers:,} customers log in at T0 and stay silent: all due at T0 + {silence_s:g} s; probe {probe_rate:g} ev/s of fresh logins")
+        probe_sent: dict[str, int] = {}
+
+        def probe() -> None:
+            produce_events(stack.broker.bootstrap, fresh_logins(f"ms{tag}p", stop, probe_sent), topics, rate=probe_rate, stop=stop)
+
+        prober = threading.Thread(target=probe, daemon=True)
+        prober.start()
+        stats = produce_events(stack.broker.bootstrap, cohort_logins(customers, t0_ms, tag), topics)
+        say(f"  cohort produced in {time.time() - t0_ms / 1000:.1f} s; waiting for the worker to assign it")
+        # The baseline starts once the worker has assigned the whole cohort (each
+        # customer's first change is on the topic): their first events are load too.
+        while time.time() < due_s and p.poll() is None:
+            assigned = sum(1 for k in list(watcher.first) if k.startswith(cohort_key))
+            if assigned >= customers:
+                break
+            time.sleep(0.2)
+        ingested_s = time.time() - t0_ms / 1000
+        say(f"  cohort assigned {ingested_s:.1f} s after T0; probe baseline until its deadline")
+        if ingested_s + 7 > silence_s:
+            say("  warning: under 5 s of baseline: the cohort was still being assigned close to its deadline")
+        while time.time() < due_s + 1 and p.poll() is None:
+            time.sleep(0.5)
+        wait_until = time.monotonic() + 60 + customers / 200
+        last_progress = time.monotonic()
+        while len(dormant_at) < customers and time.monotonic() < wait_until and p.poll() is None:
+            time.sleep(0.2)
+            if time.monotonic() - last_progress > 5:
+                say(f"  drain: {len(dormant_at):,}/{customers:,} moved to dormant")
+                last_progress = time.monotonic()
+        drained_at = max(dormant_at.values()) if dormant_at else None
+        # a few more seconds of probe after the drain, then stop
+        time.sleep(2.0)
+        stop.set()
+        prober.join(30)
+        time.sleep(3.0)
+        watcher.stop.set()
+        watcher.join(5)
+
+        def probe_latencies(start: float, end: float) -> list[float]:
+            out = []
+            for cid, ms in list(probe_sent.items()):
+                hit = watcher.first.get(cid.encode())
+                if hit and start <= ms / 1000 < end:
+                    out.append(hit[0] * 1000 - ms)
+            return sorted(out)
+
+        warmed = t0_ms / 1000 + ingested_s + 2.0  # the baseline: cohort assigned, nothing due yet
+        before = probe_latencies(warmed, due_s)
+        during = probe_latencies(due_s, drained_at) if drained_at else []
+        drain_s = (drained_at - due_s) if drained_at else None
+        first_s = (min(dormant_at.values()) - due_s) if dormant_at else None
+        out = {
+            "customers": customers,
+            "moved": len(dormant_at),
+            "silence_s": silence_s,
+            "cohort_assigned_s": round(ingested_s, 2),
+            "cohort_produce_rate": round(stats.rate, 1),
+            "first_change_after_deadline_s": round(first_s, 2) if first_s is not None else None,
+            "drain_s": round(drain_s, 2) if drain_s is not None else None,
+            "evaluations_per_s": round(len(dormant_at) / drain_s, 1) if drain_s else None,
+            "probe_rate": probe_rate,
+            "probe_before": {"events": len(before), "p50_ms": _pick(before, 0.5), "p99_ms": _pick(before, 0.99)},
+            "probe_during": {"events": len(during), "p50_ms": _pick(during, 0.5), "p99_ms": _pick(during, 0.99)},
+        }
+        b, d = out["probe_before"]["p99_ms"], out["probe_during"]["p99_ms"]
+        out["probe_p99_ratio"] = round(d / b, 2) if b and d else None
+        return out
+    finally:
+        stop.set()
+        watcher.stop.set()
+        procs.stop(p)
+        watcher.join(5)
+        r.close()
