@@ -233,11 +233,16 @@ def targets(rows: dict) -> list[dict]:
             }
         )
         ratio = ms.get("probe_p99_ratio")
+        before = ms["probe_before"]
+        # A baseline whose p99 is many times its p50 had stalls of its own (at 100,000 the
+        # embedded broker's fetches, docs/PERFORMANCE.md): no yardstick for the drain.
+        steady = bool(before["p50_ms"] and before["p99_ms"] and before["p99_ms"] <= 10 * before["p50_ms"])
         out.append(
             {
-                "target": f"mass_silence {ms['customers']:,}: event p99 during the drain <= 2x without it (ratio)",
+                "target": f"mass_silence {ms['customers']:,}: event p99 during the drain <= 2x without it (ratio)"
+                + ("" if steady else "; baseline unsteady (p99 > 10x p50), not judged"),
                 "value": ratio,
-                "reached": ratio is not None and ratio <= 2.0,
+                "reached": (ratio is not None and ratio <= 2.0) if steady else None,
             }
         )
     mem = e2e.get("memory", {}).get("bytes_per_customer_keys")
