@@ -134,7 +134,8 @@ def run_mass_silence(stack, procs: Procs, work: Path, customers: int, probe_rate
         during = probe_latencies(due_s, drained_at) if drained_at else []
         drain_s = (drained_at - due_s) if drained_at else None
         first_s = (min(dormant_at.values()) - due_s) if dormant_at else None
-        out = {
+        b, d = _pick(before, 0.99), _pick(during, 0.99)
+        return {
             "customers": customers,
             "moved": len(dormant_at),
             "silence_s": silence_s,
@@ -144,12 +145,10 @@ def run_mass_silence(stack, procs: Procs, work: Path, customers: int, probe_rate
             "drain_s": round(drain_s, 2) if drain_s is not None else None,
             "evaluations_per_s": round(len(dormant_at) / drain_s, 1) if drain_s else None,
             "probe_rate": probe_rate,
-            "probe_before": {"events": len(before), "p50_ms": _pick(before, 0.5), "p99_ms": _pick(before, 0.99)},
-            "probe_during": {"events": len(during), "p50_ms": _pick(during, 0.5), "p99_ms": _pick(during, 0.99)},
+            "probe_before": {"events": len(before), "p50_ms": _pick(before, 0.5), "p99_ms": b},
+            "probe_during": {"events": len(during), "p50_ms": _pick(during, 0.5), "p99_ms": d},
+            "probe_p99_ratio": round(d / b, 2) if b and d else None,
         }
-        b, d = out["probe_before"]["p99_ms"], out["probe_during"]["p99_ms"]
-        out["probe_p99_ratio"] = round(d / b, 2) if b and d else None
-        return out
     finally:
         stop.set()
         watcher.stop.set()
