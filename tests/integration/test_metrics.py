@@ -93,18 +93,33 @@ def test_a_stalled_worker_shows_lag_and_backlog_then_drains(broker, redis_client
     # 200 visitors who never bought, silent since just under 30 days: silent_30d falls due in ~20 s.
     quiet_since = datetime.now(UTC) - timedelta(days=30) + timedelta(seconds=20)
     send(broker, topics.by_family["login"], [login(f"q{i:03d}", 0, quiet_since) for i in range(200)])
-    wait_for("the visitors applied", lambda: scrape(base).get("segflow_events_applied_total") == 200, worker=worker)
+    # Evaluated at their event time, 30 days ago, each visitor's next deadline (7 days of
+    # silence) is long past: the timer re-evaluates them at once, on the wall clock, and
+    # schedules silent_30d. A pause during that re-evaluation would leave some leased and
+    # uncounted, so wait for it: then all 200 fall due together, during the pause.
+    wait_for(
+        "the visitors applied and re-evaluated now",
+        lambda: (m := scrape(base)).get("segflow_events_applied_total") == 200 and m.get("segflow_deadline_evaluations_total") == 200,
+        worker=worker,
+    )
 
     redis_client.execute_command("CLIENT", "PAUSE", 25_000, "WRITE")
     try:
         later = datetime.now(UTC) - timedelta(days=1)
         send(broker, topics.by_family["login"], [login(f"b{i:04d}", 0, later + timedelta(milliseconds=i)) for i in range(3000)])
-        behind = wait_for(
-            "lag and backlog in /metrics",
-            lambda: (m := scrape(base)) and total(m, "segflow_consumer_lag") >= 1000 and m["segflow_deadline_backlog"] == 200 and m,
-            timeout=40,
-            worker=worker,
-        )
+        seen_metrics: list[dict] = []
+
+        def lag_and_backlog():
+            m = scrape(base)
+            seen_metrics.append(
+                {"lag": total(m, "segflow_consumer_lag"), **{k: v for k, v in m.items() if "backlog" in k or "applied" in k or "evaluations" in k}}
+            )
+            return total(m, "segflow_consumer_lag") >= 1000 and m["segflow_deadline_backlog"] == 200 and m
+
+        try:
+            behind = wait_for("lag and backlog in /metrics", lag_and_backlog, timeout=40, worker=worker)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nmetrics seen: {seen_metrics[::3]}") from None
         assert behind["segflow_keeping_up"] == 0
         assert behind["segflow_deadline_backlog_oldest_seconds"] > 0
         code, status = http(base, "/status")
@@ -129,5 +144,5 @@ def test_a_stalled_worker_shows_lag_and_backlog_then_drains(broker, redis_client
         timeout=90,
         worker=worker,
     )
-    assert drained["segflow_deadline_evaluations_total"] >= 200
+    assert drained["segflow_deadline_evaluations_total"] >= 400  # the re-evaluation now, then silent_30d
     assert wait_for("KEEPING UP", lambda: (o := status_cli(worker)).returncode == 0 and "KEEPING UP" in o.stdout and o, timeout=60, worker=worker)
