@@ -18,7 +18,7 @@ from lab.bench.common import (
     say,
     worker_env,
 )
-from lab.bench.latency import ChangeWatcher, fresh_logins
+from lab.bench.latency import ChangeWatcher, fresh_logins, warm_up
 
 # -- row 6b: deadline latency ---------------------------------------------------------
 
@@ -72,14 +72,7 @@ def run_deadline_latency(stack, procs: Procs, work: Path, customers: int = 200, 
     p = procs.start([sys.executable, "-m", "segflow.cli", "worker"], env, work / "worker-deadline.log")
     try:
         watcher.ready.wait(30)
-        say("  waiting for the worker to join and answer a warm-up event")
-        warm: dict = {}
-        until = time.monotonic() + 60
-        while not any(k.startswith(b"latdwarm") for k in list(watcher.first)) and time.monotonic() < until:
-            if p.poll() is not None:
-                raise RuntimeError(f"worker exited with {p.returncode}; see {work / 'worker-deadline.log'}")
-            produce_events(stack.broker.bootstrap, [next(fresh_logins("dwarm", threading.Event(), warm))], topics)
-            time.sleep(1.0)
+        warm_up(stack.broker.bootstrap, topics, watcher, p, work / "worker-deadline.log", "dwarm")
         say(f"  {customers} customers log in once, then stay silent; dormant after {silence_s:g}s")
         sent_at: dict[str, int] = {}
         stop = threading.Event()

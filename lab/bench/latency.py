@@ -92,6 +92,22 @@ def fresh_logins(run: str, stop: threading.Event, sent_at: dict) -> Iterator[tup
         i += 1
 
 
+def warm_up(bootstrap: str, topics, watcher: ChangeWatcher, worker, log: Path, run: str) -> None:
+    """Send one fresh login a second until its change comes back (the worker has joined
+    its group), for up to 60 s; fail early if the worker exits."""
+    from streams.producer import produce_events
+
+    say("  waiting for the worker to join and answer a warm-up event")
+    sent: dict = {}
+    key = f"lat{run}".encode()
+    until = time.monotonic() + 60
+    while not any(k.startswith(key) for k in list(watcher.first)) and time.monotonic() < until:
+        if worker.poll() is not None:
+            raise RuntimeError(f"worker exited with {worker.returncode}; see {log}")
+        produce_events(bootstrap, [next(fresh_logins(run, threading.Event(), sent))], topics)
+        time.sleep(1.0)
+
+
 def run_latency(stack, procs: Procs, work: Path, rate: float, seconds: float, tag: str = "a") -> dict:
     """One latency point on its own topics, consumer group and customer ids (``tag``), so an
     earlier point's backlog cannot leak into it."""
@@ -118,16 +134,7 @@ def run_latency(stack, procs: Procs, work: Path, rate: float, seconds: float, ta
         if watcher.error:
             raise RuntimeError(f"changes watcher: {watcher.error}")
         # Warm up: until a change comes back the worker has not joined its group yet.
-        say("  waiting for the worker to join and answer a warm-up event")
-        warm: dict = {}
-        deadline = time.monotonic() + 60
-        while not any(k.startswith(b"latwarm") for k in list(watcher.first)) and time.monotonic() < deadline:
-            if p.poll() is not None:
-                raise RuntimeError(f"worker exited with {p.returncode}; see {work / f'worker-latency-{tag}.log'}")
-            once = threading.Event()
-            gen = fresh_logins("warm", once, warm)
-            produce_events(stack.broker.bootstrap, [next(gen)], topics)
-            time.sleep(1.0)
+        warm_up(stack.broker.bootstrap, topics, watcher, p, work / f"worker-latency-{tag}.log", "warm")
         say(f"  offering {rate:,.0f} ev/s of fresh customers' logins for {seconds:g}s")
         sent_at: dict[str, int] = {}
         stats_box: dict = {}

@@ -24,7 +24,7 @@ from typing import Any
 
 from lab.bench.common import PARTITIONS, Procs, _pick, say, worker_env
 from lab.bench.deadlines import deadline_config
-from lab.bench.latency import ChangeWatcher, _iso_ms, fresh_logins
+from lab.bench.latency import ChangeWatcher, _iso_ms, fresh_logins, warm_up
 
 MASS_PREFIX = "benchms-"
 
@@ -72,14 +72,7 @@ def run_mass_silence(stack, procs: Procs, work: Path, customers: int, probe_rate
         watcher.ready.wait(30)
         if watcher.error:
             raise RuntimeError(f"changes watcher: {watcher.error}")
-        say("  waiting for the worker to join and answer a warm-up event")
-        warm: dict = {}
-        until = time.monotonic() + 60
-        while not any(k.startswith(f"latms{tag}warm".encode()) for k in list(watcher.first)) and time.monotonic() < until:
-            if p.poll() is not None:
-                raise RuntimeError(f"worker exited with {p.returncode}; see {log}")
-            produce_events(stack.broker.bootstrap, [next(fresh_logins(f"ms{tag}warm", threading.Event(), warm))], topics)
-            time.sleep(1.0)
+        warm_up(stack.broker.bootstrap, topics, watcher, p, log, f"ms{tag}warm")
         t0_ms = int(time.time() * 1000)
         due_s = t0_ms / 1000 + silence_s
         say(f"  {customers:,} customers log in at T0 and stay silent: all due at T0 + {silence_s:g} s; probe {probe_rate:g} ev/s of fresh logins")
