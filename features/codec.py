@@ -1,6 +1,6 @@
 """How customer state and event deltas are laid out in Redis (pure, no I/O).
 
-The Redis hash ``cust:{<id>}`` holds short fields (see docs/OPERATIONS.md):
+A customer's features hash (``cf:{<partition tag>}:<id>``) holds short fields (see docs/OPERATIONS.md):
 ``fs``/``ls`` first/last event ms, ``fp``/``lp``/``pp`` first/last/previous
 purchase ms, ``lv`` last visit ms, ``ll`` last login ms, ``n`` events,
 ``np`` purchases, ``pd`` distinct purchase days, ``ad`` distinct active days, ``rv`` revenue cents, ``dc`` discount cents, ``d:<day>``

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from features import keys
 from features.codec import delta_args, pairs, state_from_hash
+from features.keys import Layout
 from features.pipeline import Command, run_pipeline
 from features.state import CustomerState, EventDelta
 
@@ -37,19 +38,21 @@ class Applied(NamedTuple):
     segments: dict[str, str] | None = None
 
 
-def apply_call(customer_id: str, delta: EventDelta, late_before_ms: int | None, want_state: bool = True, max_customers: int = 0) -> Command:
+def apply_call(layout: Layout, customer_id: str, delta: EventDelta, late_before_ms: int | None, want_state: bool = True, max_customers: int = 0) -> Command:
     """One ``FCALL segflow_apply`` command (KEYS and ARGV, see segflow.lua), for
     ``redis.execute_command(*apply_call(...))`` or :func:`features.pipeline.run_pipeline`.
-    ``max_customers`` > 0 refuses customers not yet known once that many have
-    state (status ``over_capacity``)."""
+    Its keys are in the customer's partition's slot. ``max_customers`` > 0 refuses
+    customers not yet known once that many have state in the customer's partition
+    (status ``over_capacity``)."""
+    p = layout.partition(customer_id)
     return (
         "FCALL",
         "segflow_apply",
         4,
-        keys.customer_key(customer_id),
-        keys.segments_key(customer_id),
-        keys.CUSTOMERS,
-        keys.STATS,
+        layout.customer_key(customer_id),
+        layout.segments_key(customer_id),
+        layout.customers(p),
+        layout.stats(p),
         *delta_args(delta, late_before_ms, want_state),
         max_customers,
     )
@@ -67,9 +70,12 @@ def load_library_sync(redis: sync_redis.Redis) -> None:
 class FeatureStore:
     """Applies event deltas and reads customer state (redis.asyncio client)."""
 
-    def __init__(self, redis: Redis, max_customers: int = 0) -> None:
+    def __init__(self, redis: Redis, layout: Layout, max_customers: int = 0) -> None:
         self.redis = redis
+        self.layout = layout
         self.max_customers = max_customers
+        # The limit holds per partition (the count is a partition's key, kept in its slot).
+        self.max_per_partition = -(-max_customers // layout.partitions) if max_customers else 0
 
     async def apply_batch(self, items: Sequence[tuple[str, EventDelta]], late_before_ms: int | None, watermark_ms: int | None) -> list[Applied]:
         """Apply ``items`` in one pipeline; events older than ``late_before_ms`` are refused.
@@ -81,7 +87,8 @@ class FeatureStore:
             return []
         last = {customer_id: i for i, (customer_id, _) in enumerate(items)}
         commands: list[Command] = [
-            apply_call(customer_id, delta, late_before_ms, last[customer_id] == i, self.max_customers) for i, (customer_id, delta) in enumerate(items)
+            apply_call(self.layout, customer_id, delta, late_before_ms, last[customer_id] == i, self.max_per_partition)
+            for i, (customer_id, delta) in enumerate(items)
         ]
         if watermark_ms is not None:
             commands.append(("FCALL", "segflow_advance_watermark", 1, keys.WATERMARK, watermark_ms))
@@ -107,8 +114,8 @@ class FeatureStore:
         """Raw state (without the duplicate filter) and segments of several customers, one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for cid in customer_ids:
-            pipe.hgetall(keys.customer_key(cid))
-            pipe.hgetall(keys.segments_key(cid))
+            pipe.hgetall(self.layout.customer_key(cid))
+            pipe.hgetall(self.layout.segments_key(cid))
         replies = await pipe.execute()
         out = []
         for i in range(0, len(replies), 2):

@@ -43,6 +43,7 @@ import redis as redis_lib
 from features import keys
 from features.catalogue import compute
 from features.codec import state_from_hash
+from features.keys import Layout
 from lab.datasets import cdnow_events
 from lab.embedded import EmbeddedStack, free_port
 from segmenter.bgnbd import BGNBDParams
@@ -54,9 +55,11 @@ from streams.change_audit import EngineQuiet
 from streams.events import PurchaseEvent, event_to_json
 from streams.producer import produce_events
 from streams.segment_store import parse_segments
+from streams.status import read_totals
 from streams.topics import TOPICS
 
 CALIBRATION_END = date(1997, 9, 30)
+LAYOUT = Layout(4)  # the replay's input partitions
 HOLDOUT_END = date(1998, 6, 30)
 HOLDOUT_DAYS = (HOLDOUT_END - CALIBRATION_END).days  # 273
 FLAGS = frozenset({"at_risk", "dormant", "churned"})
@@ -123,7 +126,7 @@ def stream_through_engine(calibration: list[PurchaseEvent], work: Path, say: Cal
             SEGFLOW_REDIS_URL=stack.redis.url,
             SEGFLOW_CLOCK="event",
             SEGFLOW_LATENESS_SECONDS="0",
-            SEGFLOW_PARTITIONS="4",
+            SEGFLOW_PARTITIONS=str(LAYOUT.partitions),
             SEGFLOW_APP_ID="segflow-cdnow",
             SEGFLOW_WEB_PORT=str(free_port()),
             SEGFLOW_DATA_DIR=str(work / "worker"),
@@ -142,7 +145,7 @@ def stream_through_engine(calibration: list[PurchaseEvent], work: Path, say: Cal
         say(f"  {len(calibration):,} calibration purchases sent in {time.monotonic() - t0:.0f} s; waiting for the worker")
 
         def applied() -> int:
-            return int(r.hget(keys.STATS, "applied") or 0)
+            return read_totals(r, LAYOUT).get("applied", 0)
 
         last_report = [time.monotonic()]
 
@@ -154,7 +157,7 @@ def stream_through_engine(calibration: list[PurchaseEvent], work: Path, say: Cal
 
         _wait("every event applied", all_applied, 1800, worker)
         say(f"  all applied after {time.monotonic() - t0:.0f} s; waiting until absence moves are done (quiet for {QUIET_S:g} s)")
-        _wait("the engine to go quiet", EngineQuiet(r, QUIET_S), 900, worker)
+        _wait("the engine to go quiet", EngineQuiet(r, LAYOUT, QUIET_S), 900, worker)
         say(f"  quiet after {time.monotonic() - t0:.0f} s; reading every customer back from Redis")
         # Stopped (SIGTERM) before reading, so nothing moves while Redis is read; its models
         # were saved every 2 s (SEGFLOW_SNAPSHOT_INTERVAL_SECONDS above).
@@ -164,15 +167,15 @@ def stream_through_engine(calibration: list[PurchaseEvent], work: Path, say: Cal
         customers = sorted({e.customer_id for e in calibration})
         pipe = r.pipeline(transaction=False)
         for cid in customers:
-            pipe.hgetall(keys.customer_key(cid))
-            pipe.hgetall(keys.segments_key(cid))
+            pipe.hgetall(LAYOUT.customer_key(cid))
+            pipe.hgetall(LAYOUT.segments_key(cid))
         replies = pipe.execute()
         return {
             "states": {cid: replies[2 * i] for i, cid in enumerate(customers)},
             "segments": {cid: parse_segments(replies[2 * i + 1]) for i, cid in enumerate(customers)},
             "churn_model": None if churn_model is None else json.loads(churn_model),
             "seconds": time.monotonic() - t0,
-            "stats": r.hgetall(keys.STATS),
+            "stats": read_totals(r, LAYOUT),
         }
     finally:
         if worker is not None and worker.poll() is None:

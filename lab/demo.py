@@ -24,6 +24,7 @@ from lab.embedded import EmbeddedStack, free_port
 from streams.admin import ensure_topics
 from streams.queries import customer_view, format_customer, format_sizes, segment_sizes
 from streams.settings import Settings
+from streams.status import read_totals
 from streams.topic_reader import read_to_end
 from streams.topics import TOPICS
 
@@ -76,7 +77,7 @@ def run_demo(seconds: float = 60, customers: int = 300, days: float = 45, seed: 
                 if worker.poll() is not None:
                     _say(f"worker exited early with code {worker.returncode}; see {log_path}")
                     return 1
-                stats = r.hgetall("segflow:stats")
+                stats = read_totals(r, settings.layout)
                 if time.monotonic() - last_print >= 5:
                     last_print = time.monotonic()
                     _say(
@@ -102,7 +103,7 @@ def run_demo(seconds: float = 60, customers: int = 300, days: float = 45, seed: 
 
 
 def _report(r, settings: Settings, bootstrap: str, produced: dict) -> None:
-    stats = r.hgetall("segflow:stats")
+    stats = read_totals(r, settings.layout)
     _say("")
     _say(f"events produced: {produced.get('sent', '?')}   worker: {json.dumps(stats)}")
     _say("")

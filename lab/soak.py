@@ -53,9 +53,11 @@ from pathlib import Path
 
 import redis as redis_lib
 
+from features.keys import Layout
 from lab.embedded import EmbeddedStack, RedisServer, free_port
 from streams.admin import ensure_topics
 from streams.change_audit import check_subscriber_view
+from streams.status import outbox_length, read_totals
 from streams.topic_reader import read_to_end
 from streams.topics import TOPICS
 
@@ -192,12 +194,10 @@ def _safe(fn: Callable, default=None):
         return default
 
 
-def applied_total(client, customer_ids) -> int:
+def applied_total(client, layout: Layout, customer_ids) -> int:
     pipe = client.pipeline(transaction=False)
-    from features import keys
-
     for cid in customer_ids:
-        pipe.hget(keys.customer_key(cid), "n")
+        pipe.hget(layout.customer_key(cid), "n")
     return sum(int(n or 0) for n in pipe.execute())
 
 
@@ -213,8 +213,7 @@ def dead_letter_summary(bootstrap: str) -> dict:
     return {"records": len(records), "distinct": len(distinct), "by_reason": dict(Counter(distinct.values()))}
 
 
-def compare_features(client, states: dict) -> dict:
-    from features import keys
+def compare_features(client, layout: Layout, states: dict) -> dict:
     from features.codec import state_from_hash, state_to_hash
 
     def comparable(h):
@@ -223,7 +222,7 @@ def compare_features(client, states: dict) -> dict:
     ids = sorted(states)
     pipe = client.pipeline(transaction=False)
     for cid in ids:
-        pipe.hgetall(keys.customer_key(cid))
+        pipe.hgetall(layout.customer_key(cid))
     mismatched = []
     for cid, h in zip(ids, pipe.execute(), strict=False):
         want = comparable(state_to_hash(states[cid]))
@@ -273,6 +272,7 @@ def run_soak(opts: SoakOptions, say: Callable[[str], None] = lambda m: print(m, 
     try:
         stack.start()
         ensure_topics(stack.broker.bootstrap, TOPICS, opts.partitions)
+        layout = Layout(opts.partitions)
         env = {
             **os.environ,
             "SEGFLOW_KAFKA_URL": stack.broker.url,
@@ -298,7 +298,7 @@ def run_soak(opts: SoakOptions, say: Callable[[str], None] = lambda m: print(m, 
         next_progress = t0 + opts.progress_every
 
         def progress(phase: str) -> None:
-            st = _safe(lambda: client.hgetall("segflow:stats"), None)
+            st = _safe(lambda: read_totals(client, layout), None)
             s = (
                 "Redis unreachable"
                 if st is None
@@ -335,20 +335,20 @@ def run_soak(opts: SoakOptions, say: Callable[[str], None] = lambda m: print(m, 
             raise RuntimeError(f"producer failed: {feed.error!r}")
         sent = feed.stats.sent
         say(f"producing stopped: {feed.stats.summary()}; draining (at most {opts.drain_timeout:g}s)")
-        drained = _drain(client, worker, stack, list(sim.customer_ids), sent, opts.drain_timeout, say)
+        drained = _drain(client, layout, worker, stack, list(sim.customer_ids), sent, opts.drain_timeout, say)
         # Let the outbox empty, then stop the worker cleanly so every change is on the topic.
         deadline = time.monotonic() + 20
-        while _safe(lambda: client.xlen("segflow:outbox"), 1) and time.monotonic() < deadline:
+        while _safe(lambda: outbox_length(client, layout), 1) and time.monotonic() < deadline:
             time.sleep(0.5)
         code_, took, killed = worker.stop(signal.SIGTERM)
         report["final_worker_stop"] = {"code": code_, "seconds": round(took, 1), "sigkilled": killed}
-        applied = applied_total(client, sim.customer_ids)
-        stats = {k: int(v) for k, v in client.hgetall("segflow:stats").items()}
+        applied = applied_total(client, layout, sim.customer_ids)
+        stats = read_totals(client, layout)
         dead = dead_letter_summary(stack.broker.bootstrap)
         subscriber = check_subscriber_view(stack.broker.bootstrap, TOPICS, client)
         records, distinct = subscriber.records, subscriber.distinct_change_ids
         changes = {"topic_records": records, "distinct_change_ids": distinct, "resent_duplicates": records - distinct}
-        features = compare_features(client, feed.states)
+        features = compare_features(client, layout, feed.states)
         difference = sent - applied - dead["distinct"]
         report.update(
             {
@@ -367,7 +367,7 @@ def run_soak(opts: SoakOptions, say: Callable[[str], None] = lambda m: print(m, 
                 "subscriber": subscriber.as_dict(),
                 "subscriber_line": subscriber.line(),
                 "repeats_per_kill": round(subscriber.follower.repeats / max(1, sum(f.get("kind") == "worker_sigkill" for f in report["faults"])), 1),
-                "outbox_left": client.xlen("segflow:outbox"),
+                "outbox_left": outbox_length(client, layout),
                 "difference": difference,
                 "features": features,
                 "worker_starts": worker.starts,
@@ -440,7 +440,7 @@ def _fault(kind: str, worker: Worker, stack: EmbeddedStack, opts: SoakOptions, t
     return rec
 
 
-def _drain(client, worker: Worker, stack, customer_ids, sent: int, timeout: float, say) -> bool:
+def _drain(client, layout: Layout, worker: Worker, stack, customer_ids, sent: int, timeout: float, say) -> bool:
     """Until applied + distinct dead letters cover ``sent`` and ``received`` has stopped growing (or ``timeout``)."""
     deadline = time.monotonic() + timeout
     last_received, still_since, next_say = None, time.monotonic(), time.monotonic() + 10
@@ -449,8 +449,8 @@ def _drain(client, worker: Worker, stack, customer_ids, sent: int, timeout: floa
             assert worker.proc is not None  # started before the drain
             say(f"  worker exited while draining (code {worker.proc.returncode}); restarting")
             worker.start()
-        applied = _safe(lambda: applied_total(client, customer_ids), 0)
-        st = _safe(lambda: client.hgetall("segflow:stats"), {}) or {}
+        applied = _safe(lambda: applied_total(client, layout, customer_ids), 0)
+        st = _safe(lambda: read_totals(client, layout), {}) or {}
         received = st.get("received")
         if received != last_received:
             last_received, still_since = received, time.monotonic()

@@ -201,6 +201,25 @@ def reseed(
     _echo(f"reseed requested; a worker applies it within {settings.snapshot_interval_seconds:g}s (see XREVRANGE {keys.DRIFT} + - COUNT 5)")
 
 
+@cli.command("migrate-layout")
+def migrate_layout(config: Path | None = ConfigOpt):
+    """Re-lay Redis data of an older version, or of another SEGFLOW_PARTITIONS, in this
+    version's key layout (keys by input partition). Stop the workers first; safe to re-run."""
+    from streams.migrate_layout import migrate
+
+    settings = _settings(config)
+    if settings.redis_cluster:
+        _echo("migrate-layout runs against a single Redis; migrate there, then import into the cluster (docs/OPERATIONS.md)")
+        raise typer.Exit(2)
+    _echo(f"re-laying Redis data for {settings.partitions} partitions ...")
+    report = migrate(_sync_redis(settings), settings.layout, progress=_echo)
+    _echo(
+        f"done: {report.customers:,} customers ({report.keys_moved:,} keys), {report.members_moved:,} segment memberships, "
+        f"{report.deadlines_moved:,} deadlines, {report.outbox_moved:,} outbox entries moved; "
+        f"customers per partition: {', '.join(f'{p}: {n:,}' for p, n in sorted(report.per_partition.items()))}"
+    )
+
+
 # -- querying ----------------------------------------------------------------------
 
 
@@ -276,7 +295,7 @@ def members(
 
     settings = _settings(config)
     try:
-        view = segment_members(_sync_redis(settings), segment_catalogue(settings), segment, segmentation, limit)
+        view = segment_members(_sync_redis(settings), settings.layout, segment_catalogue(settings), segment, segmentation, limit)
     except QueryError as exc:
         _query_failed(exc)
     typer.echo(json.dumps(view, indent=2) if as_json else format_members(view))
@@ -294,7 +313,7 @@ def flows(
 
     settings = _settings(config)
     try:
-        view = flows_query(_sync_redis(settings), parse_duration(since, maximum_s=FLOWS_KEPT_S))
+        view = flows_query(_sync_redis(settings), settings.layout, parse_duration(since, maximum_s=FLOWS_KEPT_S))
     except QueryError as exc:
         _query_failed(exc)
     typer.echo(json.dumps(view, indent=2) if as_json else format_flows(view, segment_catalogue(settings)))

@@ -136,15 +136,16 @@ class EngineQuiet:
     evaluations (``segflow:stats``) have not moved for ``quiet_s`` and the outbox is
     empty, so every absence move is out. Take a subscriber's view only then."""
 
-    def __init__(self, redis_client: Any, quiet_s: float = 5.0) -> None:
-        self.redis, self.quiet_s = redis_client, quiet_s
+    def __init__(self, redis_client: Any, layout: Any, quiet_s: float = 5.0) -> None:
+        self.redis, self.layout, self.quiet_s = redis_client, layout, quiet_s
         self._last: tuple[Any, ...] | None = None
         self._since = time.monotonic()
 
     def __call__(self) -> bool:
         from features import keys
+        from streams.status import outbox_length
 
-        now = (self.redis.hget(keys.STATS, "changes"), self.redis.hget(keys.STATS, "deadline_evaluations"), self.redis.xlen(keys.OUTBOX))
+        now = (self.redis.hget(keys.STATS, "changes"), self.redis.hget(keys.STATS, "deadline_evaluations"), outbox_length(self.redis, self.layout))
         if now != self._last:
             self._last, self._since = now, time.monotonic()
         return now[2] == 0 and time.monotonic() - self._since >= self.quiet_s
@@ -156,7 +157,7 @@ def redis_segments(redis_client: Any) -> dict[str, dict[str, Any]]:
     from streams.segment_store import parse_segments
 
     out = {}
-    for key in redis_client.scan_iter(match=f"{keys.PREFIX_CUSTOMER}*:seg", count=1000):
+    for key in redis_client.scan_iter(match=f"{keys.SEGMENTS_PREFIX}{{*", count=1000):
         segs = parse_segments(redis_client.hgetall(key))
         if segs:
             out[keys.customer_id_of(key)] = segs

@@ -24,6 +24,7 @@ from features.store import FeatureStore, load_library
 from segmenter.assign import Segmenter
 from segmenter.drift import DriftEvent, DriftMonitor
 from streams.events import Event, InvalidEvent, check_not_future, decode
+from streams.migrate_layout import refuse_older_layout
 from streams.ordering import Turnstile
 from streams.segment_store import CustomerUpdate, SegmentStore, StoredAssignment, evaluated_upto, parse_segments, stale_outbox, version_of
 from streams.settings import Settings
@@ -112,9 +113,10 @@ class Engine:
         self.settings = settings
         self.topics: Topics = settings.topics
         self.redis = redis
-        self.features = FeatureStore(redis, settings.max_customers)
+        self.layout = settings.layout
+        self.features = FeatureStore(redis, self.layout, settings.max_customers)
         self.watermark = Watermark(settings.idle_partition_seconds)
-        self.segments = SegmentStore(redis, settings.history_cap, settings.partitions)
+        self.segments = SegmentStore(redis, self.layout, settings.history_cap)
         # Input partitions this worker owns (None: not told, e.g. an engine without Faust: all).
         self.owned_partitions: set[int] | None = None
         self.segmenter = segmenter
@@ -143,10 +145,8 @@ class Engine:
         self._status_sample: tuple[float, int] | None = None
 
     async def start(self) -> None:
+        await refuse_older_layout(self.redis, self.layout)
         await load_library(self.redis)
-        moved = await self.segments.migrate_legacy_deadlines()
-        if moved:
-            log.warning("moved %d deadlines from the single set of an older version into per-partition sets", moved)
         snapshot = await self.segments.load_model()
         if snapshot is not None:
             if self.segmenter.restore_model(*snapshot):
@@ -356,7 +356,7 @@ class Engine:
             wm = await self.features.watermark_ms()
             clock = -1 if wm is None else wm - self.settings.lateness_ms  # before any event nothing is due
         partitions = range(self.settings.partitions) if self.owned_partitions is None else sorted(self.owned_partitions)
-        self._backlog = backlog_from(await run_pipeline(self.redis, backlog_commands(partitions, clock)), clock, int(now * 1000))
+        self._backlog = backlog_from(await run_pipeline(self.redis, backlog_commands(self.layout, partitions, clock)), clock, int(now * 1000))
 
     @property
     def status(self) -> Status | None:
@@ -433,11 +433,12 @@ class Engine:
             self.counters.reasons[dl.reason] = self.counters.reasons.get(dl.reason, 0) + 1
 
     async def pending_outbox(self) -> list[tuple[str, str]]:
-        return await self.segments.pending_outbox()
+        """Outbox entries of this worker's partitions (all, until it is told which)."""
+        return await self.segments.pending_outbox(partitions=self.owned_partitions)
 
     async def stale_outbox(self, now_ms: int) -> list[tuple[str, str]]:
-        """Outbox entries over 10 s old that this worker is not publishing itself."""
-        return stale_outbox(await self.segments.pending_outbox(), now_ms, self.publishing)
+        """Outbox entries over 10 s old of this worker's partitions that it is not publishing itself."""
+        return stale_outbox(await self.segments.pending_outbox(partitions=self.owned_partitions), now_ms, self.publishing)
 
     async def confirm_sent(self, outbox_ids: Sequence[str]) -> None:
         await self.segments.confirm_sent(outbox_ids)

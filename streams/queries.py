@@ -9,13 +9,13 @@ from datetime import UTC, datetime
 from features import keys
 from features.catalogue import BY_NAME, compute, top_categories
 from features.codec import state_from_hash
+from features.keys import Layout
 from segmenter.changes import read_history_entry
 from segmenter.churn import VISIT_INPUTS, ChurnModel
 from segmenter.config import ACTIVE_FEATURE, ENGAGEMENT_FEATURE
 from segmenter.engagement import engagement_risk
 from streams.segment_store import parse_segments
 from streams.settings import Settings
-from streams.topics import partition_of
 
 
 def _iso(ms: int | None) -> str | None:
@@ -34,10 +34,11 @@ def now_ms_for(redis, settings: Settings) -> int:
 def customer_view(redis, customer_id: str, settings: Settings, history: int = 10) -> dict | None:
     """Features, current segments and recent changes of one customer, or None if unknown."""
     pipe = redis.pipeline(transaction=False)
-    pipe.hgetall(keys.customer_key(customer_id))
-    pipe.hgetall(keys.segments_key(customer_id))
-    pipe.lrange(keys.history_key(customer_id), 0, history - 1)
-    pipe.zscore(keys.deadlines_key(partition_of(customer_id, settings.partitions)), customer_id)
+    layout = settings.layout
+    pipe.hgetall(layout.customer_key(customer_id))
+    pipe.hgetall(layout.segments_key(customer_id))
+    pipe.lrange(layout.history_key(customer_id), 0, history - 1)
+    pipe.zscore(layout.deadlines_key(layout.partition(customer_id)), customer_id)
     pipe.get(keys.CHURN_MODEL)
     raw, seg_hash, hist, deadline, churn_model = pipe.execute()
     if not raw:
@@ -101,14 +102,15 @@ def format_customer(view: dict) -> str:
 
 def segment_sizes(redis) -> dict[str, dict[str, int]]:
     """segmentation -> segment -> members, from the membership sets (SCAN, never KEYS)."""
-    names = sorted(redis.scan_iter(match="seg:*", count=1000))
+    names = sorted(redis.scan_iter(match="seg:{*", count=1000))
     pipe = redis.pipeline(transaction=False)
     for name in names:
         pipe.scard(name)
     sizes: dict[str, dict[str, int]] = {}
     for name, size in zip(names, pipe.execute(), strict=False):
-        _, segmentation, segment = name.split(":", 2)
-        sizes.setdefault(segmentation, {})[segment] = size
+        segmentation, _, segment = name[name.index("}:") + 2 :].partition(":")  # seg:{<partition tag>}:<segmentation>:<segment>
+        by_segment = sizes.setdefault(segmentation, {})
+        by_segment[segment] = by_segment.get(segment, 0) + size
     return sizes
 
 
@@ -232,15 +234,18 @@ def resolve_segment(catalogue: dict[str, tuple[str, ...]], name: str, segmentati
     return owners[0], name
 
 
-def configured_sizes(redis, catalogue: dict[str, tuple[str, ...]]) -> dict[str, dict[str, int]]:
-    """segmentation -> segment -> members for every configured segment (empty ones too)."""
+def configured_sizes(redis, layout: Layout, catalogue: dict[str, tuple[str, ...]]) -> dict[str, dict[str, int]]:
+    """segmentation -> segment -> members for every configured segment (empty ones too),
+    summed over the partitions' member sets."""
     pairs = [(s, seg) for s, segs in catalogue.items() for seg in segs]
     pipe = redis.pipeline(transaction=False)
     for s, seg in pairs:
-        pipe.scard(keys.member_set(s, seg))
+        for key in layout.member_sets(s, seg):
+            pipe.scard(key)
+    counts = iter(pipe.execute())
     sizes: dict[str, dict[str, int]] = {s: {} for s in catalogue}
-    for (s, seg), n in zip(pairs, pipe.execute(), strict=False):
-        sizes[s][seg] = int(n)
+    for s, seg in pairs:
+        sizes[s][seg] = sum(int(next(counts)) for _ in range(layout.partitions))
     return sizes
 
 
@@ -249,21 +254,23 @@ def configured_sizes(redis, catalogue: dict[str, tuple[str, ...]]) -> dict[str, 
 MAX_MEMBERS = 10_000
 
 
-def segment_members(redis, catalogue: dict[str, tuple[str, ...]], name: str, segmentation: str | None = None, limit: int = 100) -> dict:
-    """Up to ``limit`` members of a segment, read with SSCAN (never SMEMBERS), and its size."""
+def segment_members(redis, layout: Layout, catalogue: dict[str, tuple[str, ...]], name: str, segmentation: str | None = None, limit: int = 100) -> dict:
+    """Up to ``limit`` members of a segment, read with SSCAN (never SMEMBERS) partition by
+    partition, and its size."""
     if not 1 <= limit <= MAX_MEMBERS:
         raise QueryError(f"limit must be an integer from 1 to {MAX_MEMBERS}, got {limit}")
     segmentation, segment = resolve_segment(catalogue, name, segmentation)
-    key = keys.member_set(segmentation, segment)
     found: dict[str, None] = {}  # SSCAN may return a member twice
-    cursor = 0
-    while True:
-        cursor, batch = redis.sscan(key, cursor, count=min(max(limit, 100), 1000))
-        found.update(dict.fromkeys(batch))
-        if cursor == 0 or len(found) >= limit:
-            break
+    size = 0
+    for key in layout.member_sets(segmentation, segment):
+        size += int(redis.scard(key))
+        cursor = 0
+        while len(found) < limit:
+            cursor, batch = redis.sscan(key, cursor, count=min(max(limit, 100), 1000))
+            found.update(dict.fromkeys(batch))
+            if cursor == 0:
+                break
     members = sorted(found)[:limit]
-    size = int(redis.scard(key))
     return {"segmentation": segmentation, "segment": segment, "size": size, "members": members, "truncated": size > len(members)}
 
 
@@ -284,8 +291,8 @@ def _wall_ms() -> int:
     return int(datetime.now(UTC).timestamp() * 1000)
 
 
-def flows(redis, since_s: float, now_ms: int | None = None) -> dict:
-    """Segment transitions summed over the hourly ``segflow:flows:<hour>`` hashes.
+def flows(redis, layout: Layout, since_s: float, now_ms: int | None = None) -> dict:
+    """Segment transitions summed over the hourly flows hashes of every partition.
 
     Hours are wall-clock hours of the change decisions; every hour that overlaps
     the window counts whole (the resolution is one hour).
@@ -295,7 +302,8 @@ def flows(redis, since_s: float, now_ms: int | None = None) -> dict:
     hours = range(first_hour, last_hour + 1)
     pipe = redis.pipeline(transaction=False)
     for hour in hours:
-        pipe.hgetall(f"{keys.FLOWS}:{hour}")
+        for p in range(layout.partitions):
+            pipe.hgetall(layout.flows(p, hour))
     totals: dict[str, dict[tuple[str | None, str], int]] = {}
     for fields in pipe.execute():
         for field, count in fields.items():
@@ -343,16 +351,19 @@ def format_flows(view: dict, catalogue: dict[str, tuple[str, ...]] | None = None
 SIZES_LOCK = f"{keys.SIZES_HISTORY}:lock"
 
 
-def changes_total(redis) -> int:
-    """Segment changes ever written: every change enters the outbox stream once."""
-    try:
-        info = redis.xinfo_stream(keys.OUTBOX)
-    except Exception:  # no change yet (no such key)
-        return 0
-    return int(info.get("entries-added", 0))
+def changes_total(redis, layout: Layout) -> int:
+    """Segment changes ever written: every change enters its partition's outbox stream once."""
+    total = 0
+    for p in range(layout.partitions):
+        try:
+            info = redis.xinfo_stream(layout.outbox(p))
+        except Exception:  # no change in this partition yet (no such key)
+            continue
+        total += int(info.get("entries-added", 0))
+    return total
 
 
-def record_sizes(redis, catalogue: dict[str, tuple[str, ...]], interval_s: float, maxlen: int) -> str | None:
+def record_sizes(redis, layout: Layout, catalogue: dict[str, tuple[str, ...]], interval_s: float, maxlen: int) -> str | None:
     """Append the current sizes and change count to the capped ``segflow:sizes`` stream.
 
     Every worker runs this timer; a short lock lets one of them write per interval.
@@ -360,8 +371,8 @@ def record_sizes(redis, catalogue: dict[str, tuple[str, ...]], interval_s: float
     """
     if not redis.set(SIZES_LOCK, "1", nx=True, px=max(int(interval_s * 900), 1)):
         return None
-    sizes = configured_sizes(redis, catalogue)
-    fields: dict[str, int] = {"changes": changes_total(redis)}
+    sizes = configured_sizes(redis, layout, catalogue)
+    fields: dict[str, int] = {"changes": changes_total(redis, layout)}
     wm = redis.get(keys.WATERMARK)
     if wm is not None:
         fields["wm"] = int(wm)

@@ -1,10 +1,10 @@
 """Redis persistence of segment state: the imperative shell of the segmenter.
 
-Per customer: ``cust:{id}:seg`` (hash, one JSON field per segmentation plus
-``_churn``), ``cust:{id}:hist`` (capped list of compact changes, newest first). Population:
-``seg:<segmentation>:<segment>`` membership sets, ``segflow:deadlines:<partition>``
-(time-based re-evaluations), ``segflow:outbox`` (changes not yet confirmed
-on Kafka), ``segflow:flows:<hour>`` (transition counts) and the behaviour
+Per customer (features.keys.Layout names the keys): the segments hash (one
+field per segmentation plus ``_churn``) and the history (capped list of compact
+changes, newest first). Per input partition, in the slot of its customers:
+membership sets, deadlines (time-based re-evaluations), the outbox (changes not
+yet confirmed on Kafka) and flows (transition counts). Global: the behaviour
 model snapshots.
 """
 
@@ -18,9 +18,9 @@ from typing import Any
 
 from features import keys
 from features.codec import base36
+from features.keys import Layout
 from features.pipeline import run_pipeline
 from segmenter.changes import FIELD_SEP, history_entry
-from streams.topics import partition_of
 
 FLOWS_TTL_SECONDS = 8 * 86_400
 DEADLINE_LEASE_MS = 30_000  # of the deadline clock (wall, or event time in replays)
@@ -78,7 +78,7 @@ def commit_token(changes: Sequence[Any]) -> str:
 
 
 def parse_segments(h: dict[str, str]) -> dict[str, StoredAssignment]:
-    """The ``cust:{id}:seg`` hash -> segmentation -> assignment (ignores ``_*`` fields)."""
+    """The segments hash -> segmentation -> assignment (ignores ``_*`` fields)."""
     return {k: StoredAssignment.decode(v) for k, v in h.items() if not k.startswith("_")}
 
 
@@ -103,7 +103,7 @@ def evaluated_upto(h: dict[str, str]) -> int | None:
 
 
 def version_of(h: dict[str, str]) -> int:
-    """The compare-and-set version of a ``cust:{id}:seg`` hash."""
+    """The compare-and-set version of a customer's segments hash."""
     return int(h.get("_v", 0))
 
 
@@ -113,29 +113,47 @@ class WriteOutcome:
     conflicts: list[str]  # customers re-queued: another evaluation committed first
 
 
+def outbox_id(partition: int, stream_id: str) -> str:
+    """An outbox entry's id across partitions: ``<partition>/<stream entry id>``.
+
+    >>> outbox_id(3, "1000-0"), split_outbox_id("3/1000-0")
+    ('3/1000-0', (3, '1000-0'))
+    """
+    return f"{partition}/{stream_id}"
+
+
+def split_outbox_id(entry_id: str) -> tuple[int, str]:
+    p, _, stream_id = entry_id.partition("/")
+    return int(p), stream_id
+
+
+def _stream_order(entry_id: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in split_outbox_id(entry_id)[1].split("-"))
+
+
 def stale_outbox(pending: Iterable[tuple[str, str]], now_ms: int, in_flight: Collection[str], older_than_ms: int = 10_000) -> list[tuple[str, str]]:
     """Outbox entries (id, change) to send again: committed over ``older_than_ms`` ago and
     not being published by this worker right now (``in_flight``). Those may be old
     because Redis was away while their publish waited to delete them; sending them
     from here too would put each change on the topic twice.
 
-    >>> stale_outbox([("1000-0", "a"), ("1000-1", "b"), ("9500-0", "c")], now_ms=12_000, in_flight={"1000-1"})
-    [('1000-0', 'a')]
+    >>> stale_outbox([("0/1000-0", "a"), ("1/1000-1", "b"), ("0/9500-0", "c")], now_ms=12_000, in_flight={"1/1000-1"})
+    [('0/1000-0', 'a')]
     """
     cutoff_ms = now_ms - older_than_ms
-    return [(i, p) for i, p in pending if int(i.split("-")[0]) < cutoff_ms and i not in in_flight]
+    return [(i, p) for i, p in pending if _stream_order(i)[0] < cutoff_ms and i not in in_flight]
 
 
 class SegmentStore:
     """Writes evaluation outcomes: one ``segflow_commit`` call per customer, pipelined."""
 
-    def __init__(self, redis, history_cap: int = 10, partitions: int = 1):
+    def __init__(self, redis, layout: Layout, history_cap: int = 10):
         self.redis = redis
+        self.layout = layout
         self.history_cap = history_cap
-        self.partitions = partitions
 
     def deadlines_of(self, customer_id: str) -> str:
-        return keys.deadlines_key(partition_of(customer_id, self.partitions))
+        return self.layout.deadlines_key(self.layout.partition(customer_id))
 
     async def write(self, updates: Iterable[CustomerUpdate]) -> WriteOutcome:
         """Commit each customer's update atomically with its outbox entries, unless
@@ -143,7 +161,8 @@ class SegmentStore:
         commands = []
         batch: list[tuple[CustomerUpdate, list[str]]] = []
         for u in updates:
-            key_list = [keys.segments_key(u.customer_id), keys.history_key(u.customer_id), keys.OUTBOX, self.deadlines_of(u.customer_id)]
+            p = self.layout.partition(u.customer_id)
+            key_list = [self.layout.segments_key(u.customer_id), self.layout.history_key(u.customer_id), self.layout.outbox(p), self.layout.deadlines_key(p)]
 
             def key_no(k: str, key_list: list[str] = key_list) -> int:
                 key_list.append(k)
@@ -164,15 +183,15 @@ class SegmentStore:
             argv.append(len(u.assignments))
             for name, a in u.assignments.items():
                 old = u.previous.get(name)
-                old_no = key_no(keys.member_set(name, old.segment)) if old is not None and (name, a) in moved else 0
-                argv += [name, a.encode(), old_no, key_no(keys.member_set(name, a.segment))]
+                old_no = key_no(self.layout.member_set(p, name, old.segment)) if old is not None and (name, a) in moved else 0
+                argv += [name, a.encode(), old_no, key_no(self.layout.member_set(p, name, a.segment))]
             payloads = []
             argv.append(len(u.changes))
             for change in u.changes:
                 payload = change.model_dump_json(by_alias=True)
                 payloads.append(payload)
                 entry = history_entry(change)  # the move only; the snapshot is on the topic
-                flow_key = f"{keys.FLOWS}:{int(change.emitted_at.timestamp()) // 3600}"
+                flow_key = self.layout.flows(p, int(change.emitted_at.timestamp()) // 3600)
                 argv += [payload, entry, key_no(flow_key), f"{change.segmentation}|{change.from_segment or ''}|{change.to_segment}"]
             commands.append(("FCALL", "segflow_commit", len(key_list), *key_list, *argv))
             batch.append((u, payloads))
@@ -190,55 +209,58 @@ class SegmentStore:
             elif status == "landed":
                 landed.append((u, payloads))
             else:
-                out.changes.extend(zip((_text(i) for i in reply[1:]), payloads, strict=False))
+                p = self.layout.partition(u.customer_id)
+                out.changes.extend(zip((outbox_id(p, _text(i)) for i in reply[1:]), payloads, strict=False))
         if landed:
-            out.changes.extend(await self._outbox_entries_of([p for _, payloads in landed for p in payloads]))
+            out.changes.extend(await self._outbox_entries_of([(self.layout.partition(u.customer_id), p) for u, payloads in landed for p in payloads]))
         return out
 
-    async def _outbox_entries_of(self, payloads: Sequence[str], scan: int = 10_000) -> list[tuple[str, str]]:
-        """The outbox entries (id, payload) holding these payloads, in outbox order: a commit
-        retried after its reply was lost had landed, and its entries are still to send."""
-        wanted = set(payloads)
+    async def _outbox_entries_of(self, payloads: Sequence[tuple[int, str]], scan: int = 10_000) -> list[tuple[str, str]]:
+        """The outbox entries (id, payload) holding these (partition, payload) pairs, in outbox
+        order: a commit retried after its reply was lost had landed, and its entries are still to send."""
         found = []
-        for i, fields in await self.redis.xrevrange(keys.OUTBOX, count=scan):
-            payload = _text(fields.get(b"change", fields.get("change")))
-            if payload in wanted:
-                found.append((_text(i), payload))
-        return sorted(found, key=lambda e: tuple(int(x) for x in e[0].split("-")))
+        for p in sorted({p for p, _ in payloads}):
+            wanted = {payload for q, payload in payloads if q == p}
+            for i, fields in await self.redis.xrevrange(self.layout.outbox(p), count=scan):
+                payload = _text(fields.get(b"change", fields.get("change")))
+                if payload in wanted:
+                    found.append((outbox_id(p, _text(i)), payload))
+        return sorted(found, key=lambda e: _stream_order(e[0]))
 
     async def confirm_sent(self, outbox_ids: Sequence[str]) -> None:
-        if outbox_ids:
-            await self.redis.xdel(keys.OUTBOX, *outbox_ids)
+        by_partition: dict[int, list[str]] = {}
+        for i in outbox_ids:
+            p, stream_id = split_outbox_id(i)
+            by_partition.setdefault(p, []).append(stream_id)
+        if by_partition:
+            await run_pipeline(self.redis, [("XDEL", self.layout.outbox(p), *ids) for p, ids in by_partition.items()])
 
-    async def pending_outbox(self, count: int = 1000) -> list[tuple[str, str]]:
-        entries = await self.redis.xrange(keys.OUTBOX, count=count)
-        return [(_text(i), _text(fields.get(b"change", fields.get("change")))) for i, fields in entries]
+    async def pending_outbox(self, count: int = 1000, partitions: Iterable[int] | None = None) -> list[tuple[str, str]]:
+        """Up to ``count`` outbox entries of ``partitions`` (default: all), oldest first per
+        partition (one customer's changes are in one partition, so in order)."""
+        out: list[tuple[str, str]] = []
+        for p in range(self.layout.partitions) if partitions is None else sorted(partitions):
+            if len(out) >= count:
+                break
+            for i, fields in await self.redis.xrange(self.layout.outbox(p), count=count - len(out)):
+                out.append((outbox_id(p, _text(i)), _text(fields.get(b"change", fields.get("change")))))
+        return out
 
     async def claim_due(self, now_ms: int, limit: int = 1000, lease_ms: int = DEADLINE_LEASE_MS, partitions: Iterable[int] | None = None) -> list[str]:
         """Customers of ``partitions`` (default: all) whose deadline is due, leased until
         ``now_ms + lease_ms`` (the commit of their evaluation sets the next deadline; a
         crash before it lets the lease run out and the customer be claimed again)."""
         claimed: list[str] = []
-        for p in range(self.partitions) if partitions is None else sorted(partitions):
+        for p in range(self.layout.partitions) if partitions is None else sorted(partitions):
             if len(claimed) >= limit:
                 break
-            due = await self.redis.fcall("segflow_claim_due", 1, keys.deadlines_key(p), now_ms, limit - len(claimed), now_ms + lease_ms)
+            due = await self.redis.fcall("segflow_claim_due", 1, self.layout.deadlines_key(p), now_ms, limit - len(claimed), now_ms + lease_ms)
             claimed += [_text(c) for c in due]
         return claimed
 
     async def drop_deadlines(self, customer_ids: Sequence[str]) -> None:
         if customer_ids:
             await run_pipeline(self.redis, [("ZREM", self.deadlines_of(c), c) for c in customer_ids])
-
-    async def migrate_legacy_deadlines(self) -> int:
-        """Move the single deadline set of older versions into the per-partition sets; the count moved."""
-        if await self.redis.type(keys.DEADLINES) not in (b"zset", "zset"):
-            return 0
-        entries = await self.redis.zrange(keys.DEADLINES, 0, -1, withscores=True)
-        commands: list[tuple[Any, ...]] = [("ZADD", self.deadlines_of(_text(c)), "LT", score, _text(c)) for c, score in entries]
-        commands.append(("DEL", keys.DEADLINES))
-        await run_pipeline(self.redis, commands)
-        return len(entries)
 
     async def save_model(self, version: int, blob: bytes, churn: str | None = None) -> None:
         """Store a model snapshot (the last three are kept) and, as JSON for readers

@@ -19,6 +19,7 @@ import yaml
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from features.keys import Layout
 from streams.topics import Topics
 
 
@@ -36,9 +37,15 @@ class Settings(BaseSettings):
     kafka_password: SecretStr | None = None
     kafka_ca_file: Path | None = Field(None, description="CA bundle for SSL/SASL_SSL")
     redis_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="redis:// or rediss:// (TLS); may carry a password")
+    redis_cluster: bool = Field(False, description="true: SEGFLOW_REDIS_URL is a seed node of a Redis Cluster, and every client is a cluster client")
     app_id: str = Field("segflow", description="Faust app id = Kafka consumer group")
     topic_prefix: str = ""
-    partitions: int = Field(4, ge=1, le=1024, description="Partitions per input topic when segflow creates them")
+    partitions: int = Field(
+        4,
+        ge=1,
+        le=1024,
+        description="Partitions per input topic (segflow creates them so); Redis keys are laid out by partition, so changing it needs `segflow migrate-layout`",
+    )
     lateness_seconds: float = Field(6 * 3600, ge=0, description="Allowed event-time lateness; older events are dead-lettered as too_late")
     idle_partition_seconds: float = Field(30.0, gt=0, description="An input partition silent this long stops holding back the event-time watermark")
     max_future_skew_seconds: float = Field(3600, ge=0, description="Events further in the future than this are rejected")
@@ -89,6 +96,11 @@ class Settings(BaseSettings):
     @property
     def lateness_ms(self) -> int:
         return int(self.lateness_seconds * 1000)
+
+    @property
+    def layout(self) -> Layout:
+        """Redis key names; keys are laid out by input partition (features.keys)."""
+        return Layout(self.partitions)
 
     @property
     def topics(self) -> Topics:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from features import keys
+from features.keys import Layout
 from streams.settings import Settings
 
 # Behind when any of these is exceeded (seconds).
@@ -105,13 +106,12 @@ def format_status(status: Status) -> str:
 # -- Redis side: commands and their replies (sync and asyncio clients run the same) ---------
 
 
-def backlog_commands(partitions: Iterable[int], clock_ms: int) -> list[tuple[Any, ...]]:
-    """Per partition: due deadlines, and the oldest; then the outbox's length and oldest entry."""
+def backlog_commands(layout: Layout, partitions: Iterable[int], clock_ms: int) -> list[tuple[Any, ...]]:
+    """Per partition: due deadlines and the oldest, the outbox's length and oldest entry."""
     commands: list[tuple[Any, ...]] = []
     for p in partitions:
-        key = keys.deadlines_key(p)
-        commands += [("ZCOUNT", key, "-inf", clock_ms), ("ZRANGE", key, 0, 0, "WITHSCORES")]
-    commands += [("XLEN", keys.OUTBOX), ("XRANGE", keys.OUTBOX, "-", "+", "COUNT", 1)]
+        key, outbox = layout.deadlines_key(p), layout.outbox(p)
+        commands += [("ZCOUNT", key, "-inf", clock_ms), ("ZRANGE", key, 0, 0, "WITHSCORES"), ("XLEN", outbox), ("XRANGE", outbox, "-", "+", "COUNT", 1)]
     return commands
 
 
@@ -119,30 +119,48 @@ def backlog_from(replies: Sequence[Any], clock_ms: int, now_ms: int) -> tuple[in
     """``(due, oldest due wait s, outbox length, oldest outbox entry age s)`` from the replies
     to :func:`backlog_commands` (deadline waits on the engine's clock, outbox ages on the wall clock).
 
-    >>> backlog_from([2, [b"c1", b"1000"], 0, [], 1, [[b"4000-0", {}]]], clock_ms=6000, now_ms=9000)
+    >>> backlog_from([2, [b"c1", b"1000"], 0, [], 0, [], 1, [[b"4000-0", {}]]], clock_ms=6000, now_ms=9000)
     (2, 5.0, 1, 5.0)
     """
-    *deadline_replies, outbox_len, outbox_first = replies
-    due = 0
+    due, outbox_len = 0, 0
     oldest: float | None = None
-    for count, first in zip(deadline_replies[0::2], deadline_replies[1::2], strict=True):
+    oldest_entry_ms: int | None = None
+    for count, first, length, outbox_first in zip(replies[0::4], replies[1::4], replies[2::4], replies[3::4], strict=True):
         due += int(count)
+        outbox_len += int(length)
         if count and first:
             # WITHSCORES replies [member, score] (RESP2) or [[member, score]] (RESP3)
             score = float(first[0][1] if isinstance(first[0], list | tuple) else first[1])
             oldest = max(oldest or 0.0, (clock_ms - score) / 1000)
-    outbox_age = None
-    if outbox_first:
-        entry_id = outbox_first[0][0]
-        entry_ms = int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).split("-")[0])
-        outbox_age = max(0.0, (now_ms - entry_ms) / 1000)
-    return due, oldest, int(outbox_len), outbox_age
+        if outbox_first:
+            entry_id = outbox_first[0][0]
+            entry_ms = int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).split("-")[0])
+            oldest_entry_ms = entry_ms if oldest_entry_ms is None else min(oldest_entry_ms, entry_ms)
+    outbox_age = None if oldest_entry_ms is None else max(0.0, (now_ms - oldest_entry_ms) / 1000)
+    return due, oldest, outbox_len, outbox_age
 
 
-def read_totals(redis) -> dict[str, int]:
-    """The ``segflow:stats`` counters (all workers together), with a sync client."""
-    raw = redis.hgetall(keys.STATS)
-    return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+def read_totals(redis, layout: Layout) -> dict[str, int]:
+    """The ``segflow:stats`` counters (all workers together) and the applied and duplicates
+    counts of every partition, summed (sync client)."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.hgetall(keys.STATS)
+    for p in range(layout.partitions):
+        pipe.hgetall(layout.stats(p))
+    totals: dict[str, int] = {}
+    for raw in pipe.execute():
+        for k, v in raw.items():
+            name = k.decode() if isinstance(k, bytes) else k
+            totals[name] = totals.get(name, 0) + int(v)
+    return totals
+
+
+def outbox_length(redis, layout: Layout) -> int:
+    """Changes committed and not yet confirmed on the changes topic, all partitions (sync client)."""
+    pipe = redis.pipeline(transaction=False)
+    for p in range(layout.partitions):
+        pipe.xlen(layout.outbox(p))
+    return sum(pipe.execute())
 
 
 def clock_ms_of(redis, clock: str, lateness_ms: int) -> int:
@@ -187,16 +205,16 @@ def group_lag(settings: Settings) -> tuple[dict[str, int], int]:
 
 def read_status(redis, settings: Settings, interval_s: float = 2.0) -> Status:
     """The whole deployment's status (``segflow status``): two samples ``interval_s`` apart give the rates."""
-    totals = read_totals(redis)
+    totals = read_totals(redis, settings.layout)
     lag, ends = group_lag(settings)
     started = time.monotonic()
     time.sleep(interval_s)
-    totals_after = read_totals(redis)
+    totals_after = read_totals(redis, settings.layout)
     lag, ends_after = group_lag(settings)
     elapsed = time.monotonic() - started
     clock = clock_ms_of(redis, settings.clock, settings.lateness_ms)
     replies = redis.pipeline(transaction=False)
-    for command in backlog_commands(range(settings.partitions), clock):
+    for command in backlog_commands(settings.layout, range(settings.partitions), clock):
         replies.execute_command(*command)
     due, oldest, outbox, outbox_age = backlog_from(replies.execute(), clock, int(time.time() * 1000))
     return Status(

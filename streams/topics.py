@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from kafka.partitioner.default import murmur2
+from features.keys import partition_of  # noqa: F401  (re-exported: the partitioner is the layout's)
 
 
 @dataclass(frozen=True)
@@ -79,13 +79,3 @@ _PURPOSE = {
 }
 
 TOPICS = Topics()
-
-
-def partition_of(customer_id: str, partitions: int) -> int:
-    """The input partition a customer's events land on: Kafka's default partitioner
-    (murmur2 of the key, as the Java client, kafka-python and aiokafka compute it).
-
-    >>> partition_of("c000042", 4) == partition_of("c000042", 4), 0 <= partition_of("x", 6) < 6
-    (True, True)
-    """
-    return (murmur2(customer_id.encode()) & 0x7FFFFFFF) % partitions

@@ -101,7 +101,7 @@ def add_web_views(app: faust.App, settings: Settings) -> None:
 
     @app.page("/segments")
     async def get_segments(web, request):
-        return await answer(web, queries.configured_sizes, catalogue)
+        return await answer(web, queries.configured_sizes, settings.layout, catalogue)
 
     @app.page("/segments/{name}/members")
     async def get_members(web, request, name: str):
@@ -109,7 +109,7 @@ def add_web_views(app: faust.App, settings: Settings) -> None:
             limit = queries.int_param(request.query.get("limit"), "limit", 100, 1, queries.MAX_MEMBERS)
         except QueryError as exc:
             return bad(web, exc)
-        return await answer(web, queries.segment_members, catalogue, name, request.query.get("segmentation") or None, limit)
+        return await answer(web, queries.segment_members, settings.layout, catalogue, name, request.query.get("segmentation") or None, limit)
 
     @app.page("/flows")
     async def get_flows(web, request):
@@ -117,7 +117,7 @@ def add_web_views(app: faust.App, settings: Settings) -> None:
             since = queries.parse_duration(request.query.get("since", "1h"), maximum_s=queries.FLOWS_KEPT_S)
         except QueryError as exc:
             return bad(web, exc)
-        return await answer(web, queries.flows, since)
+        return await answer(web, queries.flows, settings.layout, since)
 
     @app.page("/sizes")
     async def get_sizes(web, request):
@@ -166,6 +166,6 @@ def add_sizes_recorder(app: faust.App, settings: Settings) -> None:
     @app.timer(settings.sizes_interval_seconds)
     async def record_segment_sizes():
         try:
-            await asyncio.to_thread(queries.record_sizes, client(), catalogue, settings.sizes_interval_seconds, settings.sizes_history_len)
+            await asyncio.to_thread(queries.record_sizes, client(), settings.layout, catalogue, settings.sizes_interval_seconds, settings.sizes_history_len)
         except RedisError as exc:  # Redis away: the next tick tries again
             log.warning("could not record segment sizes: %s", exc)

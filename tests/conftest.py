@@ -58,6 +58,13 @@ class WorkerProcess:
         self.cmd = [sys.executable, "-m", "segflow.cli", "worker"]
         self.proc = None
 
+    @property
+    def layout(self):
+        """The worker's Redis key names (they depend on its partition count)."""
+        from features.keys import Layout
+
+        return Layout(int(self.env["SEGFLOW_PARTITIONS"]))
+
     def start(self) -> WorkerProcess:
         import subprocess
 

@@ -14,10 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from features.keys import Layout
+
 REPO_ROOT = Path(__file__).resolve().parents[2]  # lab/bench/common.py -> the repository
 BENCH_PREFIX = "bench-"  # backlog topics (rows 1, 2, 3, 5)
 LATENCY_PREFIX = "benchlat-"  # row 6
 PARTITIONS = 4  # the worker's default SEGFLOW_PARTITIONS
+LAYOUT = Layout(PARTITIONS)  # the Redis keys of the bench's workers
 SESSION_TIMEOUT = 6.0  # a group join takes about half (docs/ARCHITECTURE.md)
 
 

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from lab.bench.common import (
+    LAYOUT,
     say,
 )
 
@@ -33,7 +34,7 @@ def _batch_calls(items, late_before_ms=None):
     from features.store import apply_call
 
     last = {cid: i for i, (cid, _) in enumerate(items)}
-    return [apply_call(cid, d, late_before_ms, last[cid] == i) for i, (cid, d) in enumerate(items)]
+    return [apply_call(LAYOUT, cid, d, late_before_ms, last[cid] == i) for i, (cid, d) in enumerate(items)]
 
 
 def worker_like_batches(deltas, batch: int, lateness_ms: int = 6 * 3600 * 1000) -> list:
@@ -105,25 +106,24 @@ def redis_ceiling(url: str, payloads, batch: int = 2000) -> dict:
 
 
 def memory_per_customer(r, sample: int = 2000) -> dict:
-    """MEMORY USAGE of ``cust:{id}`` + ``:seg`` + ``:hist`` over a sample, and used_memory per customer."""
+    """MEMORY USAGE of a customer's features, segments and history keys over a sample, and used_memory per customer."""
     from features import keys
 
     ids: list[str] = []
     total_customers = 0
-    for k in r.scan_iter(match="cust:{*}", count=1000):
-        if k.endswith("}"):
-            total_customers += 1
-            if len(ids) < sample:
-                ids.append(keys.customer_id_of(k))
+    for k in r.scan_iter(match=f"{keys.FEATURES_PREFIX}{{*", count=1000):
+        total_customers += 1
+        if len(ids) < sample:
+            ids.append(keys.customer_id_of(k))
     if not ids:
         return {"customers": 0}
     parts = {"cust": 0, "seg": 0, "hist": 0}
     fields = 0
     for cid in ids:
-        parts["cust"] += r.memory_usage(keys.customer_key(cid), samples=0) or 0
-        parts["seg"] += r.memory_usage(keys.segments_key(cid), samples=0) or 0
-        parts["hist"] += r.memory_usage(keys.history_key(cid), samples=0) or 0
-        fields += r.hlen(keys.customer_key(cid))
+        parts["cust"] += r.memory_usage(LAYOUT.customer_key(cid), samples=0) or 0
+        parts["seg"] += r.memory_usage(LAYOUT.segments_key(cid), samples=0) or 0
+        parts["hist"] += r.memory_usage(LAYOUT.history_key(cid), samples=0) or 0
+        fields += r.hlen(LAYOUT.customer_key(cid))
     info = r.info("memory")
     per = {k: round(v / len(ids)) for k, v in parts.items()}
     return {
@@ -147,7 +147,6 @@ def scale_test(
     import redis as redis_lib
     import redis.asyncio as aioredis
 
-    from features import keys
     from features.store import load_library_sync
     from streams.redis_packing import use_hiredis_packer
 
@@ -195,7 +194,7 @@ def scale_test(
                 # Memory first: the probes add events (and duplicate-filter entries) to the customers.
                 info = sync.info("memory")
                 sample_ids = [f"s{rng.randrange(size)}" for _ in range(min(500, size))]
-                usage = [sync.memory_usage(keys.customer_key(c), samples=0) or 0 for c in sample_ids]
+                usage = [sync.memory_usage(LAYOUT.customer_key(c), samples=0) or 0 for c in sample_ids]
                 rounds = []
                 last_day: dict[int, int] = {}
                 for round_no in range(probe_rounds):

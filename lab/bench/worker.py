@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lab.bench.common import (
     BENCH_PREFIX,
+    LAYOUT,
     REPO_ROOT,
     BenchOptions,
     Procs,
@@ -21,6 +22,7 @@ from lab.bench.common import (
     worker_env,
 )
 from lab.bench.redis_rows import memory_per_customer
+from streams.status import read_totals
 
 # -- row 5: segflow end to end ----------------------------------------------------
 
@@ -49,7 +51,7 @@ def run_worker_e2e(stack, procs: Procs, work: Path, expected: int, timeout: floa
             for w in (p, *others):
                 if w.poll() is not None:
                     raise RuntimeError(f"worker exited with {w.returncode}; see {work}/worker-e2e-{group}-*.log")
-            h = r.hgetall("segflow:stats")
+            h = read_totals(r, LAYOUT)
             received = int(h.get("received", 0))
             if h and (not samples or samples[-1][1] != received):
                 samples.append((time.monotonic(), received, h))
@@ -111,7 +113,7 @@ def subscriber_view(stack, r, quiet_s: float = 5.0, timeout_s: float = 120.0) ->
     from streams.change_audit import EngineQuiet, check_subscriber_view
     from streams.topics import Topics
 
-    quiet, deadline = EngineQuiet(r, quiet_s), time.monotonic() + timeout_s
+    quiet, deadline = EngineQuiet(r, LAYOUT, quiet_s), time.monotonic() + timeout_s
     while not quiet() and time.monotonic() < deadline:
         time.sleep(0.3)
     check = check_subscriber_view(stack.broker.bootstrap, Topics(prefix=BENCH_PREFIX), r)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from features import keys
 from features.codec import state_from_hash, state_to_hash
 from features.extract import delta_of
+from features.keys import Layout
 from features.state import CustomerState, apply_delta
 from lab.simulate import Simulation, event_to_json
 from segmenter.changes import read_history_entry
@@ -23,6 +24,7 @@ from streams.segment_store import StoredAssignment
 # events: the duplicate filter (trimmed by the lateness horizon, which moves
 # with wall-clock batching; "df"/"df:<family>", the newest time it had to forget) and the newest applied (partition, offset).
 VOLATILE = ("q", "r", "df")
+WORKER_LAYOUT = Layout(2)  # the test workers' SEGFLOW_PARTITIONS (tests/conftest.py)
 
 
 def population(customers: int = 150, days: float = 20, seed: int = 3) -> list[tuple[str, bytes, bytes]]:
@@ -50,27 +52,27 @@ def expected_hashes(states: dict[str, CustomerState]) -> dict[str, dict[str, str
     return {cid: comparable(state_to_hash(s)) for cid, s in states.items()}
 
 
-def redis_hashes(client, customer_ids) -> dict[str, dict[str, str]]:
+def redis_hashes(client, layout: Layout, customer_ids) -> dict[str, dict[str, str]]:
     pipe = client.pipeline(transaction=False)
     for cid in customer_ids:
-        pipe.hgetall(keys.customer_key(cid))
+        pipe.hgetall(layout.customer_key(cid))
     # Round trip through the codec so both sides are spelled the same way.
     return {cid: comparable(state_to_hash(state_from_hash(h))) for cid, h in zip(customer_ids, pipe.execute(), strict=False)}
 
 
-def applied_total(client, customer_ids) -> int:
+def applied_total(client, layout: Layout, customer_ids) -> int:
     pipe = client.pipeline(transaction=False)
     for cid in customer_ids:
-        pipe.hget(keys.customer_key(cid), "n")
+        pipe.hget(layout.customer_key(cid), "n")
     return sum(int(n or 0) for n in pipe.execute())
 
 
-def wait_for_total(client, customer_ids, expected: int, timeout: float, worker_logs=(), refused=lambda: 0) -> None:
+def wait_for_total(client, layout: Layout, customer_ids, expected: int, timeout: float, worker_logs=(), refused=lambda: 0) -> None:
     """Until ``expected`` events are applied, or applied + ``refused()`` (dead letters) account for all of them."""
     deadline = time.monotonic() + timeout
     got = -1
     while time.monotonic() < deadline:
-        got = applied_total(client, customer_ids)
+        got = applied_total(client, layout, customer_ids)
         if got >= expected or got + refused() >= expected:
             return
         time.sleep(0.5)
@@ -78,14 +80,14 @@ def wait_for_total(client, customer_ids, expected: int, timeout: float, worker_l
     raise AssertionError(f"{got} of {expected} events applied after {timeout}s\n{tails}")
 
 
-def assert_features_equal(client, states: dict[str, CustomerState]) -> None:
+def assert_features_equal(client, layout: Layout, states: dict[str, CustomerState]) -> None:
     want = expected_hashes(states)
-    got = redis_hashes(client, list(want))
+    got = redis_hashes(client, layout, list(want))
     diff = {cid: (got[cid], want[cid]) for cid in want if got[cid] != want[cid]}
     assert not diff, f"{len(diff)} of {len(want)} customers differ from the clean run, e.g. {next(iter(diff.items()))}"
 
 
-def check_changes(client, records) -> dict:
+def check_changes(client, layout: Layout, records) -> dict:
     """No change lost: each customer's segment in Redis is the ``to`` of its last
     change on the topic (topic order, per customer key); re-sent duplicates share
     their change_id and content. Returns counts for the report."""
@@ -110,7 +112,7 @@ def check_changes(client, records) -> dict:
     pipe = client.pipeline(transaction=False)
     customers = sorted({cid for cid, _ in last})
     for cid in customers:
-        pipe.hgetall(keys.segments_key(cid))
+        pipe.hgetall(layout.segments_key(cid))
     stored = dict(zip(customers, pipe.execute(), strict=False))
     mismatches = []
     for (cid, segmentation), c in last.items():
@@ -121,10 +123,10 @@ def check_changes(client, records) -> dict:
     unannounced = [(cid, name) for cid, h in stored.items() for name in h if not name.startswith("_") and (cid, name) not in last]
     # Every change Redis recorded (the capped per-customer history, written in the
     # same MULTI/EXEC as the outbox entry) reached the topic.
-    historied = sorted({keys.customer_id_of(k) for k in client.scan_iter("cust:*:hist", count=1000)})
+    historied = sorted({keys.customer_id_of(k) for k in client.scan_iter(f"{keys.HISTORY_PREFIX}{{*", count=1000)})
     pipe = client.pipeline(transaction=False)
     for cid in historied:
-        pipe.lrange(keys.history_key(cid), 0, -1)
+        pipe.lrange(layout.history_key(cid), 0, -1)
     recorded = [read_history_entry(entry) for entries in pipe.execute() for entry in entries]
     lost = [c for c in recorded if c["change_id"] not in by_id]
     assert not lost, f"{len(lost)} of {len(recorded)} changes in Redis histories never reached the topic, e.g. {lost[:2]}"
@@ -164,7 +166,7 @@ def check_changes(client, records) -> dict:
 
 
 def all_segmented_customers(client) -> set[str]:
-    return {keys.customer_id_of(k) for k in client.scan_iter("cust:*:seg", count=1000)}
+    return {keys.customer_id_of(k) for k in client.scan_iter(f"{keys.SEGMENTS_PREFIX}{{*", count=1000)}
 
 
 class Background:

@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from features import keys
 from features.codec import ring_entries
 from features.state import BUCKET_DAYS, CATEGORY_CAP, DEDUPE_CAP
 from streams.topic_reader import read_to_end
+from tests.integration.reliability_helpers import WORKER_LAYOUT
 from tests.kafka_helpers import fresh_topics, send
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -44,15 +44,15 @@ def purchase(i: int, when: datetime) -> tuple[bytes, bytes]:
 
 
 def footprint(r) -> dict:
-    h = r.hgetall(keys.customer_key(CID))
+    h = r.hgetall(WORKER_LAYOUT.customer_key(CID))
     return {
         "events": int(h.get("n", 0)),
-        "hlen": r.hlen(keys.customer_key(CID)),
+        "hlen": r.hlen(WORKER_LAYOUT.customer_key(CID)),
         "buckets": sum(1 for f in h if f.startswith("d:")),
         "categories": sum(1 for f in h if f.startswith("c:")),
         "ring": len(ring_entries(h.get("q", ""))),
-        "memory": r.memory_usage(keys.customer_key(CID)),
-        "history": r.llen(keys.history_key(CID)),
+        "memory": r.memory_usage(WORKER_LAYOUT.customer_key(CID)),
+        "history": r.llen(WORKER_LAYOUT.history_key(CID)),
     }
 
 
@@ -90,7 +90,7 @@ def test_a_flood_for_one_customer_keeps_its_state_bounded(broker, redis_client, 
     assert after["hlen"] <= window_full["hlen"] + 2
     assert after["memory"] <= window_full["memory"] * 1.25 + 1024, (window_full, after)
     assert after["memory"] < 16 * 1024
-    h = redis_client.hgetall(keys.customer_key(CID))
+    h = redis_client.hgetall(WORKER_LAYOUT.customer_key(CID))
     assert int(h["np"]) == 300 and sum(int(v) for f, v in h.items() if f.startswith("c:")) == 300
     assert not read_to_end(broker.bootstrap, topics.dead_letter)
 
@@ -118,13 +118,19 @@ def test_a_flood_of_new_customer_ids_stops_at_the_limit_and_loses_nothing(broker
     known = [f"known-{i}" for i in range(10)]
     send(broker, topics.clickstream, [page_view(c, 0) for c in known])
     deadline = time.monotonic() + 60
-    while sum(redis_client.exists(keys.customer_key(c)) for c in known) < len(known):
+    while sum(redis_client.exists(WORKER_LAYOUT.customer_key(c)) for c in known) < len(known):
         assert worker.proc.poll() is None and time.monotonic() < deadline, worker.log()[-3000:]
         time.sleep(0.2)
     # Then 100 made-up ids, two events each, and a second event for every known customer.
     made_up = [f"bot-{i}" for i in range(flood)]
     send(broker, topics.clickstream, [page_view(c, i) for i in (1, 2) for c in made_up] + [page_view(c, 3) for c in known])
-    expected_dead = 2 * (flood - (limit - len(known)))
+    # The limit holds per input partition (its count is a key in the partition's slot): ceil(40 / 2) each.
+    per_partition = -(-limit // WORKER_LAYOUT.partitions)
+    admitted = 0
+    for p in range(WORKER_LAYOUT.partitions):
+        known_here = sum(WORKER_LAYOUT.partition(c) == p for c in known)
+        admitted += min(sum(WORKER_LAYOUT.partition(c) == p for c in made_up), per_partition - known_here)
+    expected_dead = 2 * (flood - admitted)
     deadline = time.monotonic() + 90
     while len(dead := read_to_end(broker.bootstrap, topics.dead_letter)) < expected_dead:
         assert worker.proc.poll() is None and time.monotonic() < deadline, f"{len(dead)} dead letters\n{worker.log()[-3000:]}"
@@ -133,9 +139,9 @@ def test_a_flood_of_new_customer_ids_stops_at_the_limit_and_loses_nothing(broker
     dead = read_to_end(broker.bootstrap, topics.dead_letter)
     assert len(dead) == expected_dead
     assert {dict(r.headers)["segflow.reason"] for r in dead} == {b"customer_limit"}
-    assert int(redis_client.get(keys.CUSTOMERS)) == limit
-    stored = {c for c in made_up if redis_client.exists(keys.customer_key(c))}
-    assert len(stored) == limit - len(known)
-    assert all(int(redis_client.hget(keys.customer_key(c), "n")) == 2 for c in stored)  # admitted ones keep all their events
+    assert [int(redis_client.get(WORKER_LAYOUT.customers(p))) for p in range(WORKER_LAYOUT.partitions)] == [per_partition] * WORKER_LAYOUT.partitions
+    stored = {c for c in made_up if redis_client.exists(WORKER_LAYOUT.customer_key(c))}
+    assert len(stored) == admitted
+    assert all(int(redis_client.hget(WORKER_LAYOUT.customer_key(c), "n")) == 2 for c in stored)  # admitted ones keep all their events
     assert {json.loads(r.value)["customer_id"] for r in dead} == set(made_up) - stored
-    assert all(int(redis_client.hget(keys.customer_key(c), "n")) == 2 for c in known)
+    assert all(int(redis_client.hget(WORKER_LAYOUT.customer_key(c), "n")) == 2 for c in known)

@@ -13,16 +13,18 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from features import keys
 from features.catalogue import compute
 from features.codec import state_from_hash
+from features.keys import Layout
 from lab.datasets import cdnow_events, cdnow_rows
 from lab.simulate import event_to_json
+from streams.status import read_totals
 from tests.kafka_helpers import fresh_topics, send
 
 pytestmark = pytest.mark.integration
 
 CUTOFFS = ["1997-02-28", "1997-09-30", "1998-06-30"]
+LAYOUT = Layout(4)  # the replay's partitions
 
 
 def batch_reference() -> pd.DataFrame:
@@ -36,7 +38,7 @@ def wait_applied(redis_client, expected: int, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     applied = 0
     while time.monotonic() < deadline:
-        applied = int(redis_client.hget("segflow:stats", "applied") or 0)
+        applied = read_totals(redis_client, LAYOUT).get("applied", 0)
         if applied >= expected:
             return
         time.sleep(0.5)
@@ -65,7 +67,7 @@ def test_cdnow_replay_matches_batch_computation(broker, redis_client, start_work
         grouped = upto.groupby("customer_id").agg(n=("cents", "size"), cents=("cents", "sum"), first=("date", "min"), last=("date", "max"))
         pipe = redis_client.pipeline(transaction=False)
         for cid in grouped.index:
-            pipe.hgetall(keys.customer_key(cid))
+            pipe.hgetall(LAYOUT.customer_key(cid))
         states = dict(zip(grouped.index, map(state_from_hash, pipe.execute()), strict=False))
         windows = {}
         for days in (7, 30, 90):

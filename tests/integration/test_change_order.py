@@ -25,6 +25,8 @@ from features import keys
 from lab.datasets import cdnow_events
 from streams.change_audit import EngineQuiet, check_subscriber_view
 from streams.events import event_to_json
+from streams.status import read_totals
+from tests.integration.reliability_helpers import WORKER_LAYOUT
 from tests.kafka_helpers import fresh_topics, send
 
 pytestmark = pytest.mark.integration
@@ -48,12 +50,12 @@ def wait_for(what: str, ok, timeout: float, worker) -> None:
 
 
 def applied(redis_client) -> int:
-    return int(redis_client.hget(keys.STATS, "applied") or 0)
+    return read_totals(redis_client, WORKER_LAYOUT).get("applied", 0)
 
 
 def wait_quiet(redis_client, worker, quiet: float = 6.0, timeout: float = 240) -> None:
     """Until changes, deadline evaluations and the outbox stop moving: every absence move is out."""
-    wait_for("the engine to go quiet", EngineQuiet(redis_client, quiet), timeout, worker)
+    wait_for("the engine to go quiet", EngineQuiet(redis_client, WORKER_LAYOUT, quiet), timeout, worker)
 
 
 @pytest.mark.timeout(600)

@@ -14,11 +14,9 @@ import time
 
 import pytest
 
-from features import keys
 from streams.engine import InboundMessage
 from streams.segment_store import StoredAssignment
 from streams.settings import Settings
-from streams.topics import partition_of
 from tests.integration.reliability_helpers import DAY_MS, purchase_json, two_engines
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -59,11 +57,11 @@ def test_a_deadline_evaluation_in_another_worker_does_not_overwrite_a_fresher_ev
     moves = [json.loads(p) for _, p in first.changes + fresh.changes + stale.changes]
     lifecycle = [(c["from"], c["to"], c["reason"]) for c in moves if c["segmentation"] == "lifecycle"]
     print(lifecycle)
-    held = StoredAssignment.decode(redis_client.hget(keys.segments_key("race"), "lifecycle")).segment
+    held = StoredAssignment.decode(redis_client.hget(settings.layout.segments_key("race"), "lifecycle")).segment
     fresh_to = [c["to"] for c in (json.loads(p) for _, p in fresh.changes) if c["segmentation"] == "lifecycle"]
     # Redis must hold what the freshest state says; and no two changes may leave the same segment.
     assert not fresh_to or held == fresh_to[-1], (held, lifecycle)
     froms = [f for f, _, _ in lifecycle]
     assert len(froms) == len(set(froms)), f"forked: {lifecycle}"
     # The stale evaluation lost the compare-and-set: it was re-queued, not written.
-    assert stale.changes == [] and redis_client.zscore(keys.deadlines_key(partition_of("race", settings.partitions)), "race") is not None
+    assert stale.changes == [] and redis_client.zscore(settings.layout.deadlines_key(settings.layout.partition("race")), "race") is not None

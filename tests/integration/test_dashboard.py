@@ -95,7 +95,8 @@ def test_ops_queries_over_http_and_cli(broker, redis_client, start_worker):
     status, body = http(base, f"/segments/lifecycle:{segment}/members?limit=5")
     assert status == 200, body
     assert body["segmentation"] == "lifecycle" and len(body["members"]) == min(5, body["size"])
-    assert redis_client.sismember(f"seg:lifecycle:{segment}", body["members"][0])
+    member = body["members"][0]
+    assert redis_client.sismember(worker.layout.member_set(worker.layout.partition(member), "lifecycle", segment), member)
     status, body = http(base, "/segments/dormant/members")
     assert status == 400 and "more than one segmentation" in body["error"]
     assert http(base, "/segments/dormant/members?segmentation=behaviour")[0] == 200
@@ -203,9 +204,9 @@ def test_dashboard_renders_charts_and_customer_lookup(broker, redis_client, star
         worker=worker,
     )
     wait_until_quiet(base, worker, feeder)
-    cid = redis_client.srandmember("seg:lifecycle:active") or redis_client.srandmember("seg:lifecycle:new")
+    cid = next((c for s in ("active", "new") for key in worker.layout.member_sets("lifecycle", s) if (c := redis_client.srandmember(key))), None)
     assert cid, "no customer in lifecycle active/new"
-    lifecycle = StoredAssignment.decode(redis_client.hget(f"cust:{{{cid}}}:seg", "lifecycle")).segment
+    lifecycle = StoredAssignment.decode(redis_client.hget(worker.layout.segments_key(cid), "lifecycle")).segment
 
     url = f"{base}/dashboard?customer={cid}&since=1h"
     out = run_chromium(tmp_path, "--dump-dom", url)

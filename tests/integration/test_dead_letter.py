@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.integration.reliability_helpers import WORKER_LAYOUT
 from tests.kafka_helpers import fresh_topics, read_until, send
 
 pytestmark = pytest.mark.integration
@@ -71,7 +72,7 @@ def test_each_bad_message_is_dead_lettered_with_its_reason_and_good_events_still
         [(b"frank", json.dumps({"event_id": "f2", "customer_id": "frank", "occurred_at": recent, "order_id": "o", "amount": "5", "currency": "USD"}).encode())],
     )
     deadline = time.monotonic() + 60
-    while redis_client.hget("cust:{frank}", "n") != "2" or redis_client.hget("cust:{erin}", "n") != "1":
+    while redis_client.hget(WORKER_LAYOUT.customer_key("frank"), "n") != "2" or redis_client.hget(WORKER_LAYOUT.customer_key("erin"), "n") != "1":
         assert time.monotonic() < deadline, "good events were not applied"
         time.sleep(0.2)
     # The late event can only be judged once the worker has a watermark.
@@ -93,4 +94,4 @@ def test_each_bad_message_is_dead_lettered_with_its_reason_and_good_events_still
 
     changes = read_until(broker, topics.segment_changes, lambda rs: any(json.loads(r.value)["customer_id"] == "erin" for r in rs), timeout=60)
     assert changes
-    assert redis_client.hget("cust:{erin}", "n") == "1"  # the good login, once
+    assert redis_client.hget(WORKER_LAYOUT.customer_key("erin"), "n") == "1"  # the good login, once

@@ -12,11 +12,9 @@ import time
 
 import pytest
 
-from features import keys
 from streams.engine import InboundMessage
 from streams.segment_store import DEADLINE_LEASE_MS, StoredAssignment
 from streams.settings import Settings
-from streams.topics import partition_of
 from tests.integration.reliability_helpers import DAY_MS, purchase_json, two_engines
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -31,15 +29,15 @@ def test_a_claimed_deadline_survives_a_worker_that_dies_before_committing(redis_
     async def scenario():
         a, b = await two_engines(settings)
         await a.process([InboundMessage(topic, 0, 0, b"lease", purchase_json("lease", 1, T0_MS))], now=time.time())
-        due_at = redis_client.zscore(keys.deadlines_key(partition_of("lease", settings.partitions)), "lease")
+        due_at = redis_client.zscore(settings.layout.deadlines_key(settings.layout.partition("lease")), "lease")
         assert due_at is not None
         # The event-time clock passes the deadline, and the customer's two weeks of being
         # `new`, so the re-evaluation moves them; worker A claims the customer and dies.
         await b.features.advance_watermark(max(int(due_at), T0_MS + 15 * DAY_MS) + 1000)
         now_ms = await b.clock_ms()
         assert await a.segments.claim_due(now_ms) == ["lease"]
-        before = StoredAssignment.decode(redis_client.hget(keys.segments_key("lease"), "lifecycle")).segment
-        leased_until = redis_client.zscore(keys.deadlines_key(partition_of("lease", settings.partitions)), "lease")
+        before = StoredAssignment.decode(redis_client.hget(settings.layout.segments_key("lease"), "lifecycle")).segment
+        leased_until = redis_client.zscore(settings.layout.deadlines_key(settings.layout.partition("lease")), "lease")
         # Within the lease nobody else takes it ...
         early = await b.fire_deadlines()
         # ... after it, worker B does, and the customer moves.
@@ -54,23 +52,5 @@ def test_a_claimed_deadline_survives_a_worker_that_dies_before_committing(redis_
     assert early.changes == []
     lifecycle = [c for c in (json.loads(p) for _, p in late.changes) if c["segmentation"] == "lifecycle"]
     assert [c["from"] for c in lifecycle] == [before] and lifecycle[0]["to"] != before
-    held = StoredAssignment.decode(redis_client.hget(keys.segments_key("lease"), "lifecycle")).segment
+    held = StoredAssignment.decode(redis_client.hget(settings.layout.segments_key("lease"), "lifecycle")).segment
     assert held == lifecycle[-1]["to"]
-
-
-def test_deadlines_of_an_older_version_move_into_partition_sets(redis_server, redis_client):
-    settings = Settings(redis_url=redis_server.url, clock="event", lateness_seconds=0, partitions=4)
-    redis_client.zadd(keys.DEADLINES, {f"c{i}": 1_000 + i for i in range(50)})
-
-    async def scenario():
-        engines = await two_engines(settings)  # the first to start moves them
-        again = await engines[0].segments.migrate_legacy_deadlines()
-        for e in engines:
-            await e.redis.aclose()
-        return again
-
-    assert asyncio.run(scenario()) == 0
-    assert not redis_client.exists(keys.DEADLINES)
-    for i in range(50):
-        assert redis_client.zscore(keys.deadlines_key(partition_of(f"c{i}", 4)), f"c{i}") == 1_000 + i
-    assert len({partition_of(f"c{i}", 4) for i in range(50)}) == 4

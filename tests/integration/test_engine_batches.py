@@ -14,6 +14,7 @@ from segmenter.config import default_config
 from streams.app import redis_client as async_redis
 from streams.engine import Engine, InboundMessage
 from streams.settings import Settings
+from streams.status import read_totals
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +61,7 @@ def test_events_of_one_batch_are_judged_against_the_watermark_before_the_batch(r
 
     first, late = run(scenario())
     assert [dl.reason for dl in first.dead_letters] == []
-    assert redis_client.hget("cust:{c0}", "n") == "10" and redis_client.hget("cust:{c1}", "n") == "10"
+    assert redis_client.hget(settings.layout.customer_key("c0"), "n") == "10" and redis_client.hget(settings.layout.customer_key("c1"), "n") == "10"
     assert [dl.reason for dl in late.dead_letters] == ["too_late"]
 
 
@@ -87,9 +88,9 @@ def test_a_redelivery_after_a_crash_before_the_segment_commit_still_moves_the_cu
         return again
 
     again = run(scenario())
-    assert redis_client.hget("cust:{crash}", "n") == "3"  # applied once
+    assert redis_client.hget(settings.layout.customer_key("crash"), "n") == "3"  # applied once
     assert {json.loads(p)["segmentation"] for _, p in again.changes} >= {"lifecycle"}
-    assert redis_client.hget("cust:{crash}:seg", "lifecycle") is not None
+    assert redis_client.hget(settings.layout.segments_key("crash"), "lifecycle") is not None
 
 
 def test_changes_being_published_are_not_stale_however_old(redis_server, redis_client):
@@ -100,8 +101,9 @@ def test_changes_being_published_are_not_stale_however_old(redis_server, redis_c
     topic = settings.topics.purchases
 
     async def scenario():
-        engine = await started_engine(settings, {(topic, 0)})
-        out = await engine.process([InboundMessage(topic, 0, 0, b"s1", purchase("s1", 0, T0_MS))], now=time.time())
+        p = settings.layout.partition("s1")  # the worker owns the customer's partition, and relays its outbox
+        engine = await started_engine(settings, {(topic, p)})
+        out = await engine.process([InboundMessage(topic, p, 0, b"s1", purchase("s1", 0, T0_MS))], now=time.time())
         ids = {i for i, _ in out.changes}
         later_ms = int(time.time() * 1000) + 60_000  # every entry is "old" by then
         while_publishing = {i for i, _ in await engine.stale_outbox(later_ms)}
@@ -141,5 +143,5 @@ def test_received_is_never_published_ahead_of_the_batch_outcome(redis_server, re
 
     while_waiting = run(scenario())
     assert int(while_waiting.get("received", 0)) == 0  # the batch had not been applied yet
-    done = redis_client.hgetall("segflow:stats")
-    assert int(done["received"]) == int(done["applied"]) == 3
+    done = read_totals(redis_client, settings.layout)
+    assert done["received"] == done["applied"] == 3

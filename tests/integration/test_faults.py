@@ -15,11 +15,12 @@ import time
 import pytest
 import redis as redis_lib
 
-from features import keys
 from lab.embedded import RedisServer
+from streams.status import outbox_length
 from streams.topic_reader import read_to_end
 from tests.conftest import WorkerProcess
 from tests.integration.reliability_helpers import (
+    WORKER_LAYOUT,
     Background,
     applied_total,
     assert_features_equal,
@@ -48,7 +49,7 @@ def wait_started(client, customer_ids, worker: WorkerProcess, above: int, timeou
     """Wait until the worker has applied more than ``above`` events (it joined and consumes)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        n = applied_total(client, customer_ids)
+        n = applied_total(client, WORKER_LAYOUT, customer_ids)
         if n > above:
             return n
         assert worker.proc.poll() is None, f"worker exited: {worker.log()[-3000:]}"
@@ -60,7 +61,7 @@ def wait_all_applied(client, workers, broker, topics, timeout: float = 90.0) -> 
     """Every event applied, none dead-lettered (else: why, with the dead letters' reasons)."""
     try:
         _, states, expected = traffic()
-        wait_for_total(client, list(states), expected, timeout, workers, lambda: len(read_to_end(broker.bootstrap, topics.dead_letter)))
+        wait_for_total(client, WORKER_LAYOUT, list(states), expected, timeout, workers, lambda: len(read_to_end(broker.bootstrap, topics.dead_letter)))
         dead = read_to_end(broker.bootstrap, topics.dead_letter)
         assert not dead, f"{len(dead)} events dead-lettered"
     except AssertionError as exc:
@@ -77,20 +78,20 @@ def wait_all_applied(client, workers, broker, topics, timeout: float = 90.0) -> 
 def finish(client, worker: WorkerProcess, broker, topics, timeout: float = 90.0) -> dict:
     """Wait for all events, let deadlines and the outbox settle, stop cleanly, check the changes."""
     wait_all_applied(client, [worker], broker, topics, timeout)
-    assert_features_equal(client, traffic()[1])
+    assert_features_equal(client, WORKER_LAYOUT, traffic()[1])
     quiet_since, last = time.monotonic(), None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # the deadline timer and outbox are quiet for 3 s
-        deadlines = sum(client.zcard(k) for k in client.scan_iter(match=f"{keys.DEADLINES}:*"))
-        now = (client.xlen(keys.OUTBOX), deadlines, len(read_to_end(broker.bootstrap, topics.segment_changes)))
+        deadlines = sum(client.zcard(WORKER_LAYOUT.deadlines_key(p)) for p in range(WORKER_LAYOUT.partitions))
+        now = (outbox_length(client, WORKER_LAYOUT), deadlines, len(read_to_end(broker.bootstrap, topics.segment_changes)))
         if now != last:
             quiet_since, last = time.monotonic(), now
         elif time.monotonic() - quiet_since > 3:
             break
         time.sleep(0.5)
     worker.stop()
-    assert client.xlen(keys.OUTBOX) == 0, "changes left unsent in the outbox after a clean stop"
-    report = check_changes(client, read_to_end(broker.bootstrap, topics.segment_changes))
+    assert outbox_length(client, WORKER_LAYOUT) == 0, "changes left unsent in the outbox after a clean stop"
+    report = check_changes(client, WORKER_LAYOUT, read_to_end(broker.bootstrap, topics.segment_changes))
     dead = read_to_end(broker.bootstrap, topics.dead_letter)
     assert not dead, f"{len(dead)} events dead-lettered, e.g. {dict(dead[0].headers)}"
     return report
@@ -109,7 +110,7 @@ def test_worker_sigkilled_three_times_mid_stream_loses_and_double_counts_nothing
         applied = wait_started(redis_client, customers, worker, applied)
         time.sleep(rng.uniform(0.5, 4.0))
         assert worker.stop(signal.SIGKILL) == -signal.SIGKILL
-        applied = applied_total(redis_client, customers)
+        applied = applied_total(redis_client, WORKER_LAYOUT, customers)
         kills.append(applied)
         # Same app id = same consumer group: the new member waits for the old one's session (4 s) to expire.
         worker = start_worker(topics.prefix, app_id=f"{topics.prefix}app")
@@ -182,7 +183,7 @@ def test_redis_sigkilled_mid_stream_loses_nothing(broker, redis_server, tmp_path
             server.start()
             client = loaded(redis_lib.Redis.from_url(server.url, decode_responses=True))
             assert worker.proc.poll() is None, f"worker died while Redis was down:\n{worker.log()[-3000:]}"
-            applied = applied_total(client, customers)
+            applied = applied_total(client, WORKER_LAYOUT, customers)
         producer.join(120)
         report = finish(client, worker, broker, topics)
         print(f"segment-changes: {report}")
@@ -262,12 +263,13 @@ def test_changes_left_in_the_outbox_by_a_crash_are_relayed_on_start(broker, redi
         features={"days_since_last_activity": 14.0},
     )
     payload = change.model_dump_json(by_alias=True)
-    redis_client.xadd(keys.OUTBOX, {"change": payload})
+    outbox = WORKER_LAYOUT.outbox(WORKER_LAYOUT.partition("olivia"))
+    redis_client.xadd(outbox, {"change": payload})
     worker = start_worker(topics.prefix)
     records = read_until(broker, topics.segment_changes, lambda rs: any(json.loads(r.value)["change_id"] == change.change_id for r in rs), timeout=60)
     assert [r.key for r in records if json.loads(r.value)["change_id"] == change.change_id] == [b"olivia"]
     deadline = time.monotonic() + 10
-    while redis_client.xlen(keys.OUTBOX):
+    while redis_client.xlen(outbox):
         assert time.monotonic() < deadline, "relayed change never left the outbox"
         time.sleep(0.2)
     assert "relayed 1 segment changes" in worker.log()

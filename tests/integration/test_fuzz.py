@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from features import keys
+from streams.status import read_totals
 from streams.topic_reader import read_to_end
 from tests.kafka_helpers import fresh_topics, read_until, send
 
@@ -112,13 +113,13 @@ def test_fuzzed_messages_are_each_applied_dropped_or_dead_lettered(broker, redis
     sent += 1
 
     deadline = time.monotonic() + 90
-    while redis_client.hget(keys.customer_key("sentinel"), "n") != "1":
+    while redis_client.hget(worker.layout.customer_key("sentinel"), "n") != "1":
         assert worker.proc.poll() is None, f"worker died on fuzzed input (seed {SEED}):\n{worker.log()[-4000:]}"
         assert time.monotonic() < deadline, f"good event after the fuzz never applied:\n{worker.log()[-3000:]}"
         time.sleep(0.3)
 
     def counts():
-        stats = redis_client.hgetall(keys.STATS)  # HINCRBY'd by the worker as it goes; absent fields are 0
+        stats = read_totals(redis_client, worker.layout)  # HINCRBY'd as the worker goes; absent fields are 0
         return stats, [int(stats.get(k, 0)) for k in ("received", "applied", "duplicates", "dead_lettered")]
 
     while (c := counts()[1])[0] < sent or c[0] != sum(c[1:]):
@@ -141,7 +142,7 @@ def test_fuzzed_messages_are_each_applied_dropped_or_dead_lettered(broker, redis
     assert sum(reasons.values()) == dead
     assert {k.removeprefix("dead_lettered:"): int(v) for k, v in stats.items() if k.startswith("dead_lettered:")} == reasons
     # Redis counted exactly the applied events, no more.
-    customers = {keys.customer_id_of(k) for k in redis_client.scan_iter("cust:*")}
-    in_redis = sum(int(redis_client.hget(keys.customer_key(c), "n") or 0) for c in customers)
+    customers = {keys.customer_id_of(k) for k in redis_client.scan_iter(f"{keys.FEATURES_PREFIX}{{*")}
+    in_redis = sum(int(redis_client.hget(worker.layout.customer_key(c), "n") or 0) for c in customers)
     assert in_redis == applied
     assert worker.proc.poll() is None

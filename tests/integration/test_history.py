@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from features import keys
 from segmenter.assign import Segmenter
 from segmenter.changes import read_history_entry
 from segmenter.config import default_config
@@ -25,8 +24,8 @@ T0_MS = (int(time.time() * 1000) // DAY_MS - 60) * DAY_MS + 12 * 3_600_000
 
 
 def test_history_is_a_capped_list_of_the_changes_on_the_topic_and_replaces_an_old_stream(redis_server, redis_client):
-    redis_client.xadd(keys.history_key("hist"), {"change": "{}"})  # as an older segflow wrote it
     settings = Settings(redis_url=redis_server.url, clock="event", lateness_seconds=0, history_cap=3)
+    redis_client.xadd(settings.layout.history_key("hist"), {"change": "{}"})  # as an older segflow wrote it
     topic = settings.topics.purchases
 
     async def run():
@@ -47,8 +46,8 @@ def test_history_is_a_capped_list_of_the_changes_on_the_topic_and_replaces_an_ol
 
     changes = asyncio.run(run())
     assert len(changes) > 3, changes
-    assert redis_client.type(keys.history_key("hist")) == "list"
-    entries = [read_history_entry(e) for e in redis_client.lrange(keys.history_key("hist"), 0, -1)]
+    assert redis_client.type(settings.layout.history_key("hist")) == "list"
+    entries = [read_history_entry(e) for e in redis_client.lrange(settings.layout.history_key("hist"), 0, -1)]
     newest = list(reversed(changes))[:3]
     assert [e["change_id"] for e in entries] == [c["change_id"] for c in newest]
     assert [(e["segmentation"], e["from"], e["to"], e["reason"], e["occurred_at"]) for e in entries] == [

@@ -6,12 +6,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from features import keys
 from features.codec import base36, ring_entries, state_from_hash
+from features.keys import Layout
 from features.state import BUCKET_DAYS, DAY_MS, METRICS, CustomerState, EventDelta, apply_delta
 from features.store import apply_call, load_library_sync
 
 pytestmark = pytest.mark.integration
+LAYOUT = Layout(4)
 
 deltas = st.builds(
     EventDelta,
@@ -50,13 +51,13 @@ def test_several_counters_in_one_day_bucket(redis_client):
 
 def run_both(redis_client, events):
     load_library_sync(redis_client)
-    redis_client.delete(keys.customer_key("c"))
+    redis_client.delete(LAYOUT.customer_key("c"))
     ref = CustomerState()
     for delta, late_before in events:
         expected = apply_delta(ref, delta, late_before)
-        reply = redis_client.execute_command(*apply_call("c", delta, late_before))
+        reply = redis_client.execute_command(*apply_call(LAYOUT, "c", delta, late_before))
         assert reply[0] == expected
-    stored = state_from_hash(redis_client.hgetall(keys.customer_key("c")))
+    stored = state_from_hash(redis_client.hgetall(LAYOUT.customer_key("c")))
     assert stored == ref
     if ref.last_seen_ms is not None:
         newest_day = ref.last_seen_ms // DAY_MS
@@ -67,7 +68,7 @@ def test_lua_refuses_a_retry_after_the_duplicate_filter_overflowed(redis_client)
     base = 20_000 * DAY_MS
     burst = [(EventDelta(base + i, f"t{i}", "login", {9: 1}), base - DAY_MS) for i in range(80)]
     run_both(redis_client, [*burst, burst[3]])  # run_both asserts the same status ('unverifiable') and state
-    assert redis_client.hget(keys.customer_key("c"), "df:t") == str(base + 80 - 64 - 1)
+    assert redis_client.hget(LAYOUT.customer_key("c"), "df:t") == str(base + 80 - 64 - 1)
 
 
 @pytest.mark.parametrize("legacy", ["cold:{day}", "cold.{day36}", "cold.{day36};cmid:{later}"])
@@ -78,15 +79,15 @@ def test_a_duplicate_filter_written_by_an_older_version_still_catches_duplicates
     load_library_sync(redis_client)
     day = 20_000 * DAY_MS
     r_value = legacy.format(day=day, day36=base36(day), later=day + 9)
-    redis_client.delete(keys.customer_key("c"))
-    redis_client.hset(keys.customer_key("c"), mapping={"fs": day, "ls": day + 9, "n": 1, "r": r_value})
-    assert redis_client.execute_command(*apply_call("c", EventDelta(day, "cold", "clickstream", {1: 1}), None))[0] == "duplicate"
-    assert redis_client.execute_command(*apply_call("c", EventDelta(day + 5, "cnew", "clickstream", {1: 1}), None))[0] == "applied"
-    h = redis_client.hgetall(keys.customer_key("c"))
+    redis_client.delete(LAYOUT.customer_key("c"))
+    redis_client.hset(LAYOUT.customer_key("c"), mapping={"fs": day, "ls": day + 9, "n": 1, "r": r_value})
+    assert redis_client.execute_command(*apply_call(LAYOUT, "c", EventDelta(day, "cold", "clickstream", {1: 1}), None))[0] == "duplicate"
+    assert redis_client.execute_command(*apply_call(LAYOUT, "c", EventDelta(day + 5, "cnew", "clickstream", {1: 1}), None))[0] == "applied"
+    h = redis_client.hgetall(LAYOUT.customer_key("c"))
     expected = {"cold": day, "cnew": day + 5, **({"cmid": day + 9} if "cmid" in legacy else {})}
     assert "r" not in h and ring_entries(h["q"]) == sorted(expected.items(), key=lambda kv: kv[1])
     assert state_from_hash(h).recent == expected
-    assert redis_client.execute_command(*apply_call("c", EventDelta(day, "cold", "clickstream", {1: 1}), None))[0] == "duplicate"
+    assert redis_client.execute_command(*apply_call(LAYOUT, "c", EventDelta(day, "cold", "clickstream", {1: 1}), None))[0] == "duplicate"
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -98,7 +99,7 @@ def test_the_filter_stays_sorted_with_in_order_and_late_events(redis_client, tim
     run_both(
         redis_client, [(EventDelta(base + t * 1000, f"t{i}", "login", {9: 1}), None if horizon is None else base + horizon * 1000) for i, t in enumerate(times)]
     )
-    entries = ring_entries(redis_client.hget(keys.customer_key("c"), "q") or "")
+    entries = ring_entries(redis_client.hget(LAYOUT.customer_key("c"), "q") or "")
     assert entries == sorted(entries, key=lambda kv: (kv[1], kv[0]))
 
 
@@ -119,14 +120,14 @@ def test_an_older_filter_is_converted_as_the_reference_reads_it(redis_client, ol
     r_value = ";".join(f"{token}:{at}" if decimal else f"{token}.{base36(at)}" for token, at in reversed(times.items()))
     newest = max(times.values(), default=base)
     seeded = {"fs": base, "ls": newest, "n": 1, **({"r": r_value} if r_value else {})}
-    redis_client.delete(keys.customer_key("c"))
-    redis_client.hset(keys.customer_key("c"), mapping=seeded)
+    redis_client.delete(LAYOUT.customer_key("c"))
+    redis_client.hset(LAYOUT.customer_key("c"), mapping=seeded)
     ref = state_from_hash(seeded)
     delta = EventDelta(base + new * 1000, "lnew", "login", {9: 1})
     late_before = None if horizon is None else base + horizon * 1000
-    status = redis_client.execute_command(*apply_call("c", delta, late_before))[0]
+    status = redis_client.execute_command(*apply_call(LAYOUT, "c", delta, late_before))[0]
     assert status == apply_delta(ref, delta, late_before)
-    h = redis_client.hgetall(keys.customer_key("c"))
+    h = redis_client.hgetall(LAYOUT.customer_key("c"))
     assert state_from_hash(h) == ref
     if status == "applied":  # the others leave the hash as it was, `r` included
         entries = ring_entries(h.get("q", ""))

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.status import read_totals
 from tests.integration.test_dashboard import http, wait_for
 from tests.kafka_helpers import fresh_topics, read_until, send
 
@@ -69,7 +70,7 @@ def test_metrics_count_what_was_sent_applied_and_changed(broker, redis_client, s
 
     metrics = wait_for("the outbox to empty", settled, worker=worker)
     # The same counts as Redis's own (segflow_apply counts applied events atomically with them) ...
-    stats = {k: int(v) for k, v in redis_client.hgetall("segflow:stats").items()}
+    stats = read_totals(redis_client, worker.layout)
     assert stats["applied"] == len(good) and stats["dead_lettered"] == len(bad) and stats["changes"] == metrics["segflow_changes_total"]
     # ... and as a campaign system reading the topic sees: each change once.
     changes = metrics["segflow_changes_total"]

@@ -15,6 +15,7 @@ import pytest
 from features import keys
 from features.codec import state_from_hash
 from features.state import PAGE_VIEWS
+from streams.status import read_totals
 from streams.topic_reader import read_to_end
 from tests.kafka_helpers import fresh_topics, send
 
@@ -81,7 +82,7 @@ def test_odd_events_are_each_handled_as_documented(broker, redis_client, start_w
     publish(broker, topics, first)
 
     def n(cid):
-        return int(redis_client.hget(keys.customer_key(cid), "n") or 0)
+        return int(redis_client.hget(worker.layout.customer_key(cid), "n") or 0)
 
     wait(lambda: all(n(c) == 1 for c in ["dana", "fred", "walt", *ODD_IDS]) and n("olga") == 2, "good events not applied", worker)
     # Far too late can only be judged once the worker has an event-time watermark.
@@ -99,7 +100,7 @@ def test_odd_events_are_each_handled_as_documented(broker, redis_client, start_w
     assert got == expected_dead
 
     stats = wait(
-        lambda: (s := redis_client.hgetall(keys.STATS)) and int(s.get("received", 0)) == sent and s,
+        lambda: (s := read_totals(redis_client, worker.layout)) and s.get("received", 0) == sent and s,
         "segflow:stats never counted every message",
         worker,
         timeout=30,
@@ -108,24 +109,24 @@ def test_odd_events_are_each_handled_as_documented(broker, redis_client, start_w
     assert int(stats.get("dead_lettered", 0)) == len(expected_dead)
     assert int(stats.get("applied", 0)) == sent - 2 - len(expected_dead)
 
-    olga = state_from_hash(redis_client.hgetall(keys.customer_key("olga")))
+    olga = state_from_hash(redis_client.hgetall(worker.layout.customer_key("olga")))
     assert olga.events_total == 2 and olga.first_seen_ms == int(h3.timestamp() * 1000) and olga.last_seen_ms == int(h1.timestamp() * 1000)
     assert sum(b[PAGE_VIEWS] for b in olga.buckets.values()) == 2
     assert set(olga.buckets) == {int(h1.timestamp() * 1000) // 86_400_000, int(h3.timestamp() * 1000) // 86_400_000}
-    dana = state_from_hash(redis_client.hgetall(keys.customer_key("dana")))
+    dana = state_from_hash(redis_client.hgetall(worker.layout.customer_key("dana")))
     assert dana.events_total == 1 and sum(b[9] for b in dana.buckets.values()) == 1  # one login
-    assert not redis_client.exists(keys.customer_key("")) and not redis_client.exists(keys.customer_key("y" * 1000))
+    assert not redis_client.exists(worker.layout.customer_key("")) and not redis_client.exists(worker.layout.customer_key("y" * 1000))
 
     # Every odd id got its own keys and its segments announced under exactly that id.
     for cid in ODD_IDS:
-        state = state_from_hash(redis_client.hgetall(keys.customer_key(cid)))
+        state = state_from_hash(redis_client.hgetall(worker.layout.customer_key(cid)))
         assert state.purchases_total == 1 and state.revenue_total_cents == 1000, cid
-        assert redis_client.hexists(keys.segments_key(cid), "lifecycle"), cid
+        assert redis_client.hexists(worker.layout.segments_key(cid), "lifecycle"), cid
     announced = wait(
         lambda: (ids := {json.loads(r.value)["customer_id"] for r in read_to_end(broker.bootstrap, topics.segment_changes)}) >= set(ODD_IDS) and ids,
         "odd ids never announced",
         worker,
     )
     assert set(ODD_IDS) <= announced
-    assert keys.customer_id_of(keys.segments_key("a}b{c")) == "a}b{c"
+    assert keys.customer_id_of(worker.layout.segments_key("a}b{c")) == "a}b{c"
     assert worker.proc.poll() is None

@@ -17,6 +17,7 @@ import redis as redis_lib
 
 from lab.embedded import RedisServer
 from tests.conftest import WorkerProcess
+from tests.integration.reliability_helpers import WORKER_LAYOUT
 from tests.kafka_helpers import fresh_topics, send
 from tests.tls_helpers import make_pki
 
@@ -56,7 +57,7 @@ def test_the_worker_over_rediss_applies_events_and_hides_the_password(broker, tm
             login = {"event_id": "r1", "customer_id": "locked", "occurred_at": when.isoformat(), "type": "login", "success": True, "channel": "web"}
             send(broker, topics.logins, [(b"locked", json.dumps(login).encode())])
             deadline = time.monotonic() + 90
-            while client.hget("cust:{locked}", "n") != "1" or not client.hget("cust:{locked}:seg", "lifecycle"):
+            while client.hget(WORKER_LAYOUT.customer_key("locked"), "n") != "1" or not client.hget(WORKER_LAYOUT.segments_key("locked"), "lifecycle"):
                 assert worker.proc.poll() is None and time.monotonic() < deadline, worker.log()[-3000:]
                 time.sleep(0.3)
         finally:

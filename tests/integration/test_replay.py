@@ -14,12 +14,13 @@ import time
 
 import pytest
 
-from features import keys
 from features.catalogue import compute
 from features.codec import state_from_hash
 from features.extract import delta_of
 from features.state import CustomerState, apply_delta
 from lab.simulate import Simulation, event_to_json
+from streams.status import read_totals
+from tests.integration.reliability_helpers import WORKER_LAYOUT
 from tests.kafka_helpers import fresh_topics, send
 
 pytestmark = pytest.mark.integration
@@ -29,8 +30,8 @@ def wait_stat(redis_client, field: str, expected: int, timeout: float = 120) -> 
     deadline = time.monotonic() + timeout
     stats: dict = {}
     while time.monotonic() < deadline:
-        stats = redis_client.hgetall("segflow:stats")
-        if int(stats.get(field, 0)) >= expected:
+        stats = read_totals(redis_client, WORKER_LAYOUT)
+        if stats.get(field, 0) >= expected:
             return stats
         time.sleep(0.3)
     raise AssertionError(f"{field} did not reach {expected} in {timeout}s: {stats}")
@@ -55,7 +56,7 @@ def wait_settled(redis_client, quiet: float = 3.0, timeout: float = 60) -> None:
 def customer_hashes(redis_client, customer_ids) -> dict[str, dict]:
     pipe = redis_client.pipeline(transaction=False)
     for cid in customer_ids:
-        pipe.hgetall(keys.customer_key(cid))
+        pipe.hgetall(WORKER_LAYOUT.customer_key(cid))
     return dict(zip(customer_ids, pipe.execute(), strict=False))
 
 
@@ -95,7 +96,7 @@ def test_duplicates_and_a_full_replay_change_nothing(broker, redis_client, start
     start_worker(topics.prefix, app_id=f"{topics.prefix}replay")
     stats = wait_stat(redis_client, "received", 2 * sent)
     wait_settled(redis_client)
-    stats = redis_client.hgetall("segflow:stats")
+    stats = read_totals(redis_client, WORKER_LAYOUT)
     assert int(stats["applied"]) == len(events), stats
     assert int(stats["duplicates"]) == len(retried) + sent, stats
     assert customer_hashes(redis_client, list(reference)) == stored

@@ -13,6 +13,7 @@ import redis as redis_lib
 
 from lab.embedded import RedisServer
 from tests.conftest import WorkerProcess
+from tests.integration.reliability_helpers import WORKER_LAYOUT
 from tests.kafka_helpers import fresh_topics, read_until, send
 
 pytestmark = pytest.mark.integration
@@ -33,7 +34,7 @@ def test_a_redis_password_comes_from_configuration_and_never_reaches_logs_or_top
             login = {"event_id": "e1", "customer_id": "vault", "occurred_at": when, "type": "login", "success": True, "channel": "web"}
             send(broker, topics.logins, [(b"vault", json.dumps(login).encode()), (b"vault", b"{broken")])
             deadline = time.monotonic() + 90
-            while client.hget("cust:{vault}", "n") != "1":
+            while client.hget(WORKER_LAYOUT.customer_key("vault"), "n") != "1":
                 assert worker.proc.poll() is None, worker.log()[-2000:]
                 assert time.monotonic() < deadline, worker.log()[-2000:]
                 time.sleep(0.3)

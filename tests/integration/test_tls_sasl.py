@@ -28,6 +28,7 @@ from streams.kafka_security import faust_credentials, kafka_python_config
 from streams.settings import Settings
 from streams.topics import Topics
 from tests.conftest import WorkerProcess
+from tests.integration.reliability_helpers import WORKER_LAYOUT
 from tests.kafka_helpers import read_until
 from tests.secure_front import SecuredBroker
 from tests.tls_helpers import make_pki
@@ -133,7 +134,7 @@ def test_the_worker_over_sasl_ssl_applies_events_and_no_password_leaks(tmp_path,
 
             client = redis_lib.Redis.from_url(server.url, decode_responses=True)
             deadline = time.monotonic() + 120
-            while client.hget("cust:{vault}", "n") != "2":
+            while client.hget(WORKER_LAYOUT.customer_key("vault"), "n") != "2":
                 assert worker.proc.poll() is None, worker.log()[-3000:]
                 assert time.monotonic() < deadline, worker.log()[-3000:]
                 time.sleep(0.3)
@@ -144,7 +145,7 @@ def test_the_worker_over_sasl_ssl_applies_events_and_no_password_leaks(tmp_path,
             worker.stop()
 
         # Applied: the features are in Redis, the segment change and the dead letter on their topics.
-        features = client.hgetall("cust:{vault}")
+        features = client.hgetall(WORKER_LAYOUT.customer_key("vault"))
         assert (features["n"], features["np"], features["rv"], features["c:books"]) == ("2", "1", "4200", "1")
         assert {json.loads(r.value)["customer_id"] for r in changes} == {"vault"}
         assert [r.value for r in dead] == [b"{broken"]
