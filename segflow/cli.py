@@ -187,7 +187,7 @@ def reseed(
     seed: int | None = typer.Option(None, help="k-means seed for the fresh clusters (default: the segments config's)"),
     config: Path | None = ConfigOpt,
 ):
-    """Request fresh behaviour clusters: the worker's next snapshot tick re-seeds, saves a new model version and records it in segflow:drift."""
+    """Request fresh behaviour clusters: the worker's next snapshot tick re-seeds, saves a new model version and records it in segflow:{drift}."""
     from features import keys
 
     settings = _settings(config)
@@ -221,6 +221,38 @@ def migrate_layout(config: Path | None = ConfigOpt):
 
 
 # -- querying ----------------------------------------------------------------------
+
+
+@cli.command("keys")
+def key_names(
+    customer_id: str | None = typer.Argument(None, help="A customer id: its keys. Without: every partition's keys"),
+    config: Path | None = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Redis key names (they depend on SEGFLOW_PARTITIONS): one customer's, or every partition's (for redis-cli)."""
+    layout = _settings(config).layout
+    if customer_id is not None:
+        p = layout.partition(customer_id)
+        view: dict = {
+            "partition": p,
+            "features": layout.customer_key(customer_id),
+            "segments": layout.segments_key(customer_id),
+            "history": layout.history_key(customer_id),
+            "deadlines": layout.deadlines_key(p),
+        }
+    else:
+        view = {
+            "partitions": [
+                {"partition": p, "tag": tag, "outbox": layout.outbox(p), "deadlines": layout.deadlines_key(p), "stats": layout.stats(p)}
+                for p, tag in enumerate(layout.tags)
+            ]
+        }
+    if as_json:
+        typer.echo(json.dumps(view, indent=2))
+    elif customer_id is not None:
+        typer.echo("\n".join(f"{k:<10} {v}" for k, v in view.items()))
+    else:
+        typer.echo("\n".join(f"{row['partition']:>3}  {{{row['tag']}}}  {row['outbox']}  {row['deadlines']}" for row in view["partitions"]))
 
 
 @cli.command()

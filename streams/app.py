@@ -243,7 +243,7 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
     @app.timer(settings.snapshot_interval_seconds)
     async def snapshot():
         e = await engine()
-        await e.reseed_if_requested()  # a `segflow reseed` request: logged, recorded in segflow:drift, saved as a new version
+        await e.reseed_if_requested()  # a `segflow reseed` request: logged, recorded in segflow:{drift}, saved as a new version
         version = await e.snapshot_model()
         if version is not None:
             log.info("behaviour model snapshot v%d saved", version)

@@ -33,7 +33,7 @@ from streams.topics import Topics
 from streams.watermark import Watermark
 
 log = logging.getLogger("segflow.engine")
-DRIFT_STREAM_LEN = 1000  # entries kept in segflow:drift (about: XADD MAXLEN ~)
+DRIFT_STREAM_LEN = 1000  # entries kept in segflow:{drift} (about: XADD MAXLEN ~)
 
 
 class InboundMessage(NamedTuple):
@@ -444,7 +444,7 @@ class Engine:
         await self.segments.confirm_sent(outbox_ids)
 
     async def _record_drift(self, events: Sequence[DriftEvent]) -> None:
-        """Log and append drift events to the capped ``segflow:drift`` stream."""
+        """Log and append drift events to the capped ``segflow:{drift}`` stream."""
         if not events:
             return
         version = self.segmenter.model_version
@@ -457,9 +457,9 @@ class Engine:
         self.counters.drift_detected += len(events)  # counted once recorded, as every counter here
 
     async def reseed_if_requested(self) -> int | None:
-        """Apply a pending ``segflow reseed`` request (hash ``segflow:reseed``):
+        """Apply a pending ``segflow reseed`` request (hash ``segflow:{drift}:reseed``):
         fresh behaviour clusters, a new model version saved as a snapshot, a
-        ``reseed`` entry in ``segflow:drift``. Returns the new version, or None
+        ``reseed`` entry in ``segflow:{drift}``. Returns the new version, or None
         when nothing was requested. The request is deleted only once recorded
         (a crash in between re-seeds again at the next run: harmless)."""
         raw = await self.redis.hgetall(keys.RESEED)

@@ -69,7 +69,10 @@ class Settings(BaseSettings):
     max_customers: int = Field(
         10_000_000,
         ge=0,
-        description="Customers with state in Redis at most (about 6 KB each); events of further new customers are dead-lettered as customer_limit. 0: no limit",
+        description=(
+            "Customers with state in Redis at most (about 2 KB each), held per input partition (this / partitions, rounded up); "
+            "events of further new customers are dead-lettered as customer_limit. 0: no limit"
+        ),
     )
     history_cap: int = Field(10, ge=1, description="Segment changes kept per customer in Redis, compact (about 90 B each; the full changes are on the topic)")
     snapshot_interval_seconds: float = Field(30.0, gt=0, description="How often the behaviour model is snapshotted to Redis")
