@@ -257,6 +257,8 @@ class RedisCluster:
             for i, port in enumerate(self.ports[: self.shards]):
                 node_dir = base / f"node-{i}"
                 node_dir.mkdir(parents=True, exist_ok=True)
+                if not self.persistent:  # an earlier run's nodes.conf, without its data, may name other nodes or slots
+                    (node_dir / "nodes.conf").unlink(missing_ok=True)
                 cluster_args = ["--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf")]
                 cluster_args += ["--cluster-node-timeout", str(self.node_timeout_ms)]
                 self.nodes.append(RedisServer(port=port, data_dir=node_dir, persistent=self.persistent, extra_args=cluster_args).start())
@@ -337,21 +339,31 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
 
 @dataclass
 class EmbeddedStack:
-    """Broker + Redis together. ``with EmbeddedStack() as stack: ...``"""
+    """Broker + Redis together. ``with EmbeddedStack() as stack: ...``
+
+    With ``cluster`` set, that Redis Cluster runs instead of ``redis``.
+    """
 
     work_dir: Path | None = None
     broker: Broker = field(default_factory=Broker)
     redis: RedisServer = field(default_factory=RedisServer)
+    cluster: RedisCluster | None = None
+
+    @property
+    def redis_url(self) -> str:
+        """The Redis server's URL, or the cluster's seed node's."""
+        return self.cluster.url if self.cluster else self.redis.url
 
     def start(self) -> EmbeddedStack:
         work = self.work_dir or Path(tempfile.mkdtemp(prefix="segflow-"))
         work.mkdir(parents=True, exist_ok=True)
         self.work_dir = work
         self.broker.log_path = work / "broker.log"
-        self.redis.data_dir = work / "redis"
+        store = self.cluster or self.redis
+        store.data_dir = work / "redis"
         try:
             self.broker.start()
-            self.redis.start()
+            store.start()
         except BaseException:
             self.stop()
             raise
@@ -359,7 +371,7 @@ class EmbeddedStack:
 
     def stop(self) -> None:
         self.broker.stop()
-        self.redis.stop()
+        (self.cluster or self.redis).stop()
 
     def __enter__(self) -> EmbeddedStack:
         return self.start()

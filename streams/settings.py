@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     kafka_password: SecretStr | None = None
     kafka_ca_file: Path | None = Field(None, description="CA bundle for SSL/SASL_SSL")
     redis_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="redis:// or rediss:// (TLS); may carry a password")
+    redis_cluster: bool = Field(False, description="SEGFLOW_REDIS_URL is a seed node of a Redis Cluster; clients route each command to the slot's primary")
     app_id: str = Field("segflow", description="Faust app id = Kafka consumer group")
     topic_prefix: str = ""
     partitions: int = Field(4, ge=1, le=1024, description="Partitions per input topic when segflow creates them")
