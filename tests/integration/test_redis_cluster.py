@@ -7,12 +7,16 @@ asking the server for its keys."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import redis as redis_lib
 
-from lab.embedded import CLUSTER_SLOTS, cluster_info
+from lab.embedded import CLUSTER_SLOTS, RedisServer, cluster_info, free_cluster_port
 from streams.redis_clients import async_client, sync_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -135,3 +139,29 @@ def test_fcall_is_routed_without_command_getkeys(redis_cluster, redis_cluster_cl
     plain.fcall("cluster_test_get", 1, f"{TAGS[0]}:v")
     assert command_calls(redis_cluster.ports) > start
     plain.close()
+
+
+def test_the_compose_cluster_init_script_forms_a_cluster_and_can_run_again(tmp_path):
+    """deploy/cluster-init.sh (docker-compose's cluster profile) against three bare
+    cluster-enabled nodes, with redis-cli for valkey-cli: it creates the cluster, and
+    a second run (volumes kept, containers restarted) leaves it ok."""
+    cli = shutil.which("valkey-cli") or shutil.which("redis-cli")
+    assert cli, "no valkey-cli or redis-cli: `apt-get install redis-tools` (make test does)"
+    ports: list[int] = []
+    for _ in range(3):
+        ports.append(free_cluster_port(taken=ports))
+    nodes = [
+        RedisServer(port=p, data_dir=tmp_path / str(p), extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]).start() for p in ports
+    ]
+    script = Path(__file__).resolve().parents[2] / "deploy" / "cluster-init.sh"
+    env = {**os.environ, "NODES": " ".join(f"localhost:{p}" for p in ports), "CLI": cli}
+    try:
+        for _ in range(2):
+            run = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=90)
+            assert run.returncode == 0, run.stdout + run.stderr
+            for port in ports:
+                info = cluster_info(port)
+                assert info["cluster_state"] == "ok" and info["cluster_size"] == "3", info
+    finally:
+        for node in nodes:
+            node.stop()
