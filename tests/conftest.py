@@ -1,12 +1,14 @@
-"""Shared fixtures: a real Redis server and a real Kafka-protocol broker, started
-by the tests on free loopback ports and stopped at the end of the session."""
+"""Shared fixtures: a real Redis server, a real Redis Cluster and a real
+Kafka-protocol broker, started by the tests on free loopback ports and stopped
+at the end of the session."""
 
 from __future__ import annotations
 
 import pytest
 import redis as redis_lib
 
-from lab.embedded import Broker, RedisServer
+from lab.embedded import Broker, RedisCluster, RedisServer
+from streams.redis_clients import sync_client
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +22,22 @@ def redis_server(tmp_path_factory):
 def redis_client(redis_server):
     client = redis_lib.Redis.from_url(redis_server.url, decode_responses=True)
     client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """Three primaries, no replicas; append-only with fsync, so a killed node restarts with its data."""
+    cluster = RedisCluster(shards=3, data_dir=tmp_path_factory.mktemp("redis-cluster"), persistent=True).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture()
+def redis_cluster_client(redis_cluster):
+    client = sync_client(redis_cluster.url, cluster=True, decode_responses=True)
+    client.flushall(target_nodes=client.PRIMARIES)
     yield client
     client.close()
 

@@ -1,6 +1,7 @@
-"""docker-compose's monitoring profile matches the code: the Grafana dashboard
+"""docker-compose's profiles match the code: the Grafana dashboard (monitoring)
 queries only metrics a worker exposes, Prometheus scrapes the worker's web
-port, and every file the compose file mounts exists."""
+port, every file the compose file mounts exists, and the cluster profile's
+nodes, one-shot init and worker fit together."""
 
 from __future__ import annotations
 
@@ -64,3 +65,36 @@ def test_compose_mounts_files_that_exist():
     assert mounts, "the monitoring profile mounts its config"
     for source in mounts:
         assert (ROOT / source).exists(), source
+
+
+def test_cluster_profile_nodes_init_and_worker_fit_together():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    in_profile = {name for name, s in services.items() if "cluster" in s.get("profiles", [])}
+    nodes = sorted(name for name in in_profile if name.startswith("valkey-"))
+    assert len(nodes) == 3 and {"cluster-init", "worker-cluster"} <= in_profile
+    volumes = set()
+    for name in nodes:
+        node = services[name]
+        args = node["command"]
+        assert args[args.index("--cluster-enabled") + 1] == "yes", name
+        assert args[args.index("--appendonly") + 1] == "yes" and args[args.index("--appendfsync") + 1] == "always", name
+        volumes |= {v.split(":")[0] for v in node["volumes"] if v.endswith(":/data")}
+    assert len(volumes) == 3 and volumes <= set(compose["volumes"]), "each node keeps its data and nodes.conf on its own volume"
+
+    init = services["cluster-init"]
+    assert sorted(n.split(":")[0] for n in init["environment"]["NODES"].split()) == nodes
+    assert all(init["depends_on"][n]["condition"] == "service_healthy" for n in nodes)
+    assert init["restart"] == "no"
+    script = (ROOT / "deploy" / "cluster-init.sh").read_text()
+    assert "--cluster create" in script and "--cluster-replicas 0" in script and "--cluster-yes" in script
+
+    worker = services["worker-cluster"]
+    env = worker["environment"]
+    unknown = {k for k in env if k.startswith("SEGFLOW_") and k[len("SEGFLOW_") :].lower() not in Settings.model_fields}
+    assert not unknown, f"not settings: {sorted(unknown)}"
+    settings = Settings(**{k[len("SEGFLOW_") :].lower(): v for k, v in env.items()})
+    assert settings.redis_cluster is True
+    assert settings.redis_url.get_secret_value().split("//")[1].split(":")[0] in nodes
+    assert settings.app_id != services["worker"]["environment"].get("SEGFLOW_APP_ID", Settings().app_id), "its own consumer group"
+    assert worker["depends_on"]["cluster-init"]["condition"] == "service_completed_successfully"
