@@ -25,6 +25,7 @@ from typing import Any
 
 import hiredis
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
@@ -42,6 +43,8 @@ async def run_pipeline(redis: Redis, commands: Sequence[Command]) -> list[Any]:
     """
     if not commands:
         return []
+    if isinstance(redis, AsyncRedisCluster):
+        return await _run_cluster_pipeline(redis, commands)
     # hiredis's stub types the command as a 1-tuple; any length is accepted.
     packed = b"".join(map(hiredis.pack_command, commands))  # type: ignore[arg-type]
     pool = redis.connection_pool
@@ -52,6 +55,26 @@ async def run_pipeline(redis: Redis, commands: Sequence[Command]) -> list[Any]:
         await pool.release(conn)
 
 
+async def _run_cluster_pipeline(redis: AsyncRedisCluster, commands: Sequence[Command]) -> list[Any]:
+    """On a Redis Cluster: redis-py's cluster pipeline, which sends each node the commands
+    of its slots at once and follows redirects; its replies pass redis-py's response
+    callbacks (the callers read both forms)."""
+    pipe = redis.pipeline()
+    for command in commands:
+        pipe.execute_command(*command)
+    replies = await pipe.execute(raise_on_error=False)
+    _raise_first_error(replies, commands)
+    return list(replies)
+
+
+def _raise_first_error(replies: Sequence[Any], commands: Sequence[Command]) -> None:
+    for i, reply in enumerate(replies):
+        if isinstance(reply, ResponseError):
+            name = commands[i][0]
+            reply.args = (f"command #{i + 1} ({name!s}) of pipeline failed: {reply.args[0] if reply.args else ''}", *reply.args[1:])
+            raise reply
+
+
 async def _round_trip(conn: AbstractConnection, packed: bytes, commands: Sequence[Command]) -> list[Any]:
     await conn.send_packed_command(packed)
     replies: list[Any] = []
@@ -60,9 +83,5 @@ async def _round_trip(conn: AbstractConnection, packed: bytes, commands: Sequenc
             replies.append(await conn.read_response())
         except ResponseError as error:
             replies.append(error)
-    for i, reply in enumerate(replies):
-        if isinstance(reply, ResponseError):
-            name = commands[i][0]
-            reply.args = (f"command #{i + 1} ({name!s}) of pipeline failed: {reply.args[0] if reply.args else ''}", *reply.args[1:])
-            raise reply
+    _raise_first_error(replies, commands)
     return replies

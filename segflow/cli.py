@@ -35,9 +35,9 @@ def _settings(config: Path | None, **overrides) -> Settings:
 
 
 def _sync_redis(settings: Settings):
-    import redis
+    from streams.redis_clients import sync_client
 
-    return redis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True, socket_connect_timeout=3)
+    return sync_client(settings.redis_url.get_secret_value(), cluster=settings.redis_cluster, decode_responses=True, socket_connect_timeout=3)
 
 
 def _kafka_config(settings: Settings) -> dict:

@@ -28,24 +28,27 @@ from streams.engine import BatchOutcome, Counters, Engine, InboundMessage
 from streams.gc_tuning import settle_heap
 from streams.kafka_security import faust_credentials
 from streams.metrics import WorkerMetrics
+from streams.redis_clients import async_client
 from streams.redis_packing import use_hiredis_packer
 from streams.settings import Settings
 
 log = logging.getLogger("segflow.worker")
 
 
-def redis_client(url: str) -> aioredis.Redis:
+def redis_client(url: str, cluster: bool = False) -> aioredis.Redis:
     """An asyncio Redis client that waits and retries with backoff while Redis is away
-    (and packs commands with hiredis, :mod:`streams.redis_packing`)."""
-    return use_hiredis_packer(
-        aioredis.Redis.from_url(
-            url,
-            retry=Retry(ExponentialBackoff(cap=5.0, base=0.05), retries=60),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError, BusyLoadingError],
-            health_check_interval=10,
-            socket_connect_timeout=5,
-        )
+    (and packs commands with hiredis, :mod:`streams.redis_packing`); with ``cluster``, a
+    cluster client seeded by ``url`` (:mod:`streams.redis_clients`), which also retries
+    while a shard is down (CLUSTERDOWN) and follows the slot map."""
+    options: dict = dict(
+        retry=Retry(ExponentialBackoff(cap=5.0, base=0.05), retries=60),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError, BusyLoadingError],
+        health_check_interval=10,
+        socket_connect_timeout=5,
     )
+    if cluster:
+        return async_client(url, cluster=True, **options)  # type: ignore[return-value]  # used through the commands both share
+    return use_hiredis_packer(aioredis.Redis.from_url(url, **options))
 
 
 def broker_credentials(settings: Settings):
@@ -120,7 +123,7 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
     async def engine() -> Engine:
         async with ready:
             if "engine" not in holder:
-                e = Engine(settings, redis_client(settings.redis_url.get_secret_value()), segmenter_factory())
+                e = Engine(settings, redis_client(settings.redis_url.get_secret_value(), settings.redis_cluster), segmenter_factory())
                 e.backlog_probe = backlog
                 e.observe = lambda call, seconds: metrics.batch_seconds.observe(seconds) if call == "batch" else metrics.observe_redis(call, seconds)
                 await e.start()

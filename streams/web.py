@@ -57,13 +57,19 @@ class _Redis:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._client: redis.Redis | None = None
+        self._client: redis.Redis | redis.cluster.RedisCluster | None = None
 
-    def __call__(self) -> redis.Redis:
+    def __call__(self) -> redis.Redis | redis.cluster.RedisCluster:
         if self._client is None:
-            import redis
+            from streams.redis_clients import sync_client
 
-            self._client = redis.Redis.from_url(self.settings.redis_url.get_secret_value(), decode_responses=True, socket_connect_timeout=3, socket_timeout=10)
+            self._client = sync_client(
+                self.settings.redis_url.get_secret_value(),
+                cluster=self.settings.redis_cluster,
+                decode_responses=True,
+                socket_connect_timeout=3,
+                socket_timeout=10,
+            )
         return self._client
 
 

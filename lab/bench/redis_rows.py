@@ -237,3 +237,61 @@ def scale_test(
         sync.flushall()
         sync.close()
     return results
+
+
+# -- row 9: shards ---------------------------------------------------------------------
+
+
+def shards_row(payloads, shard_counts: tuple[int, ...] = (1, 3), batch: int = 2000) -> list[dict]:
+    """Row 4's FCALL batches against a local Redis Cluster of 1 and of 3 primaries, through
+    the worker's cluster client: aggregate events/s, and per node the server µs and Redis
+    commands per call and the keys it holds (their balance). On a 2-core machine more
+    shards cannot run faster; the per-node costs feed the capacity model (docs/PERFORMANCE.md)."""
+    from features.store import LIBRARY
+    from lab.embedded import RedisCluster
+    from streams.redis_clients import async_client, sync_client
+
+    deltas = _deltas(payloads)
+    batches = worker_like_batches(deltas, batch)
+    out = []
+    for shards in shard_counts:
+        with RedisCluster(shards=shards) as cluster:
+            sync: Any = sync_client(cluster.url, cluster=True)
+            sync.function_load(LIBRARY, replace=True)
+            nodes = [node.redis_connection for node in sync.get_primaries()]
+            for node in nodes:
+                node.config_resetstat()
+
+            async def go(url: str = cluster.url) -> float:
+                r: Any = async_client(url, cluster=True)
+                try:
+                    return await _apply_batches(r, batches)
+                finally:
+                    await r.aclose()
+
+            seconds = asyncio.run(go())
+            per_node = []
+            for node in nodes:
+                server = fcall_server_usec(node)
+                per_node.append({**server, "keys": int(node.dbsize())})
+            calls = sum(n["calls"] for n in per_node)
+            usec = sum(n["calls"] * n["usec_per_call"] for n in per_node)
+            keys = [n["keys"] for n in per_node]
+            row = {
+                "shards": shards,
+                "events": len(deltas),
+                "seconds": round(seconds, 3),
+                "rate": round(len(deltas) / seconds, 1),
+                "server_usec_per_event": round(usec / calls, 2) if calls else None,
+                "redis_commands_per_event": round(sum(n["calls"] * (n["inner_commands_per_call"] or 0) for n in per_node) / calls, 2) if calls else None,
+                "keys_balance": round(max(keys) / min(keys), 3) if min(keys) else None,
+                "calls_balance": round(max(n["calls"] for n in per_node) / max(1, min(n["calls"] for n in per_node)), 3),
+                "per_node": per_node,
+            }
+            say(
+                f"  {shards} shard(s): {row['rate']:,.0f} ev/s, server {row['server_usec_per_event']} µs and "
+                f"{row['redis_commands_per_event']} commands per event, keys per node {keys}"
+            )
+            out.append(row)
+            sync.close()
+    return out

@@ -31,7 +31,7 @@ from lab.bench.deadlines import run_deadline_latency
 from lab.bench.floor import FLOOR_CONSUMERS, run_latency_floor
 from lab.bench.latency import run_latency, run_mix_latency
 from lab.bench.mass_silence import run_mass_silence
-from lab.bench.redis_rows import redis_ceiling, scale_test
+from lab.bench.redis_rows import redis_ceiling, scale_test, shards_row
 from lab.bench.worker import run_worker_e2e
 
 # -- the run --------------------------------------------------------------------------
@@ -164,6 +164,9 @@ def run_bench(opts: BenchOptions) -> dict:
             sizes = opts.scale_sizes + ((1_000_000,) if opts.scale_max else ())
             say(f"[7] scale: memory and per-event cost at {', '.join(f'{s:,}' for s in sizes)} customers")
             rows["scale"] = scale_test(stack.redis.url, payloads, sizes, opts.scale_probe_events, probe_rounds=opts.scale_probe_rounds)
+
+            say("[9] shards: row 4's batches on a local Redis Cluster of 1 and of 3 primaries (cluster client)")
+            rows["shards"] = shards_row(payloads[: min(n, 100_000)])
     finally:
         procs.stop_all()
     result["load_average_end"] = loadavg()
@@ -247,6 +250,18 @@ def targets(rows: dict) -> list[dict]:
         )
     mem = e2e.get("memory", {}).get("bytes_per_customer_keys")
     out.append({"target": "< 2 KiB Redis per customer (cust + seg + hist keys)", "value": mem, "reached": mem is not None and mem < 2048})
+    for s in rows.get("shards", []):
+        usec, cmds = s.get("server_usec_per_event"), s.get("redis_commands_per_event")
+        out.append({"target": f"{s['shards']} shard(s): Redis server time per event <= 20 µs", "value": usec, "reached": usec is not None and usec <= 20})
+        out.append({"target": f"{s['shards']} shard(s): Redis commands per event <= 4", "value": cmds, "reached": cmds is not None and cmds <= 4})
+        if s["shards"] > 1:
+            out.append(
+                {
+                    "target": f"{s['shards']} shards: keys per node balanced within 10% (max / min)",
+                    "value": s.get("keys_balance"),
+                    "reached": s.get("keys_balance") is not None and s["keys_balance"] <= 1.1,
+                }
+            )
     scale = rows.get("scale", [])
     if len(scale) >= 2:
         first, last = scale[0]["usec_per_call_server"], scale[-1]["usec_per_call_server"]
@@ -371,6 +386,13 @@ def format_table(result: dict) -> str:
             f"median of {', '.join(map(str, s.get('usec_per_call_server_rounds', [])))}; {s.get('redis_commands_per_event')} Redis commands/event; "
             f"{s['usec_per_event_client']} µs/event client+server; {s['used_memory_per_customer']:,} B/customer used_memory, "
             f"cust hash {s['cust_key_bytes_sampled']:,} B ({s['events_per_customer']} events each)",
+        )
+    for s in rows.get("shards", []):
+        add(
+            f"9 Redis Cluster, {s['shards']} shard(s), pipelined FCALL",
+            evs(s),
+            f"server {s['server_usec_per_event']} µs and {s['redis_commands_per_event']} commands per event; "
+            f"keys per node {[n['keys'] for n in s['per_node']]}, µs/call per node {[n['usec_per_call'] for n in s['per_node']]}",
         )
     w1 = max(len(a) for a, _, _ in lines) if lines else 10
     w2 = max(len(b) for _, b, _ in lines) if lines else 10
