@@ -58,17 +58,28 @@ async def run_pipeline(redis: Redis, commands: Sequence[Command]) -> list[Any]:
 async def _run_cluster_pipeline(redis: AsyncRedisCluster, commands: Sequence[Command]) -> list[Any]:
     """On a Redis Cluster: redis-py's cluster pipeline, which sends each node the commands
     of its slots at once and follows redirects; its replies pass redis-py's response
-    callbacks (the callers read both forms)."""
-    pipe = redis.pipeline()
-    for command in commands:
-        pipe.execute_command(*command)
-    replies = await pipe.execute(raise_on_error=False)
-    _raise_first_error(replies, commands)
-    return list(replies)
+    callbacks (the callers read both forms). While a shard is away the whole batch is
+    resent with the client's ``outage_retry`` (streams.redis_clients), if it has one."""
+
+    async def attempt() -> list[Any]:
+        pipe = redis.pipeline()
+        for command in commands:
+            pipe.execute_command(*command)
+        replies = await pipe.execute(raise_on_error=False)
+        _raise_first_error(replies, commands)
+        return list(replies)
+
+    async def nothing(_error: Exception) -> None:
+        return None
+
+    retry = getattr(redis, "outage_retry", None)
+    return await (retry.call_with_retry(attempt, nothing) if retry is not None else attempt())
 
 
 def _raise_first_error(replies: Sequence[Any], commands: Sequence[Command]) -> None:
     for i, reply in enumerate(replies):
+        if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
+            raise reply  # a connection lost or a shard down on the cluster: the batch is resent
         if isinstance(reply, ResponseError):
             name = commands[i][0]
             reply.args = (f"command #{i + 1} ({name!s}) of pipeline failed: {reply.args[0] if reply.args else ''}", *reply.args[1:])

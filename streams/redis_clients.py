@@ -23,6 +23,26 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 from redis._parsers import AsyncCommandsParser, CommandsParser
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# A shard away (killed, restarting, failing over): the whole call is tried again.
+SHARD_AWAY = (RedisConnectionError, RedisTimeoutError, ClusterDownError, SlotNotCoveredError, TryAgainError)
+
+
+def outage_retry() -> AsyncRetry:
+    """The worker's patience with a shard that is away: exponential backoff to 5 s, about
+    4.5 minutes in all, as its single-Redis client waits for a restarted server. redis-py's
+    own cluster retries do not back off (a refused connection burns them in milliseconds)."""
+    # (SlotNotCoveredError is not a RedisError; the stub asks for those, Retry only catches them)
+    return AsyncRetry(ExponentialBackoff(cap=5.0, base=0.05), retries=60, supported_errors=SHARD_AWAY)  # type: ignore[arg-type]
+
+
+async def _nothing(_error: Exception) -> None:
+    return None
 
 
 def fcall_keys(args: tuple) -> tuple | None:
@@ -57,11 +77,17 @@ class SyncRedisCluster(redis.cluster.RedisCluster):
 
 
 class AsyncRedisCluster(redis.asyncio.cluster.RedisCluster):
-    """redis-py's asyncio cluster client, routing FCALL by its arguments."""
+    """redis-py's asyncio cluster client, routing FCALL by its arguments, and waiting out a
+    shard that is away (:func:`outage_retry`, also used by features.pipeline for batches)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.commands_parser = _AsyncFcallKeysParser()
+        self.outage_retry = outage_retry()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        base = redis.asyncio.cluster.RedisCluster.execute_command
+        return await self.outage_retry.call_with_retry(lambda: base(self, *args, **kwargs), _nothing)
 
 
 def sync_client(url: str, *, cluster: bool, **kw: Any) -> redis.Redis | redis.cluster.RedisCluster:
