@@ -13,6 +13,7 @@ from lab.bench.common import (
     BENCH_PREFIX,
     Procs,
     _rate,
+    cpu_seconds,
     worker_env,
 )
 
@@ -137,16 +138,23 @@ def run_bare_faust(stack, procs: Procs, work: Path, mode: str, expected: int, ti
     try:
         deadline = time.monotonic() + timeout
         h: dict = {}
+        cpu_first: tuple[int, float] | None = None  # (events so far, CPU seconds) once events flow
         while time.monotonic() < deadline:
             if p.poll() is not None:
                 raise RuntimeError(f"bare Faust ({mode}) exited with {p.returncode}; see {work / f'faust-{mode}.log'}")
             h = r.hgetall(key)
+            if h and cpu_first is None and int(h["n"]) > 0:
+                cpu_first = (int(h["n"]), cpu_seconds(p.pid))
             if h and int(h["n"]) >= expected:
                 break
             time.sleep(0.25)
+        cpu_end = cpu_seconds(p.pid)
         if not h:
             h = {"n": 0, "first_n": 0, "first": 0, "last": 0}
-        return _rate(int(h["n"]), int(h["first_n"]), float(h["first"]) or None, float(h["last"]) or None, expected)
+        out = _rate(int(h["n"]), int(h["first_n"]), float(h["first"]) or None, float(h["last"]) or None, expected)
+        if cpu_first is not None and int(h["n"]) > cpu_first[0]:
+            out["cpu_us_per_event"] = round((cpu_end - cpu_first[1]) / (int(h["n"]) - cpu_first[0]) * 1e6, 2)
+        return out
     finally:
         procs.stop(p)
         r.close()

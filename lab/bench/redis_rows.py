@@ -10,6 +10,7 @@ import random
 import time
 from typing import Any
 
+from features.keys import Layout
 from lab.bench.common import (
     LAYOUT,
     say,
@@ -29,21 +30,21 @@ def _deltas(payloads) -> list[tuple[str, Any]]:
     return out
 
 
-def _batch_calls(items, late_before_ms=None):
+def _batch_calls(items, late_before_ms=None, layout: Layout = LAYOUT):
     """FCALL arguments of one batch, asking for state on each customer's last event (as the worker does)."""
     from features.store import apply_call
 
     last = {cid: i for i, (cid, _) in enumerate(items)}
-    return [apply_call(LAYOUT, cid, d, late_before_ms, last[cid] == i) for i, (cid, d) in enumerate(items)]
+    return [apply_call(layout, cid, d, late_before_ms, last[cid] == i) for i, (cid, d) in enumerate(items)]
 
 
-def worker_like_batches(deltas, batch: int, lateness_ms: int = 6 * 3600 * 1000) -> list:
+def worker_like_batches(deltas, batch: int, lateness_ms: int = 6 * 3600 * 1000, layout: Layout = LAYOUT) -> list:
     """Batches of FCALL arguments as the worker builds them: each batch's lateness horizon
     is the newest event time of the batches before it minus the default lateness."""
     out, newest = [], None
     for i in range(0, len(deltas), batch):
         chunk = deltas[i : i + batch]
-        out.append(_batch_calls(chunk, None if newest is None else newest - lateness_ms))
+        out.append(_batch_calls(chunk, None if newest is None else newest - lateness_ms, layout))
         top = max(d.ts_ms for _, d in chunk)
         newest = top if newest is None else max(newest, top)
     return out
@@ -242,17 +243,18 @@ def scale_test(
 # -- row 9: shards ---------------------------------------------------------------------
 
 
-def shards_row(payloads, shard_counts: tuple[int, ...] = (1, 3), batch: int = 2000) -> list[dict]:
+def shards_row(payloads, shard_counts: tuple[int, ...] = (1, 3), batch: int = 2000, partitions: int = 12) -> list[dict]:
     """Row 4's FCALL batches against a local Redis Cluster of 1 and of 3 primaries, through
     the worker's cluster client: aggregate events/s, and per node the server µs and Redis
     commands per call and the keys it holds (their balance). On a 2-core machine more
-    shards cannot run faster; the per-node costs feed the capacity model (docs/PERFORMANCE.md)."""
+    shards cannot run faster; the per-node costs feed the capacity model (docs/PERFORMANCE.md).
+    Keys are laid out for ``partitions`` input partitions (12: 4 per shard of 3)."""
     from features.store import LIBRARY
     from lab.embedded import RedisCluster
     from streams.redis_clients import async_client, sync_client
 
     deltas = _deltas(payloads)
-    batches = worker_like_batches(deltas, batch)
+    batches = worker_like_batches(deltas, batch, layout=Layout(partitions))
     out = []
     for shards in shard_counts:
         with RedisCluster(shards=shards) as cluster:
@@ -279,6 +281,7 @@ def shards_row(payloads, shard_counts: tuple[int, ...] = (1, 3), batch: int = 20
             keys = [n["keys"] for n in per_node]
             row = {
                 "shards": shards,
+                "partitions": partitions,
                 "events": len(deltas),
                 "seconds": round(seconds, 3),
                 "rate": round(len(deltas) / seconds, 1),

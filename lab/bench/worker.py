@@ -18,6 +18,7 @@ from lab.bench.common import (
     REPO_ROOT,
     BenchOptions,
     Procs,
+    cpu_seconds,
     say,
     worker_env,
 )
@@ -42,6 +43,9 @@ def run_worker_e2e(stack, procs: Procs, work: Path, expected: int, timeout: floa
     p = procs.start([sys.executable, "-m", "segflow.cli", "worker"], envs[0], work / f"worker-e2e-{group}-0.log")
     say(f"  {workers} worker(s), pids {[p.pid] + [o.pid for o in others]}, logs {work}/worker-e2e-{group}-*.log")
     samples: list[tuple[float, int, dict]] = []  # (time the hash changed, received, whole hash)
+    # CPU seconds of each component once events flow, and at the end: per-event costs for the capacity model
+    components = {"worker": [p.pid, *(o.pid for o in others)], "broker": [stack.broker.proc.pid], "redis": [stack.redis.proc.pid]}
+    cpu_first: tuple[int, dict[str, float]] | None = None
     spy = None
     profile: dict | None = None
     try:
@@ -55,6 +59,8 @@ def run_worker_e2e(stack, procs: Procs, work: Path, expected: int, timeout: floa
             received = int(h.get("received", 0))
             if h and (not samples or samples[-1][1] != received):
                 samples.append((time.monotonic(), received, h))
+                if received and cpu_first is None:
+                    cpu_first = (received, {name: sum(map(cpu_seconds, pids)) for name, pids in components.items()})
                 if received and opts.profile and spy is None:
                     spy = start_py_spy(p.pid, opts.profile, opts.profile_seconds, procs)
             if time.monotonic() - last_print > 5:
@@ -63,6 +69,7 @@ def run_worker_e2e(stack, procs: Procs, work: Path, expected: int, timeout: floa
             if received >= expected:
                 break
             time.sleep(0.05)
+        cpu_end = {name: sum(map(cpu_seconds, pids)) for name, pids in components.items()}
         if spy is not None:
             try:
                 spy.wait(opts.profile_seconds + 30)
@@ -93,6 +100,9 @@ def run_worker_e2e(stack, procs: Procs, work: Path, expected: int, timeout: floa
             "final_stats": final,
             "workers": workers,
         }
+        if cpu_first is not None and int(final.get("received", 0)) > cpu_first[0]:
+            events = int(final.get("received", 0)) - cpu_first[0]
+            out["cpu_us_per_event"] = {name: round((cpu_end[name] - cpu_first[1][name]) / events * 1e6, 2) for name in components}
         if workers == 1:  # the 2-worker row re-reads the same backlog: its changes share these topics
             out.update(subscriber_view(stack, r))
         out["memory"] = memory_per_customer(r, sample=2000 if not opts.quick else 300)

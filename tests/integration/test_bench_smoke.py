@@ -74,6 +74,13 @@ def test_quick_bench_writes_every_row(tmp_path, capsys):
     assert [s["customers"] for s in rows["scale"]] == [500, 2000]
     for s in rows["scale"]:
         assert s["usec_per_event_client"] > 0 and s["usec_per_call_server"] > 0 and s["cust_key_bytes_sampled"] > 0
+    # Row 9: the same batches on a cluster of 1 and of 3 primaries; every node holds keys and served calls.
+    assert [s["shards"] for s in rows["shards"]] == [1, 3]
+    for s in rows["shards"]:
+        assert s["rate"] > 0 and s["server_usec_per_event"] > 0 and s["redis_commands_per_event"] > 0
+        assert len(s["per_node"]) == s["shards"] and all(n["keys"] > 0 and n["calls"] > 0 for n in s["per_node"])
+    # CPU per event of each component (the capacity model's inputs).
+    assert all(v > 0 for v in rows["segflow_e2e"]["cpu_us_per_event"].values()) and rows["bare_faust_take"]["cpu_us_per_event"] > 0
     assert result["machine"]["cpu_count"] >= 1 and len(result["load_average_start"]) == 3 and len(result["load_average_end"]) == 3
     assert {t["target"] for t in result["targets"]}
     assert "segflow worker end to end" in capsys.readouterr().out

@@ -19,6 +19,7 @@ from features.keys import Layout
 from lab.datasets import cdnow_events, cdnow_rows
 from lab.simulate import event_to_json
 from streams.status import read_totals
+from tests.conftest import WorkerProcess
 from tests.kafka_helpers import fresh_topics, send
 
 pytestmark = pytest.mark.integration
@@ -48,9 +49,21 @@ def wait_applied(redis_client, expected: int, timeout: float = 600) -> None:
 # ~70k events in event time over 18 months: every customer also moves through
 # lifecycle and value segments (~3 changes per event), 2.5-4 minutes here.
 @pytest.mark.timeout(900)
-def test_cdnow_replay_matches_batch_computation(broker, redis_client, start_worker):
+@pytest.mark.parametrize("redis_kind", ["single", "cluster"])
+def test_cdnow_replay_matches_batch_computation(broker, request, tmp_path, redis_kind):
+    """Against one Redis, and against a Redis Cluster of three primaries (the same keys, spread by partition)."""
     topics = fresh_topics(broker, partitions=4)
-    start_worker(topics.prefix, SEGFLOW_LATENESS_SECONDS=0, SEGFLOW_PARTITIONS=4, SEGFLOW_CLOCK="event")
+    env = {"SEGFLOW_LATENESS_SECONDS": "0", "SEGFLOW_PARTITIONS": "4", "SEGFLOW_CLOCK": "event"}
+    if redis_kind == "cluster":
+        redis_client = request.getfixturevalue("redis_cluster_client")
+        worker = WorkerProcess(
+            broker, request.getfixturevalue("redis_cluster"), tmp_path, topics.prefix, f"{topics.prefix}app", {**env, "SEGFLOW_REDIS_CLUSTER": "true"}
+        )
+        request.addfinalizer(worker.stop)
+        worker.start()
+    else:
+        redis_client = request.getfixturevalue("redis_client")
+        request.getfixturevalue("start_worker")(topics.prefix, **env)
     events = sorted(cdnow_events(), key=lambda fe: (fe[1].occurred_at, fe[1].event_id))
     ref = batch_reference()
     produced = 0
