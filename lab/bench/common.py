@@ -42,6 +42,7 @@ class BenchOptions:
     # More points of fresh-customer load: where p99 crosses 100 ms (each costs ~40 s).
     latency_sweep: tuple[float, ...] = (200.0, 400.0, 700.0)
     two_workers: bool = True  # row 5b: two worker processes (the machine's 2 cores are shared with broker and Redis)
+    cluster_workers: tuple[int, ...] = (1, 2)  # row 5c: that many workers with their state in a 3-primary Redis Cluster
     mass_silence_sizes: tuple[int, ...] = (10_000, 100_000)  # row 8: cohorts due in the same second
     mass_silence_probe_rate: float = 200.0  # fresh logins per second arriving before and during the drain
     scale_sizes: tuple[int, ...] = (10_000, 100_000)
@@ -59,6 +60,7 @@ class BenchOptions:
             latency_mix_two_workers=False,
             latency_sweep=(),
             two_workers=False,
+            cluster_workers=(1,),
             mass_silence_sizes=(10_000,),
             scale_sizes=(2_000, 10_000),
             scale_probe_events=4_000,

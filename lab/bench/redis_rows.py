@@ -106,7 +106,7 @@ def redis_ceiling(url: str, payloads, batch: int = 2000) -> dict:
 # -- row 7a: memory of the customers the worker built ---------------------------------
 
 
-def memory_per_customer(r, sample: int = 2000) -> dict:
+def memory_per_customer(r, sample: int = 2000, layout: Layout = LAYOUT) -> dict:
     """MEMORY USAGE of a customer's features, segments and history keys over a sample, and used_memory per customer."""
     from features import keys
 
@@ -121,11 +121,14 @@ def memory_per_customer(r, sample: int = 2000) -> dict:
     parts = {"cust": 0, "seg": 0, "hist": 0}
     fields = 0
     for cid in ids:
-        parts["cust"] += r.memory_usage(LAYOUT.customer_key(cid), samples=0) or 0
-        parts["seg"] += r.memory_usage(LAYOUT.segments_key(cid), samples=0) or 0
-        parts["hist"] += r.memory_usage(LAYOUT.history_key(cid), samples=0) or 0
-        fields += r.hlen(LAYOUT.customer_key(cid))
+        parts["cust"] += r.memory_usage(layout.customer_key(cid), samples=0) or 0
+        parts["seg"] += r.memory_usage(layout.segments_key(cid), samples=0) or 0
+        parts["hist"] += r.memory_usage(layout.history_key(cid), samples=0) or 0
+        fields += r.hlen(layout.customer_key(cid))
     info = r.info("memory")
+    # A cluster client answers per node ({node: info}); the dataset is their sum.
+    nodes = list(info.values()) if info and all(isinstance(v, dict) for v in info.values()) else [info]
+    dataset = sum(int(n.get("used_memory_dataset", 0)) for n in nodes)
     per = {k: round(v / len(ids)) for k, v in parts.items()}
     return {
         "customers": total_customers,
@@ -133,7 +136,7 @@ def memory_per_customer(r, sample: int = 2000) -> dict:
         "bytes_per_customer_keys": sum(per.values()),
         "by_key": per,
         "avg_fields_in_cust_hash": round(fields / len(ids), 1),
-        "used_memory_dataset_per_customer": round(int(info.get("used_memory_dataset", 0)) / total_customers),
+        "used_memory_dataset_per_customer": round(dataset / total_customers),
     }
 
 

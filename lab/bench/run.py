@@ -108,6 +108,36 @@ def run_bench(opts: BenchOptions) -> dict:
                 say("[5b] two segflow worker processes in one consumer group on the same backlog")
                 rows["segflow_e2e_2w"] = run_worker_e2e(stack, procs, work, n, consume_timeout + 60, dataclasses.replace(opts, profile=None), workers=2)
                 say(f"    {rows['segflow_e2e_2w']['rate']:,.0f} ev/s")
+            if opts.cluster_workers:
+                from lab.embedded import RedisCluster
+
+                # 12 partitions, 4 per primary: the keys follow the partitions (docs/OPERATIONS.md), so
+                # 4 partitions on 3 primaries would put half of them on one node.
+                cluster_topics = Topics(f"{BENCH_PREFIX}c12-")
+                ensure_topics(stack.broker.bootstrap, cluster_topics, 12)
+                say("[5c] the same backlog again, on input topics of 12 partitions")
+                produce_backlog(stack.broker.bootstrap, payloads, cluster_topics)
+                rows["segflow_e2e_cluster"] = []
+                with RedisCluster(shards=3, data_dir=work / "cluster") as cluster:
+                    for workers in opts.cluster_workers:
+                        say(f"[5c] {workers} segflow worker(s), state in a local Redis Cluster of 3 primaries")
+                        row = run_worker_e2e(
+                            stack,
+                            procs,
+                            work,
+                            n,
+                            consume_timeout + 60,
+                            dataclasses.replace(opts, profile=None),
+                            workers=workers,
+                            cluster=cluster,
+                            prefix=cluster_topics.prefix,
+                            partitions=12,
+                        )
+                        rows["segflow_e2e_cluster"].append(row)
+                        say(
+                            f"    {row['rate']:,.0f} ev/s; server {row['server_usec_per_event']} µs/event, keys per node "
+                            f"{[node['keys'] for node in row['per_node']]}; memory {row['memory'].get('bytes_per_customer_keys')} B/customer (keys)"
+                        )
 
             rate = opts.latency_rate or max(50.0, e2e["rate"] / 2)
             say(f"[6] latency at {rate:,.0f} ev/s offered, row 5's kind of traffic (SEGFLOW_CLOCK=event, new simulated customers)")
@@ -261,6 +291,22 @@ def targets(rows: dict) -> list[dict]:
         )
     mem = e2e.get("memory", {}).get("bytes_per_customer_keys")
     out.append({"target": "< 2 KiB Redis per customer (cust + seg + hist keys)", "value": mem, "reached": mem is not None and mem < 2048})
+    for c in rows.get("segflow_e2e_cluster", []):
+        mem = c.get("memory", {}).get("bytes_per_customer_keys")
+        out.append(
+            {
+                "target": f"< 2 KiB Redis per customer on a 3-primary cluster ({c['workers']} worker(s), row 5c)",
+                "value": mem,
+                "reached": mem is not None and mem < 2048,
+            }
+        )
+        out.append(
+            {
+                "target": f"3 shards under {c['workers']} worker(s): keys per node balanced within 10% (max / min)",
+                "value": c.get("keys_balance"),
+                "reached": c.get("keys_balance") is not None and c["keys_balance"] <= 1.1,
+            }
+        )
     for s in rows.get("shards", []):
         usec, cmds = s.get("server_usec_per_event"), s.get("redis_commands_per_event")
         out.append({"target": f"{s['shards']} shard(s): Redis server time per event <= 20 µs", "value": usec, "reached": usec is not None and usec <= 20})
@@ -406,6 +452,16 @@ def format_table(result: dict) -> str:
             f"{cpu['worker']} / {cpu['broker']} / {cpu['redis']} µs",
             f"bare Faust take {bare_cpu} µs; per core: worker {1e6 / cpu['worker']:,.0f}, broker {1e6 / cpu['broker']:,.0f}, "
             f"Redis {1e6 / cpu['redis']:,.0f} ev/s (capacity model, docs/PERFORMANCE.md)",
+        )
+    for c in rows.get("segflow_e2e_cluster", []):
+        mem = c.get("memory", {})
+        cpu_c = c.get("cpu_us_per_event") or {}
+        add(
+            f"5c {c['workers']} worker(s), state in a 3-primary Redis Cluster",
+            evs(c),
+            f"server {c['server_usec_per_event']} µs/event over the nodes, keys per node {[n['keys'] for n in c['per_node']]}; "
+            f"{mem.get('bytes_per_customer_keys')} B/customer (keys); CPU per event worker / broker / Redis {cpu_c.get('worker')} / "
+            f"{cpu_c.get('broker')} / {cpu_c.get('redis')} µs",
         )
     for s in rows.get("shards", []):
         add(

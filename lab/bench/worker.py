@@ -11,10 +11,13 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from features.keys import Layout
 from lab.bench.common import (
     BENCH_PREFIX,
     LAYOUT,
+    PARTITIONS,
     REPO_ROOT,
     BenchOptions,
     Procs,
@@ -22,29 +25,52 @@ from lab.bench.common import (
     say,
     worker_env,
 )
-from lab.bench.redis_rows import memory_per_customer
+from lab.bench.redis_rows import fcall_server_usec, memory_per_customer
 from streams.status import read_totals
+
+if TYPE_CHECKING:
+    from lab.embedded import RedisCluster
 
 # -- row 5: segflow end to end ----------------------------------------------------
 
 
-def run_worker_e2e(stack, procs: Procs, work: Path, expected: int, timeout: float, opts: BenchOptions, workers: int = 1) -> dict:
-    """Real workers (one consumer group) on the backlog; rate from the changes of the
-    shared ``segflow:stats`` hash (written after every batch)."""
-    import redis as redis_lib
+def run_worker_e2e(
+    stack,
+    procs: Procs,
+    work: Path,
+    expected: int,
+    timeout: float,
+    opts: BenchOptions,
+    workers: int = 1,
+    cluster: RedisCluster | None = None,
+    prefix: str = BENCH_PREFIX,
+    partitions: int = PARTITIONS,
+) -> dict:
+    """Real workers (one consumer group) on the backlog in ``prefix``'s topics of ``partitions``
+    partitions; rate from the changes of the per-partition stats hashes (written after every
+    batch). With ``cluster``, the workers keep their state in that Redis Cluster instead of
+    the stack's Redis (row 5c)."""
+    from streams.redis_clients import sync_client
 
-    r = redis_lib.Redis.from_url(stack.redis.url, decode_responses=True)
-    r.flushall()  # FLUSHALL keeps the function library
-    group = "bench-segflow" if workers == 1 else f"bench-segflow-{workers}w"
+    url = cluster.url if cluster else stack.redis.url
+    r: Any = sync_client(url, cluster=cluster is not None, decode_responses=True)
+    r.flushall()  # FLUSHALL keeps the function library (on every primary of a cluster)
+    primaries = [node.redis_connection for node in r.get_primaries()] if cluster else [r]
+    for node in primaries:
+        node.config_resetstat()
+    group = ("bench-segflow" if workers == 1 else f"bench-segflow-{workers}w") + ("-cluster" if cluster else "")
     for i in range(workers):
         (work / f"w{i}").mkdir(exist_ok=True)
-    envs = [worker_env(stack, BENCH_PREFIX, group, work / f"w{i}", "event") for i in range(workers)]  # own web port and data dir each
+    layout = Layout(partitions)
+    extra = {"SEGFLOW_PARTITIONS": str(partitions)} | ({"SEGFLOW_REDIS_URL": url, "SEGFLOW_REDIS_CLUSTER": "true"} if cluster else {})
+    envs = [worker_env(stack, prefix, group, work / f"w{i}", "event", **extra) for i in range(workers)]  # own web port and data dir each
     others = [procs.start([sys.executable, "-m", "segflow.cli", "worker"], envs[i], work / f"worker-e2e-{group}-{i}.log") for i in range(1, workers)]
     p = procs.start([sys.executable, "-m", "segflow.cli", "worker"], envs[0], work / f"worker-e2e-{group}-0.log")
     say(f"  {workers} worker(s), pids {[p.pid] + [o.pid for o in others]}, logs {work}/worker-e2e-{group}-*.log")
     samples: list[tuple[float, int, dict]] = []  # (time the hash changed, received, whole hash)
     # CPU seconds of each component once events flow, and at the end: per-event costs for the capacity model
-    components = {"worker": [p.pid, *(o.pid for o in others)], "broker": [stack.broker.proc.pid], "redis": [stack.redis.proc.pid]}
+    redis_pids = [node.proc.pid for node in cluster.nodes if node.proc] if cluster else [stack.redis.proc.pid]
+    components = {"worker": [p.pid, *(o.pid for o in others)], "broker": [stack.broker.proc.pid], "redis": redis_pids}
     cpu_first: tuple[int, dict[str, float]] | None = None
     spy = None
     profile: dict | None = None
@@ -55,7 +81,7 @@ def run_worker_e2e(stack, procs: Procs, work: Path, expected: int, timeout: floa
             for w in (p, *others):
                 if w.poll() is not None:
                     raise RuntimeError(f"worker exited with {w.returncode}; see {work}/worker-e2e-{group}-*.log")
-            h = read_totals(r, LAYOUT)
+            h = read_totals(r, layout)
             received = int(h.get("received", 0))
             if h and (not samples or samples[-1][1] != received):
                 samples.append((time.monotonic(), received, h))
@@ -91,7 +117,7 @@ def run_worker_e2e(stack, procs: Procs, work: Path, expected: int, timeout: floa
             window = t2 - t1
         else:
             rate, window = 0.0, 0.0
-        out = {
+        out: dict[str, Any] = {
             "events": int(final.get("received", 0)),
             "expected": expected,
             "rate": round(rate, 1),
@@ -103,9 +129,14 @@ def run_worker_e2e(stack, procs: Procs, work: Path, expected: int, timeout: floa
         if cpu_first is not None and int(final.get("received", 0)) > cpu_first[0]:
             events = int(final.get("received", 0)) - cpu_first[0]
             out["cpu_us_per_event"] = {name: round((cpu_end[name] - cpu_first[1][name]) / events * 1e6, 2) for name in components}
-        if workers == 1:  # the 2-worker row re-reads the same backlog: its changes share these topics
+        if cluster:
+            out["per_node"] = [{**fcall_server_usec(node), "keys": int(node.dbsize())} for node in primaries]
+            keys = [n["keys"] for n in out["per_node"]]
+            out["keys_balance"] = round(max(keys) / min(keys), 3) if min(keys) else None
+            out["server_usec_per_event"] = round(sum(n["calls"] * n["usec_per_call"] for n in out["per_node"]) / max(1, out["events"]), 2)
+        elif workers == 1:  # later rows re-read the same backlog: their changes share these topics
             out.update(subscriber_view(stack, r))
-        out["memory"] = memory_per_customer(r, sample=2000 if not opts.quick else 300)
+        out["memory"] = memory_per_customer(r, sample=2000 if not opts.quick else 300, layout=layout)
         if profile is not None:
             out["profile"] = profile
         return out
