@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from lab.bench.capacity import from_bench
 from lab.bench.ceilings import _raw_consume, run_bare_faust
 from lab.bench.common import (
     BENCH_PREFIX,
@@ -202,6 +203,7 @@ def run_bench(opts: BenchOptions) -> dict:
     result["load_average_end"] = loadavg()
     result["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     result["targets"] = targets(rows)
+    result["capacity_model"] = from_bench(result)
     return result
 
 
@@ -484,6 +486,13 @@ def format_table(result: dict) -> str:
     body = [f"{a:<{w1}}  {b:<{w2}}  {c}" for a, b, c in lines]
     mark = {True: "x", False: " ", None: "-"}
     tail = ["", "targets:"] + [f"  [{mark[t['reached']]}] {t['target']}: {t['value']}" for t in result.get("targets", [])]
+    for name, model in (result.get("capacity_model") or {}).items():
+        if isinstance(model, dict) and "per_core" in model:
+            check = model.get("check_2_workers")
+            tail += [
+                f"capacity model ({name}): per core {model['per_core']} ev/s"
+                + (f"; 2 workers on this box predicted {check['predicted']:,}, measured {check['measured']:,} ev/s" if check else "")
+            ]
     e2e = rows.get("segflow_e2e") or {}
     if e2e.get("subscriber_line"):
         tail += ["", f"row 5's change topics, read as a subscriber: {e2e['subscriber_line']}"]

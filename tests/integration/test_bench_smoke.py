@@ -79,6 +79,12 @@ def test_quick_bench_writes_every_row(tmp_path, capsys):
     for s in rows["shards"]:
         assert s["rate"] > 0 and s["server_usec_per_event"] > 0 and s["redis_commands_per_event"] > 0
         assert len(s["per_node"]) == s["shards"] and all(n["keys"] > 0 and n["calls"] > 0 for n in s["per_node"])
+    # Row 5c: a worker with its state on a 3-primary cluster; every node holds keys.
+    (on_cluster,) = rows["segflow_e2e_cluster"]
+    assert on_cluster["events"] == on_cluster["expected"] and on_cluster["rate"] > 0
+    assert len(on_cluster["per_node"]) == 3 and all(n["keys"] > 0 for n in on_cluster["per_node"])
+    assert on_cluster["memory"]["customers"] == rows["segflow_e2e"]["memory"]["customers"]
+    assert result["capacity_model"]["cluster_3_primaries"]["per_core"]["worker"] > 0
     # CPU per event of each component (the capacity model's inputs).
     assert all(v > 0 for v in rows["segflow_e2e"]["cpu_us_per_event"].values()) and rows["bare_faust_take"]["cpu_us_per_event"] > 0
     assert result["machine"]["cpu_count"] >= 1 and len(result["load_average_start"]) == 3 and len(result["load_average_end"]) == 3
