@@ -33,6 +33,8 @@ from streams.topics import Topics
 from streams.watermark import Watermark
 
 log = logging.getLogger("segflow.engine")
+# A batch or deadline turn longer than this waited out Redis (normal ones take tens of ms).
+STALL_SECONDS = 1.0
 DRIFT_STREAM_LEN = 1000  # entries kept in segflow:{drift} (about: XADD MAXLEN ~)
 
 
@@ -172,7 +174,15 @@ class Engine:
         try:
             return await self._process(messages, now)
         finally:
-            self.observe("batch", time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.observe("batch", elapsed)
+            self._count_stall(elapsed)
+
+    def _count_stall(self, elapsed: float) -> None:
+        """A batch or deadline turn this long was held by Redis (outage_retry), not by
+        work: the partitions were not silent meanwhile (Watermark.pause)."""
+        if elapsed > STALL_SECONDS:
+            self.watermark.pause(elapsed)
 
     async def _process(self, messages: Sequence[InboundMessage], now: float | None = None) -> BatchOutcome:
         now = time.time() if now is None else now
@@ -303,6 +313,13 @@ class Engine:
         return None if wm is None else wm - self.settings.lateness_ms
 
     async def fire_deadlines(self, limit: int = 1000) -> BatchOutcome:
+        started = time.perf_counter()
+        try:
+            return await self._fire_deadlines(limit)
+        finally:
+            self._count_stall(time.perf_counter() - started)
+
+    async def _fire_deadlines(self, limit: int) -> BatchOutcome:
         out = BatchOutcome()
         now_ms = await self.clock_ms()
         if now_ms is None:

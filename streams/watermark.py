@@ -70,6 +70,24 @@ class Watermark:
             self._newest[key] = ts_ms
         self._heard_at[key] = wall_s
 
+    def pause(self, seconds: float) -> None:
+        """The worker could not read for ``seconds`` (a Redis outage held its batch):
+        that time is not the partitions' silence. Without this, every partition not in
+        the stalled batch looked idle right after a long stall, the watermark jumped to
+        the newest partition's time, and the others' next events were dead-lettered as
+        too late (seen with a 2 s idle time across a 6 s Redis Cluster primary outage).
+
+        >>> wm = Watermark(idle_after_s=2)
+        >>> wm.assign({("login", 0), ("login", 1)}, wall_s=0)
+        >>> wm.observe("login", 0, ts_ms=9_000, wall_s=0)
+        >>> wm.observe("login", 1, ts_ms=1_000, wall_s=0)
+        >>> wm.pause(6)
+        >>> wm.value(wall_s=6)                  # not idle: the worker was away, not the partition
+        1000
+        """
+        for key in self._heard_at:
+            self._heard_at[key] += seconds
+
     def silent(self, wall_s: float) -> set[Partition]:
         """Partitions not heard from for ``idle_after_s``: idle unless they have a backlog."""
         return {key for key, at in self._heard_at.items() if wall_s - at >= self.idle_after_s}

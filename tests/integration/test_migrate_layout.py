@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -149,7 +150,7 @@ async def start_engine(settings: Settings, event: tuple[str, int] | None = None)
     from streams.app import redis_client as async_redis
     from streams.engine import Engine, InboundMessage
 
-    engine = Engine(settings, async_redis(settings.redis_url.get_secret_value()), Segmenter.from_config(default_config()))
+    engine = Engine(settings, async_redis(settings.redis_url.get_secret_value(), settings.redis_cluster), Segmenter.from_config(default_config()))
     try:
         await engine.start()
         if event is None:
@@ -159,3 +160,38 @@ async def start_engine(settings: Settings, event: tuple[str, int] | None = None)
         return await engine.process([InboundMessage(topic, settings.layout.partition(cid), 10_000, cid.encode(), purchase_json(cid, 999, ts))], now=time.time())
     finally:
         await engine.redis.aclose()
+
+
+def test_a_migrated_single_redis_imported_into_a_cluster_serves_the_same_customers(redis_server, redis_client, redis_cluster, redis_cluster_client):
+    """The documented path from one Redis to a cluster: migrate-layout on the single Redis,
+    then ``redis-cli --cluster import --cluster-copy`` (valkey-cli takes the same
+    arguments); a worker's engine on the cluster then continues a customer."""
+    load_v1(redis_server.url)
+    layout = Layout(4)
+    migrate(redis_client, layout)
+    single = {k: redis_client.type(k) for k in redis_client.scan_iter("*")}
+    cli = shutil.which("valkey-cli") or shutil.which("redis-cli")
+    assert cli, "no valkey-cli or redis-cli: `apt-get install redis-tools` (make system-deps does)"
+    target, source = redis_cluster.url.removeprefix("redis://"), redis_server.url.removeprefix("redis://").split("/")[0]
+    done = subprocess.run([cli, "--cluster", "import", target, "--cluster-from", source, "--cluster-copy"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    on_cluster = {k: redis_cluster_client.type(k) for k in redis_cluster_client.scan_iter("*")}
+    assert on_cluster == single
+    for k, kind in single.items():
+        if kind == "hash":
+            assert redis_cluster_client.hgetall(k) == redis_client.hgetall(k)
+        elif kind == "stream":
+            assert redis_cluster_client.xrange(k) == redis_client.xrange(k)
+    # Every partition's keys sit on one node: the layout holds on the cluster.
+    for p in range(layout.partitions):
+        tagged = [k for k in on_cluster if f"{{{layout.tags[p]}}}" in k]
+        assert tagged and len({redis_cluster_client.keyslot(k) for k in tagged}) == 1
+
+    cid = sorted(keys.customer_id_of(k) for k in single if k.startswith("cf:"))[0]
+    before_n = int(redis_cluster_client.hget(layout.customer_key(cid), "n"))
+    newest = int(redis_cluster_client.hget(layout.customer_key(cid), "ls"))
+    settings = Settings(redis_url=redis_cluster.url, redis_cluster=True, clock="event", partitions=4)
+    outcome = asyncio.run(start_engine(settings, event=(cid, newest + DAY_MS)))
+    assert outcome.dead_letters == []
+    assert int(redis_cluster_client.hget(layout.customer_key(cid), "n")) == before_n + 1
