@@ -165,3 +165,37 @@ def test_the_compose_cluster_init_script_forms_a_cluster_and_can_run_again(tmp_p
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_run_pipeline_sends_each_node_its_commands_and_follows_a_stale_slot_map(redis_cluster, redis_cluster_client):
+    """features.pipeline on a cluster: one packed round trip per node (raw replies: SET
+    answers OK), replies in the commands' order; with a slot map that names
+    the wrong node, the MOVED reply sends the batch through redis-py's cluster pipeline
+    (its callbacks turn SET's OK into True), which refreshes the map."""
+    from features.pipeline import run_pipeline
+
+    commands = [("HSET", f"{tag}:h", "n", i) for i, tag in enumerate(TAGS)]
+    commands += [("HINCRBY", f"{tag}:h", "n", 100) for tag in TAGS] + [("SET", f"{TAGS[0]}:s", "v")]
+
+    async def go() -> tuple[list, list, int]:
+        r = async_client(redis_cluster.url, cluster=True, decode_responses=True)
+        try:
+            await r.initialize()
+            first = await run_pipeline(r, commands)
+            key = f"{TAGS[0]}:h"
+            slot = r.keyslot(key)
+            right = r.nodes_manager.get_node_from_slot(slot)
+            wrong = next(n for n in r.get_primaries() if n.name != right.name)
+            r.nodes_manager.slots_cache[slot] = [wrong]
+            second = await run_pipeline(r, [("HINCRBY", key, "n", 1), ("SET", f"{TAGS[0]}:s", "w")])
+            return first, second, r.nodes_manager.get_node_from_slot(slot).port
+        finally:
+            await r.aclose()
+
+    first, second, port_after = asyncio.run(go())
+    assert first[: len(TAGS)] == [1] * len(TAGS)
+    assert first[len(TAGS) : 2 * len(TAGS)] == [100 + i for i in range(len(TAGS))]
+    assert first[-1] == "OK"  # raw: the fast path
+    assert second == [101, True]  # through redis-py's pipeline after MOVED
+    assert port_after == node_of(redis_cluster_client, f"{TAGS[0]}:h")
+    assert {node_of(redis_cluster_client, f"{tag}:h") for tag in TAGS} == set(redis_cluster.ports)  # all three nodes took part
