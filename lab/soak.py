@@ -51,12 +51,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import redis as redis_lib
-
 from features.keys import Layout
-from lab.embedded import EmbeddedStack, RedisServer, free_port
+from lab.embedded import EmbeddedStack, RedisCluster, RedisServer, free_port
 from streams.admin import ensure_topics
 from streams.change_audit import check_subscriber_view
+from streams.redis_clients import SHARD_AWAY, sync_client
 from streams.status import outbox_length, read_totals
 from streams.topic_reader import read_to_end
 from streams.topics import TOPICS
@@ -88,6 +87,9 @@ class SoakOptions:
     partitions: int = 1
     linger_ms: int = 250
     fetch_max_wait_ms: int = 250
+    # 0: one Redis; N: a Redis Cluster of N primaries (each Redis fault hits the next node in turn).
+    # Keys follow input partitions (docs/OPERATIONS.md): give it partitions >= N, a multiple of N.
+    redis_shards: int = 0
     work_dir: Path | None = None
     keep_work_dir: bool = False
     command: str = ""
@@ -190,7 +192,7 @@ class Feed:
 def _safe(fn: Callable, default=None):
     try:
         return fn()
-    except (redis_lib.exceptions.ConnectionError, redis_lib.exceptions.TimeoutError, OSError):
+    except (*SHARD_AWAY, OSError):  # Redis, or a cluster shard, away during a fault
         return default
 
 
@@ -265,7 +267,8 @@ def run_soak(opts: SoakOptions, say: Callable[[str], None] = lambda m: print(m, 
     code = 1
     faults = f"a fault every {opts.fault_every:g}s ({', '.join(FAULTS)} in turn)" if opts.fault_every > 0 else "no faults"
     say(f"segflow soak: {opts.minutes:g} min at {opts.rate:g} ev/s, {faults}, {opts.customers} customers over {days:g} days of event time; work dir {work}")
-    stack = EmbeddedStack(work_dir=work, redis=RedisServer(persistent=True))
+    cluster = RedisCluster(shards=opts.redis_shards, persistent=True) if opts.redis_shards else None
+    stack = EmbeddedStack(work_dir=work, redis=RedisServer(persistent=True), cluster=cluster)
     worker: Worker | None = None
     feed: Feed | None = None
     client = None
@@ -276,7 +279,8 @@ def run_soak(opts: SoakOptions, say: Callable[[str], None] = lambda m: print(m, 
         env = {
             **os.environ,
             "SEGFLOW_KAFKA_URL": stack.broker.url,
-            "SEGFLOW_REDIS_URL": stack.redis.url,
+            "SEGFLOW_REDIS_URL": stack.redis_url,
+            "SEGFLOW_REDIS_CLUSTER": "true" if cluster else "false",
             "SEGFLOW_CLOCK": "event",
             "SEGFLOW_APP_ID": "segflow-soak",
             "SEGFLOW_WEB_PORT": str(free_port()),
@@ -289,8 +293,9 @@ def run_soak(opts: SoakOptions, say: Callable[[str], None] = lambda m: print(m, 
         worker = Worker(env, work / "worker.log")
         worker.start()
         assert worker.proc is not None  # start() made it
-        client = redis_lib.Redis.from_url(stack.redis.url, decode_responses=True, socket_timeout=10)
-        say(f"broker {stack.broker.bootstrap}, Redis {stack.redis.url} (append-only), worker pid {worker.proc.pid}")
+        client = sync_client(stack.redis_url, cluster=cluster is not None, decode_responses=True, socket_timeout=10)
+        where = f"a Redis Cluster of {opts.redis_shards} primaries (seed {stack.redis_url})" if cluster else f"Redis {stack.redis_url}"
+        say(f"broker {stack.broker.bootstrap}, {where} (append-only), worker pid {worker.proc.pid}")
         feed = Feed(stack.broker.bootstrap, sim, opts.rate, opts.linger_ms).start()
         t0 = time.monotonic()
         end = t0 + traffic_s
@@ -320,7 +325,7 @@ def run_soak(opts: SoakOptions, say: Callable[[str], None] = lambda m: print(m, 
                 worker.start()
             if time.monotonic() >= next_fault:
                 kind = FAULTS[len(report["faults"]) % len(FAULTS)]
-                report["faults"].append(_fault(kind, worker, stack, opts, t0, say))
+                report["faults"].append(_fault(kind, worker, stack, opts, t0, say, report["faults"]))
                 next_fault = max(next_fault + opts.fault_every, time.monotonic() + 5)
             if time.monotonic() >= next_progress:
                 progress("soak")
@@ -405,7 +410,7 @@ def run_soak(opts: SoakOptions, say: Callable[[str], None] = lambda m: print(m, 
     return code, report
 
 
-def _fault(kind: str, worker: Worker, stack: EmbeddedStack, opts: SoakOptions, t0: float, say) -> dict:
+def _fault(kind: str, worker: Worker, stack: EmbeddedStack, opts: SoakOptions, t0: float, say, report_faults: list) -> dict:
     t = time.monotonic()
     rec: dict = {"t": round(t - t0, 1), "kind": kind}
     if kind == "worker_sigkill":
@@ -417,7 +422,10 @@ def _fault(kind: str, worker: Worker, stack: EmbeddedStack, opts: SoakOptions, t
         rec.update(exit_code=rc, stop_seconds=round(took, 1), had_to_sigkill=killed)
         worker.start()
     else:
-        proc = stack.redis.proc
+        # One Redis, or on a cluster the next node in turn (the fault's number picks it).
+        node = len(report_faults) % len(stack.cluster.nodes) if stack.cluster is not None else None
+        server = stack.cluster.nodes[node] if stack.cluster is not None and node is not None else stack.redis
+        proc = server.proc
         assert proc is not None  # Redis is up between faults
         if kind == "redis_sigkill":  # no shutdown: what is on disk is what was fsynced
             proc.kill()
@@ -432,9 +440,13 @@ def _fault(kind: str, worker: Worker, stack: EmbeddedStack, opts: SoakOptions, t
                 proc.wait()
                 rec["had_to_sigkill"] = True
         rec["exit_code"] = proc.returncode
-        stack.redis.proc = None
+        server.proc = None
         time.sleep(opts.redis_down_s)
-        stack.redis.start()  # same port and data dir: the append-only file is read back
+        if stack.cluster is not None and node is not None:
+            stack.cluster.restart_node(node)  # its own nodes.conf and append-only file: it rejoins with its slots
+            rec["node"] = node
+        else:
+            stack.redis.start()  # same port and data dir: the append-only file is read back
     rec["seconds"] = round(time.monotonic() - t, 1)
     say(f"  fault #{kind} at t={rec['t']:.0f}s: {json.dumps({k: v for k, v in rec.items() if k not in ('t', 'kind')})}")
     return rec

@@ -581,6 +581,9 @@ def soak(
     partitions: int = typer.Option(1, help="Partitions per input topic (the embedded broker's fetch cost grows with batches per partition)"),
     linger_ms: int = typer.Option(250, help="Producer linger: fewer, larger batches on the broker"),
     fetch_max_wait_ms: int = typer.Option(250, help="The worker's SEGFLOW_FETCH_MAX_WAIT_MS"),
+    redis_shards: int = typer.Option(
+        0, min=0, help="0: one Redis; N: a Redis Cluster of N primaries, Redis faults on each node in turn (give --partitions a multiple of N)"
+    ),
 ):
     """Fixed-rate traffic with periodic faults on an embedded stack, then: sent - applied - dead-lettered (must be 0) and features vs the reference."""
     from lab.soak import SoakOptions, run_soak
@@ -598,6 +601,7 @@ def soak(
         partitions=partitions,
         linger_ms=linger_ms,
         fetch_max_wait_ms=fetch_max_wait_ms,
+        redis_shards=redis_shards,
     )
     code, _ = run_soak(opts, say=_echo)
     raise typer.Exit(code)

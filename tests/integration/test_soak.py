@@ -2,7 +2,8 @@
 traffic at 1000 ev/s with a worker SIGKILL, a worker SIGTERM, a Redis SIGTERM
 and a Redis SIGKILL (append-only file, same port and data dir), each followed
 by a restart; then sent - applied - dead-lettered must be 0 and every customer's
-features must equal the pure reference fold. docs/RELIABILITY.md, "Soak"."""
+features must equal the pure reference fold; once on one Redis, once on a Redis
+Cluster of 3 primaries (the Redis faults hit two of its nodes). docs/RELIABILITY.md, "Soak"."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from lab.soak import FAULTS, SoakOptions, run_soak
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
-def test_short_soak_with_four_faults_accounts_for_every_event(tmp_path):
+@pytest.mark.parametrize("redis_shards", [0, 3], ids=["single", "cluster"])
+def test_short_soak_with_four_faults_accounts_for_every_event(tmp_path, redis_shards):
     out = tmp_path / "soak.json"
     opts = SoakOptions(
         minutes=1.25,
@@ -27,10 +29,14 @@ def test_short_soak_with_four_faults_accounts_for_every_event(tmp_path):
         out=out,
         work_dir=tmp_path / "work",
         command="tests/integration/test_soak.py",
+        redis_shards=redis_shards,
+        partitions=max(1, redis_shards),  # keys follow partitions: one per primary
     )
     code, report = run_soak(opts)
     assert json.loads(out.read_text())["events_sent"] == report["events_sent"]
     assert [f["kind"] for f in report["faults"]] == list(FAULTS), report["faults"]
+    if redis_shards:
+        assert len({f["node"] for f in report["faults"] if f["kind"].startswith("redis")}) == 2
     assert not report["unexpected_worker_exits"], report["unexpected_worker_exits"]
     assert report["events_sent"] > 60_000 and report["produce_failed"] == 0
     assert report["drained"], report
