@@ -151,6 +151,7 @@ class Engine:
         self.watermark = Watermark(settings.idle_partition_seconds)
         self.segments = SegmentStore(redis, self.layout, settings.history_cap)
         self.eraser = Eraser(redis, self.layout, settings.erasure_suppress_ms)
+        self._erased_since_snapshot = False  # a customer left the models' samples: older snapshots go
         # Input partitions this worker owns (None: not told, e.g. an engine without Faust: all).
         self.owned_partitions: set[int] | None = None
         self.segmenter = segmenter
@@ -355,6 +356,10 @@ class Engine:
         self.observe("forget", time.perf_counter() - t0)
         out.changes.extend(done.changes)
         self.counters.erased += len(done.customers)
+        for customer_id in done.customers:
+            # The churn and visit samples keep customers by id: dropped here, and the next
+            # snapshot replaces the older ones that may hold them (Engine.snapshot_model).
+            self._erased_since_snapshot |= self.segmenter.forget(customer_id)
         for r in requests:  # the request id, not the customer: the log is kept, the customer is not
             log.warning("erasure request %s applied (reason %r)", r.request_id, r.reason)
         if done.dropped:
@@ -562,7 +567,12 @@ class Engine:
         if snap is None:
             return None
         version, blob = snap
-        await self.segments.save_model(version, blob, churn=json.dumps(self.segmenter.models_summary()))
+        erased, self._erased_since_snapshot = self._erased_since_snapshot, False
+        try:
+            await self.segments.save_model(version, blob, churn=json.dumps(self.segmenter.models_summary()), keep_older=not erased)
+        except BaseException:
+            self._erased_since_snapshot |= erased
+            raise
         return version
 
 
