@@ -442,11 +442,14 @@ end
 
 -- The customer's changes that Kafka has not acknowledged yet (a scan of the partition's
 -- outbox, which holds only those: a few entries, more while Kafka is away): never sent
--- now. `needle` is `"customer_id":<the id as JSON>`, as the payloads spell it.
+-- now. `needle` is `"customer_id":<the id as JSON>`, as the payloads spell it. An
+-- earlier erasure's final changes (`"to":null`, nothing else has it) stay: a request
+-- repeated while Kafka is away must not take them from the subscribers.
 local function drop_pending(outbox, needle)
   local gone = {}
   for _, entry in ipairs(redis.call('XRANGE', outbox, '-', '+')) do
-    if string.find(entry[2][2], needle, 1, true) then gone[#gone + 1] = entry[1] end
+    local payload = entry[2][2]
+    if string.find(payload, needle, 1, true) and not string.find(payload, '"to":null', 1, true) then gone[#gone + 1] = entry[1] end
   end
   if #gone > 0 then redis.call('XDEL', outbox, unpack(gone)) end
   return #gone
