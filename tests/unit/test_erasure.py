@@ -225,3 +225,17 @@ def test_a_batch_is_cut_into_runs_at_erasures_and_bad_requests_are_dead_lettered
     assert [len(r.items) if isinstance(r, EventRun) else [q.customer_id for q in r.requests] for r in runs] == [2, ["c1", "c3"], 1]
     assert [(d.message.offset, d.reason) for d in out.dead_letters] == [(1, "key_mismatch"), (3, "invalid")]
     assert engine.last_offsets[(t.erasure, 0)] == 3
+
+
+def test_the_models_forget_a_customer_and_the_next_snapshot_is_without_them():
+    from segmenter.assign import Segmenter
+    from segmenter.config import default_config
+
+    seg = Segmenter.from_config(default_config())
+    buyer = {"purchase_days_total": 2.0, "purchase_span_days": 3.0, "days_since_first_purchase": 9.0, "active_days_total": 4.0, "active_span_days": 5.0}
+    seg.learn_one({**dict.fromkeys(seg.churn.inputs, 1.0), **buyer}, "gone-customer", 20_000 * DAY_MS)
+    snap = seg.snapshot_model()
+    assert snap is not None and b"gone-customer" in snap[1]
+    assert seg.forget("gone-customer") and not seg.forget("gone-customer")
+    after = seg.snapshot_model()  # forgetting counts as learning: a snapshot is due
+    assert after is not None and after[0] > snap[0] and b"gone-customer" not in after[1]
