@@ -120,7 +120,7 @@ def test_forget_leaves_only_the_tombstone_and_touches_no_other_customer(redis_se
     p = layout.partition(gone)
     for cid in (gone, kept):
         seed_customer(redis_client, layout, cid, "active")
-    before = {k: raw.dump(k) for k in raw.scan_iter() if gone.encode() not in k and not k.startswith(b"seg") and b"outbox" not in k}
+    before = {k: raw.dump(k) for k in raw.scan_iter() if gone.encode() not in k and not k.startswith(b"seg:") and b"outbox" not in k}
     request = erasure_request(gone, None, NOW, request_id="r1")
     changes = erasure_changes(request, parse_segments(redis_client.hgetall(layout.segments_key(gone))), emitted_at_ms=5)
 
