@@ -8,7 +8,8 @@ daily bucket (comma-separated counters in :data:`features.state.METRICS`
 order, trailing zeros trimmed), ``c:<category>`` items bought, ``nc`` number
 of categories, ``q`` duplicate filter (:func:`ring_entries`; ``r`` in older
 versions), ``df:<family>`` its floors, ``o:<family>``
-``partition:offset`` of the newest applied message.
+``partition:offset`` of the newest applied message; ``x`` (:data:`TOMBSTONE`) the time
+an erased customer was forgotten, the only field of an erased customer's hash.
 
 >>> from features.state import CustomerState, EventDelta, apply_delta, PAGE_VIEWS
 >>> s = CustomerState()
@@ -43,6 +44,9 @@ _COUNTERS = {
     "dc": "discount_total_cents",
 }
 _CONTROL = re.compile(r"[\x00-\x1f]")
+# The tombstone of an erased customer: segflow_apply reads it with the fields it reads
+# anyway (one HMGET), and drops the event as suppressed.
+TOMBSTONE = "x"
 
 
 def _text(v: bytes | str) -> str:
@@ -113,6 +117,8 @@ def state_from_hash(h: Mapping[str, str], dedupe: bool = True) -> CustomerState:
         elif field.startswith("o:"):
             partition, _, offset = value.partition(":")
             s.offsets[field[2:]] = (int(partition), int(offset))
+        elif field == TOMBSTONE:
+            s.erased_at_ms = int(value)
     return s
 
 
@@ -151,6 +157,8 @@ def state_to_hash(s: CustomerState) -> dict[str, str]:
         h[f"df:{initial}"] = str(at)
     for family, (p, o) in s.offsets.items():
         h[f"o:{family}"] = f"{p}:{o}"
+    if s.erased_at_ms is not None:
+        h[TOMBSTONE] = str(s.erased_at_ms)
     return h
 
 

@@ -11,6 +11,7 @@ local DEDUPE_CAP = 64
 local DAY_MS = 86400000
 local NMETRICS = 11
 local PURCHASES, REVENUE, DISCOUNT = 6, 7, 8 -- 0-based metric positions
+local TOMBSTONE = 'x' -- an erased customer's only field (features/codec.py TOMBSTONE)
 
 local function num(v)
   if v == false or v == nil then return nil end
@@ -142,13 +143,14 @@ local function ring_trim(q, late_before, floors)
 end
 
 -- KEYS: cust:{id}, cust:{id}:seg, segflow:customers (how many customers have state),
---       segflow:stats (the applied and duplicates counters)
+--       segflow:stats (the applied, duplicates and suppressed counters)
 -- ARGV: ts_ms, token, family, partition ('' if none), offset, late_before_ms ('' if unknown),
 --       flags (p=purchase v=visit l=login), increments "i:n,i:n", categories "cat\31qty\30...",
 --       want_state ('1': also return the hashes; the worker asks only for a customer's
 --       last event in a batch, since decoding every event's state was a quarter of its CPU),
 --       max_customers ('0': no limit; a customer not yet known is refused once that many are)
--- Returns {status} or {status, <customer hash as flat list>, <segment hash as flat list>}
+-- Returns {status} or {status, <customer hash as flat list>, <segment hash as flat list>};
+-- status 'suppressed' for an erased customer's event (the tombstone is in the HMGET below).
 local function apply(keys, args)
   local cust, seg = keys[1], keys[2]
   local ts = tonumber(args[1])
@@ -160,7 +162,8 @@ local function apply(keys, args)
     -- Counted here, in the same atomic call, so the counts survive a worker's
     -- SIGKILL exactly (counted in the worker, they lost the batch in flight).
     if status == 'applied' then redis.call('HINCRBY', keys[4], 'applied', 1)
-    elseif status == 'duplicate' then redis.call('HINCRBY', keys[4], 'duplicates', 1) end
+    elseif status == 'duplicate' then redis.call('HINCRBY', keys[4], 'duplicates', 1)
+    elseif status == 'suppressed' then redis.call('HINCRBY', keys[4], 'suppressed', 1) end
     if args[10] == '1' then return {status, redis.call('HGETALL', cust), redis.call('HGETALL', seg)} end
     return {status}
   end
@@ -181,8 +184,8 @@ local function apply(keys, args)
   end
   local buys = (incs[PURCHASES] or 0) > 0
   -- Only the fields this kind of event can read: each one is a walk along the hash.
-  local wanted = {'fs', 'ls', 'o:' .. family, 'q', 'df:' .. initial, 'r', 'n', 'ad', day_field}
-  local FS, LS, OFF, Q, DF, R, N, AD, DAY = 1, 2, 3, 4, 5, 6, 7, 8, 9
+  local wanted = {'fs', 'ls', 'o:' .. family, 'q', 'df:' .. initial, 'r', 'n', 'ad', day_field, TOMBSTONE}
+  local FS, LS, OFF, Q, DF, R, N, AD, DAY, ERASED = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
   local function want(field) wanted[#wanted + 1] = field; return #wanted end
   local LV = is_visit and want('lv')
   local LL = is_login and want('ll')
@@ -200,6 +203,7 @@ local function apply(keys, args)
     end
   end
   local cur = redis.call('HMGET', cust, unpack(wanted))
+  if cur[ERASED] then return reply('suppressed') end
   local first_seen, last_seen = num(cur[FS]), num(cur[LS])
   if partition ~= '' and cur[OFF] then
     local seen = split(cur[OFF], ':')
@@ -436,7 +440,51 @@ local function commit(keys, args)
   return out
 end
 
+-- The customer's changes that Kafka has not acknowledged yet (a scan of the partition's
+-- outbox, which holds only those: a few entries, more while Kafka is away): never sent
+-- now. `needle` is `"customer_id":<the id as JSON>`, as the payloads spell it. An
+-- earlier erasure's final changes (`"to":null`, nothing else has it) stay: a request
+-- repeated while Kafka is away must not take them from the subscribers.
+local function drop_pending(outbox, needle)
+  local gone = {}
+  for _, entry in ipairs(redis.call('XRANGE', outbox, '-', '+')) do
+    local payload = entry[2][2]
+    if string.find(payload, needle, 1, true) and not string.find(payload, '"to":null', 1, true) then gone[#gone + 1] = entry[1] end
+  end
+  if #gone > 0 then redis.call('XDEL', outbox, unpack(gone)) end
+  return #gone
+end
+
+-- Forget a customer (`segflow forget`), compare-and-set on the segments' `_v` as commit
+-- does: the final changes were built from the segments the caller read.
+-- KEYS: features, segments, history, outbox, deadlines, customers, stats (the partition's),
+--       then the member set of each segment the customer is in
+-- ARGV: customer_id, expected_version, erased_at_ms, suppress_ms (0: the tombstone stays),
+--       outbox needle (see drop_pending), then per member set the change that takes the
+--       customer out of it (to: null), in the same order
+-- Returns {'ok', outbox entries dropped, outbox ids of the final changes...} or {'conflict'}.
+-- Everything goes but a tombstone: the features hash with only TOMBSTONE, expiring after
+-- suppress_ms, which segflow_apply reads to drop the customer's later events.
+local function forget(keys, args)
+  local cust, seg, hist, outbox = keys[1], keys[2], keys[3], keys[4]
+  local cid = args[1]
+  if tonumber(redis.call('HGET', seg, '_v') or '0') ~= tonumber(args[2]) then return {'conflict'} end
+  if redis.call('HEXISTS', cust, 'fs') == 1 then redis.call('DECR', keys[6]) end
+  redis.call('DEL', cust, seg, hist)
+  redis.call('HSET', cust, TOMBSTONE, args[3])
+  if tonumber(args[4]) > 0 then redis.call('PEXPIRE', cust, args[4]) end
+  redis.call('ZREM', keys[5], cid)
+  local out = {'ok', drop_pending(outbox, args[5])}
+  for i = 8, #keys do
+    redis.call('SREM', keys[i], cid)
+    out[#out + 1] = redis.call('XADD', outbox, '*', 'change', args[i - 2])
+  end
+  redis.call('HINCRBY', keys[7], 'erased', 1)
+  return out
+end
+
 redis.register_function('segflow_apply', apply)
 redis.register_function('segflow_advance_watermark', advance_watermark)
 redis.register_function('segflow_claim_due', claim_due)
 redis.register_function('segflow_commit', commit)
+redis.register_function('segflow_forget', forget)

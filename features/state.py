@@ -117,10 +117,25 @@ class CustomerState:
     # from duplicates. Per family, because the topics of one customer are
     # legitimately skewed against each other; one topic's partition is ordered.
     dedupe_floor: dict[str, int] = field(default_factory=dict)
+    # Set when the customer was erased (``segflow forget``): the tombstone left in place of
+    # their state, so that events still in flight or replayed do not bring them back
+    # while it lasts (Redis expires it after SEGFLOW_ERASURE_SUPPRESS_DAYS).
+    erased_at_ms: int | None = None
 
     @property
     def exists(self) -> bool:
         return self.first_seen_ms is not None
+
+
+def forgotten(erased_at_ms: int) -> CustomerState:
+    """What an erased customer's state becomes: nothing but the tombstone
+    (the reference of ``segflow_forget`` in segflow.lua, for the features hash).
+
+    >>> s = forgotten(5)
+    >>> s.exists, apply_delta(s, EventDelta(DAY_MS, "t", "login", {LOGINS: 1}), None), s == forgotten(5)
+    (False, 'suppressed', True)
+    """
+    return CustomerState(erased_at_ms=erased_at_ms)
 
 
 def _max(a: int | None, b: int) -> int:
@@ -169,8 +184,12 @@ def apply_delta(state: CustomerState, delta: EventDelta, late_before_ms: int | N
     ``'unverifiable'``: not older than the horizon, but not newer than an event
     of its family the capped duplicate filter had to forget: it might be a
     duplicate, so it is refused (dead-lettered) rather than risk counting it twice.
+    ``'suppressed'``: the customer was erased; the event is dropped (the tombstone
+    is checked first, so nothing of an erased customer is ever stored again).
     ``'applied'``: otherwise.
     """
+    if state.erased_at_ms is not None:
+        return "suppressed"
     if delta.offset is not None:
         seen = state.offsets.get(delta.family)
         if seen is not None and seen[0] == delta.offset[0] and delta.offset[1] <= seen[1]:

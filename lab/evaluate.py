@@ -105,6 +105,7 @@ def replay(
         current[cid] = ev.assignments
         first_assigned.setdefault(cid, now_ms)
         for c in ev.changes:
+            assert c.to_segment is not None  # the segmenter never erases
             moves.append(Move(cid, c.segmentation, c.from_segment, c.to_segment, now_ms, c.reason, c.change_id))
         counters["changes"] += len(ev.changes)
         if ev.next_deadline_ms is None:

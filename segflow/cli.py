@@ -213,6 +213,31 @@ def reseed(
     _echo(f"reseed requested; a worker applies it within {settings.snapshot_interval_seconds:g}s (see XREVRANGE {keys.DRIFT} + - COUNT 5)")
 
 
+@cli.command()
+def forget(
+    customer_id: str = typer.Argument(..., help="The customer to forget"),
+    reason: str | None = typer.Option(None, "--reason", help="Why (a ticket number, say): kept in the request and the worker's log, not published"),
+    config: Path | None = ConfigOpt,
+):
+    """Forget a customer: publish an erasure request; the worker that owns the customer's
+    partition applies it in order with their events (features, segments, history, memberships,
+    deadline and unsent changes removed; a final change to null per segmentation; their
+    later events suppressed for SEGFLOW_ERASURE_SUPPRESS_DAYS). See docs/OPERATIONS.md, "Erasure"."""
+    from datetime import UTC, datetime
+
+    from streams.admin import bootstrap_of, ensure_topics
+    from streams.erasure import erasure_request, publish_request
+
+    settings = _settings(config)
+    bootstrap, kafka = bootstrap_of(settings.kafka_url), _kafka_config(settings)
+    ensure_topics(bootstrap, settings.topics, settings.partitions, kafka)
+    request = erasure_request(customer_id, reason, datetime.now(UTC))
+    partition = publish_request(bootstrap, settings.topics, settings.partitions, request, kafka)
+    _echo(
+        f"erasure requested: request {request.request_id} on {settings.topics.erasure}[{partition}]; `segflow customer {customer_id}` says unknown once a worker applied it"
+    )
+
+
 @cli.command("migrate-layout")
 def migrate_layout(config: Path | None = ConfigOpt):
     """Re-lay Redis data of an older version, or of another SEGFLOW_PARTITIONS, in this

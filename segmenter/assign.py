@@ -175,6 +175,14 @@ class Segmenter:
         self.n_learned += 1
         return True
 
+    def forget(self, customer_id: str) -> bool:
+        """Drop an erased customer from the models that keep customers by id (the churn
+        and visit models' samples: their rhythm); whether they were there. Counted as
+        learning, so that the next snapshot is written without them."""
+        forgotten = [model.forget(customer_id) for model in (self.churn, self.visits)]
+        self.n_learned += any(forgotten)
+        return any(forgotten)
+
     # -- evaluation ------------------------------------------------------------------
     def evaluate(
         self,

@@ -427,6 +427,9 @@ class CampaignConfig(BaseModel):
 
         ``emitted_at`` (the router's clock) defaults to the change's own.
         """
+        to_segment = change.to_segment
+        if to_segment is None:  # an erasure: an erased customer is contacted by no campaign
+            return []
         out = []
         for c in self.campaigns:
             if not c.matches(change):
@@ -439,7 +442,7 @@ class CampaignConfig(BaseModel):
                 control_share=c.control_share,
                 segmentation=change.segmentation,
                 from_segment=change.from_segment,
-                to_segment=change.to_segment,
+                to_segment=to_segment,
                 change_id=change.change_id,
                 reason=change.reason,
                 occurred_at=change.occurred_at,

@@ -31,6 +31,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from features.codec import base36
 
 SCHEMA_VERSION: Final = 1
+ERASURE_REASON: Final = "erasure"  # the reason of the final change of an erased customer (to: null)
 
 
 def ms_to_datetime(ms: int) -> datetime:
@@ -41,7 +42,7 @@ def datetime_to_ms(dt: datetime) -> int:
     return round(dt.timestamp() * 1000)
 
 
-def change_id_of(customer_id: str, segmentation: str, from_segment: str | None, to_segment: str, occurred_at_ms: int, cause: str) -> str:
+def change_id_of(customer_id: str, segmentation: str, from_segment: str | None, to_segment: str | None, occurred_at_ms: int, cause: str) -> str:
     """Deterministic id of a change: 32 hex chars of BLAKE2b over its identity.
 
     ``cause`` tells apart two changes at the same millisecond (the event id
@@ -67,7 +68,10 @@ class SegmentChange(BaseModel):
     customer_id: str
     segmentation: str = Field(description="lifecycle, behaviour or value.")
     from_segment: str | None = Field(alias="from", description="The segment left; null on the customer's first assignment.")
-    to_segment: str = Field(alias="to", description="The segment entered.")
+    to_segment: str | None = Field(
+        alias="to",
+        description='The segment entered; null when the customer was erased (reason "erasure"): drop the customer, and start over if a first assignment (from null, seq 1) follows.',
+    )
     seq: int = Field(
         ge=1,
         description=(
@@ -91,7 +95,7 @@ class SegmentChange(BaseModel):
         customer_id: str,
         segmentation: str,
         from_segment: str | None,
-        to_segment: str,
+        to_segment: str | None,
         reason: str,
         model_version: int | None,
         occurred_at_ms: int,
@@ -121,6 +125,11 @@ class SegmentChange(BaseModel):
     def occurred_at_ms(self) -> int:
         return datetime_to_ms(self.occurred_at)
 
+    @property
+    def erased(self) -> bool:
+        """The final change of an erased customer: no segment any more."""
+        return self.to_segment is None
+
 
 class SegmentState(BaseModel):
     """A customer's current segment in one segmentation: the value on the compacted
@@ -141,7 +150,7 @@ class SegmentState(BaseModel):
 
     @classmethod
     def of(cls, change: SegmentChange) -> SegmentState:
-        """The state a change leaves behind.
+        """The state a change leaves behind (an erasure leaves none: a tombstone on the topic).
 
         >>> c = SegmentChange.create(customer_id="c1", segmentation="lifecycle", from_segment="active", to_segment="at_risk",
         ...                          reason="rhythm_at_risk", model_version=1, occurred_at_ms=0, cause="deadline:0", features={}, seq=4)
@@ -149,6 +158,7 @@ class SegmentState(BaseModel):
         >>> s.segment, s.seq, state_key(s.customer_id, s.segmentation)
         ('at_risk', 4, b'["c1","lifecycle"]')
         """
+        assert change.to_segment is not None, "an erasure leaves no state"
         return cls(
             customer_id=change.customer_id,
             segmentation=change.segmentation,
@@ -165,16 +175,21 @@ def state_key(customer_id: str, segmentation: str) -> bytes:
     return json.dumps([customer_id, segmentation], separators=(",", ":")).encode()
 
 
-def state_record(change: dict[str, Any]) -> tuple[bytes, bytes]:
+def state_record(change: dict[str, Any]) -> tuple[bytes, bytes | None]:
     """(key, value) on the state topic for a change as published (its JSON, parsed):
-    :class:`SegmentState`'s fields, without building the models on the hot path.
+    :class:`SegmentState`'s fields, without building the models on the hot path; for an
+    erasure (``to`` null) a tombstone (value None), so compaction forgets the customer.
 
     >>> c = SegmentChange.create(customer_id="c1", segmentation="value", from_segment=None, to_segment="loyal",
     ...                          reason="r", model_version=None, occurred_at_ms=0, cause="event:e", features={})
     >>> key, value = state_record(json.loads(c.model_dump_json(by_alias=True)))
     >>> SegmentState.model_validate_json(value) == SegmentState.of(c)
     True
+    >>> state_record({"customer_id": "c1", "segmentation": "value", "to": None})
+    (b'["c1","value"]', None)
     """
+    if change["to"] is None:
+        return state_key(change["customer_id"], change["segmentation"]), None
     value = {
         "customer_id": change["customer_id"],
         "segmentation": change["segmentation"],
@@ -219,7 +234,8 @@ def history_entry(change: SegmentChange) -> str:
     """
     # The id as 22 base64 characters instead of 32 hex ones: same bits, 10 bytes less per entry.
     short_id = base64.urlsafe_b64encode(bytes.fromhex(change.change_id)).decode().rstrip("=")
-    texts = (change.segmentation, change.from_segment or "", change.to_segment, change.reason)
+    # (an erasure's change, to null, is never in a history: the history goes with the customer)
+    texts = (change.segmentation, change.from_segment or "", change.to_segment or "", change.reason)
     if change.from_segment == "" or any(FIELD_SEP in t for t in texts):
         values = [short_id, change.occurred_at_ms, change.segmentation, change.from_segment, change.to_segment, change.reason, change.model_version]
         return json.dumps(values, separators=(",", ":"))

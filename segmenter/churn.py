@@ -174,6 +174,16 @@ class ChurnModel:
         self.learned_since_fit += 1
         return True
 
+    def forget(self, customer_id: str) -> bool:
+        """Drop an erased customer's rhythm from the sample; whether it was there.
+
+        >>> m = ChurnModel()
+        >>> _ = m.learn_one("c1", {"purchase_days_total": 2.0, "purchase_span_days": 1.0, "days_since_first_purchase": 2.0}, 5 * DAY_MS)
+        >>> m.forget("c1"), m.forget("c1"), m.sample.rows
+        (True, False, {})
+        """
+        return self.sample.rows.pop(customer_id, None) is not None
+
     def refit(self) -> bool:
         """Fit the population parameters on the sample, as of the newest time learned.
 

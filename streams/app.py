@@ -175,7 +175,7 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
         async with e.turnstile.turn(outcome.ticket):
             await send_changes(e, outcome.changes, relayed)
 
-    async def send_raw(topic: str, key: bytes, value: bytes):
+    async def send_raw(topic: str, key: bytes, value: bytes | None):
         """Hand one record to the producer; the returned future completes on the broker's ack.
 
         Straight to Faust's producer, not ``Topic.send``: the channel machinery cost about
@@ -192,7 +192,7 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
             for _, payload in changes:
                 change = json.loads(payload)
                 futures.append(await send_raw(topics.segment_changes, change["customer_id"].encode(), payload.encode()))
-                key, value = state_record(change)
+                key, value = state_record(change)  # an erasure: a tombstone (value None)
                 futures.append(await send_raw(topics.segment_state, key, value))
             await asyncio.gather(*futures)
             e.counters.changes_sent += len(changes)

@@ -26,7 +26,9 @@ Redis keys (all of one customer share the hash tag ``{ID}``, so one slot):
 - ``cust:{ID}:camp:<campaign>:seen`` sorted set, ``1:<trigger id>`` (published)
   or ``0:<trigger id>`` (refused) -> wall-clock ms of the verdict; kept 7 days.
 
-Campaigns without cap and cooldown do not touch Redis.
+Campaigns without cap and cooldown do not touch Redis. An erasure change (``to``
+null, docs/OPERATIONS.md "Erasure") fires nothing and deletes both keys of every
+configured campaign for that customer.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from segmenter.campaigns import (
     CapStatus,
     CapVerdict,
     TriggerDecision,
+    cap_key,
     default_campaigns,
     load_campaigns,
     parse_campaigns,
@@ -148,16 +151,24 @@ class CampaignRouter:
 
     def decide(self, payloads: Iterable[str | bytes]) -> list[TriggerDecision]:
         """The pure part: every (change, matching campaign), before caps."""
+        return self._decide(_changes_of(payloads))
+
+    def _decide(self, changes: list[SegmentChange]) -> list[TriggerDecision]:
         emitted = datetime.fromtimestamp(self.clock(), tz=UTC)
-        decisions: list[TriggerDecision] = []
-        for payload in payloads:
-            try:
-                change = SegmentChange.model_validate_json(payload)
-            except ValueError as exc:  # never expected: the engine wrote it
-                log.error("cannot route a segment change that does not parse: %s", exc)
-                continue
-            decisions.extend(self.campaigns.route(change, emitted))
-        return decisions
+        # A customer erased in this batch gets nothing, not even for the changes before
+        # the erasure: their triggers would go out after the customer was forgotten.
+        erased = erased_customers(changes)
+        return [d for change in changes if change.customer_id not in erased for d in self.campaigns.route(change, emitted)]
+
+    async def forget(self, customer_ids: Iterable[str]) -> None:
+        """Delete the cap and verdict keys of erased customers (one DEL each: a
+        customer's keys share the hash tag ``{ID}``). Keys of campaigns no longer
+        configured are not known here; they expire by themselves (7 days at most for
+        verdicts, twice the campaign's span for charges)."""
+        names = self.campaigns.names()
+        commands = [("DEL", *(k for name in names for k in (cap_key(cid, name), cap_key(cid, name) + ":seen"))) for cid in customer_ids]
+        if names and commands:
+            await run_pipeline(self.redis, commands)
 
     async def charge(self, decisions: list[TriggerDecision]) -> list[CapVerdict]:
         """Charge the caps of every decision, in order, atomically per trigger."""
@@ -198,8 +209,11 @@ class CampaignRouter:
         return verdicts  # type: ignore[return-value]
 
     async def route(self, payloads: Iterable[str | bytes]) -> list[CampaignTrigger]:
-        """Triggers to publish for these change payloads (caps charged, counted)."""
-        decisions = self.decide(payloads)
+        """Triggers to publish for these change payloads (caps charged, counted); an
+        erasure change deletes the customer's keys here."""
+        changes = _changes_of(payloads)
+        await self.forget(erased_customers(changes))
+        decisions = self._decide(changes)
         if not decisions:
             return []
         verdicts = await self.charge(decisions)
@@ -222,6 +236,28 @@ class CampaignRouter:
                     pipe.hincrby(STATS_KEY, field, n)
                 await pipe.execute()
         return out
+
+
+def _changes_of(payloads: Iterable[str | bytes]) -> list[SegmentChange]:
+    changes = []
+    for payload in payloads:
+        try:
+            changes.append(SegmentChange.model_validate_json(payload))
+        except ValueError as exc:  # never expected: the engine wrote it
+            log.error("cannot route a segment change that does not parse: %s", exc)
+    return changes
+
+
+def erased_customers(changes: Iterable[SegmentChange]) -> set[str]:
+    """Customers whose erasure is among these changes.
+
+    >>> from segmenter.changes import SegmentChange
+    >>> c = lambda cid, to: SegmentChange.create(customer_id=cid, segmentation="value", from_segment="loyal", to_segment=to,
+    ...                                          reason="r", model_version=None, occurred_at_ms=0, cause="x", features={})
+    >>> erased_customers([c("a", "lost"), c("b", None)])
+    {'b'}
+    """
+    return {c.customer_id for c in changes if c.erased}
 
 
 def trigger_message(trigger: CampaignTrigger) -> tuple[bytes, bytes]:

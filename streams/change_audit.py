@@ -12,6 +12,10 @@ subscriber would trip over:
   the state it started with);
 - ``seq_gaps``: applied changes whose seq skips numbers.
 
+An erasure (``to`` null, reason ``erasure``) leaves the key held as no segment, with
+its seq: repeats of it are still dropped, and a first assignment (``from`` null, seq
+1) after it starts the customer over (one who came back after the suppression).
+
 :func:`compare_with_redis` then checks the subscriber's end state against
 the segments Redis holds. ``segflow soak`` and ``segflow bench`` end with this
 audit; the integration tests assert 0 chain breaks, 0 gaps and 0 mismatches.
@@ -22,6 +26,10 @@ audit; the integration tests assert 0 chain breaks, 0 gaps and 0 mismatches.
 ['applied', 'applied', 'repeat', 'applied']
 >>> f.repeats, f.chain_breaks, f.seq_gaps, f.state[("c1", "lifecycle")]
 (1, 1, 1, ('dormant', 4))
+>>> [f.apply(c) for c in (change(5, "dormant", None), change(5, "dormant", None), change(1, None, "new"))]
+['applied', 'repeat', 'applied']
+>>> f.chain_breaks, f.seq_gaps, f.state[("c1", "lifecycle")]
+(1, 1, ('new', 1))
 """
 
 from __future__ import annotations
@@ -37,15 +45,19 @@ from typing import Any
 class ChangeFollower:
     """The current segment per (customer, segmentation) as a subscriber holds it."""
 
-    state: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+    state: dict[tuple[str, str], tuple[str | None, int]] = field(default_factory=dict)  # segment None: erased
     applied: int = 0
     repeats: int = 0
     chain_breaks: int = 0
     seq_gaps: int = 0
 
-    def seed(self, states: Iterable[Mapping[str, Any]]) -> None:
-        """Start from the compacted state topic's records (the last per key wins)."""
+    def seed(self, states: Iterable[Mapping[str, Any] | tuple[str, str]]) -> None:
+        """Start from the compacted state topic's records (the last per key wins); a
+        ``(customer_id, segmentation)`` pair is a tombstone (an erased customer's key)."""
         for s in states:
+            if isinstance(s, tuple):
+                self.state.pop(s, None)
+                continue
             key = (s["customer_id"], s["segmentation"])
             if key not in self.state or s["seq"] >= self.state[key][1]:
                 self.state[key] = (s["segment"], s["seq"])
@@ -55,6 +67,8 @@ class ChangeFollower:
         key = (change["customer_id"], change["segmentation"])
         held = self.state.get(key)
         seq = int(change["seq"])
+        if held is not None and held[0] is None and seq == 1 and change.get("from") is None:
+            held = None  # back after an erasure: a new customer
         if held is not None and seq <= held[1]:
             self.repeats += 1
             return "repeat"
@@ -79,7 +93,7 @@ def follow(values: Iterable[bytes | str]) -> ChangeFollower:
     return follower
 
 
-def compare_with_redis(held: Mapping[tuple[str, str], tuple[str, int]], redis_segments: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def compare_with_redis(held: Mapping[tuple[str, str], tuple[str | None, int]], redis_segments: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Differences between a subscriber's state and Redis (``customer -> segmentation ->
     StoredAssignment``): a customer segmentation missing on either side, or another segment.
 
@@ -164,6 +178,15 @@ def redis_segments(redis_client: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _state_of(record: Any) -> Mapping[str, Any] | tuple[str, str]:
+    """A state topic record as :meth:`ChangeFollower.seed` takes it: its value, or for a
+    tombstone (an erasure) its key."""
+    if record.value is None:
+        customer_id, segmentation = json.loads(record.key)
+        return (customer_id, segmentation)
+    return json.loads(record.value)
+
+
 def check_subscriber_view(bootstrap: str, topics: Any, redis_client: Any, **consumer_config: Any) -> SubscriberCheck:
     """Read ``segment-changes`` and ``segment-state`` to their ends as a subscriber does and compare with Redis."""
     from streams.topic_reader import read_to_end
@@ -173,5 +196,5 @@ def check_subscriber_view(bootstrap: str, topics: Any, redis_client: Any, **cons
     distinct = len({json.loads(r.value)["change_id"] for r in records})
     segments = redis_segments(redis_client)
     from_state = ChangeFollower()
-    from_state.seed(json.loads(r.value) for r in read_to_end(bootstrap, topics.segment_state, **consumer_config) if r.value is not None)
+    from_state.seed(_state_of(r) for r in read_to_end(bootstrap, topics.segment_state, **consumer_config))
     return SubscriberCheck(follower, compare_with_redis(follower.state, segments), compare_with_redis(from_state.state, segments), len(records), distinct)

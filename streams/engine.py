@@ -20,10 +20,12 @@ from features import keys
 from features.catalogue import compute
 from features.extract import delta_of
 from features.pipeline import run_pipeline
+from features.state import EventDelta
 from features.store import FeatureStore, load_library
 from segmenter.assign import Segmenter
 from segmenter.drift import DriftEvent, DriftMonitor
-from streams.events import Event, InvalidEvent, check_not_future, decode
+from streams.erasure import Eraser
+from streams.events import ErasureRequest, Event, InvalidEvent, check_not_future, decode, decode_erasure
 from streams.migrate_layout import refuse_older_layout
 from streams.ordering import Turnstile
 from streams.segment_store import CustomerUpdate, SegmentStore, StoredAssignment, evaluated_upto, parse_segments, stale_outbox, version_of
@@ -69,9 +71,9 @@ class DeadLetter:
         return h
 
 
-# Counted by segflow_apply itself, atomically with the event (features/segflow.lua):
-# the worker keeps its own count for its progress log but does not publish it.
-COUNTED_BY_REDIS = ("applied", "duplicates")
+# Counted by segflow_apply (and segflow_forget) itself, atomically with the event
+# (features/segflow.lua): the worker keeps its own count for its progress log but does not publish it.
+COUNTED_BY_REDIS = ("applied", "duplicates", "suppressed", "erased")
 
 
 @dataclass
@@ -80,6 +82,8 @@ class Counters:
     batches: int = 0  # received / batches: the average batch the agent took
     applied: int = 0
     duplicates: int = 0
+    suppressed: int = 0  # events of erased customers dropped (the tombstone)
+    erased: int = 0  # customers forgotten
     dead_lettered: int = 0
     changes: int = 0
     deadline_evaluations: int = 0
@@ -104,6 +108,35 @@ class Counters:
 
 
 @dataclass
+class EventRun:
+    """Consecutive events of a batch: folded, evaluated and committed together."""
+
+    items: list[tuple[str, EventDelta]] = field(default_factory=list)
+    sources: list[tuple[InboundMessage, Event]] = field(default_factory=list)
+
+
+@dataclass
+class ErasureRun:
+    """Consecutive erasure requests of a batch. A batch is cut into runs at erasures, so
+    that a customer's events before the request are committed before it, and the ones
+    after it meet the tombstone (suppressed)."""
+
+    requests: list[ErasureRequest] = field(default_factory=list)
+
+
+def _run_of(runs: list[EventRun | ErasureRun], kind: type[EventRun] | type[ErasureRun]):
+    """The last run if it is of ``kind``, else a new one appended."""
+    if not runs or not isinstance(runs[-1], kind):
+        runs.append(kind())
+    return runs[-1]
+
+
+def _check_key(msg: InboundMessage, customer_id: str) -> None:
+    if msg.key is not None and msg.key.decode("utf-8", "replace") != customer_id:
+        raise InvalidEvent("key_mismatch", "message key is not the event's customer_id")
+
+
+@dataclass
 class BatchOutcome:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     changes: list[tuple[str, str]] = field(default_factory=list)  # (outbox id, change json)
@@ -119,6 +152,8 @@ class Engine:
         self.features = FeatureStore(redis, self.layout, settings.max_customers)
         self.watermark = Watermark(settings.idle_partition_seconds)
         self.segments = SegmentStore(redis, self.layout, settings.history_cap)
+        self.eraser = Eraser(redis, self.layout, settings.erasure_suppress_ms)
+        self._erased_since_snapshot = False  # a customer left the models' samples: older snapshots go
         # Input partitions this worker owns (None: not told, e.g. an engine without Faust: all).
         self.owned_partitions: set[int] | None = None
         self.segmenter = segmenter
@@ -188,101 +223,21 @@ class Engine:
         now = time.time() if now is None else now
         out = BatchOutcome()
         before = await self._low_watermark(now)
-        items = []
-        sources = []
-        for msg in messages:
-            # Every message taken counts as processed, a dead letter too: otherwise a partition
-            # whose last message was malformed would look unread for ever (lag, idle watermark).
-            if msg.partition is not None and msg.offset is not None:
-                self.last_offsets[(msg.topic, msg.partition)] = max(msg.offset, self.last_offsets.get((msg.topic, msg.partition), -1))
-            family = self.topics.family_of(msg.topic)
-            try:
-                if family is None:
-                    raise InvalidEvent("unknown_topic", msg.topic)
-                event = decode(family, msg.value)
-                check_not_future(event, now, self.settings.max_future_skew_seconds)
-                if msg.key is not None and msg.key.decode("utf-8", "replace") != event.customer_id:
-                    raise InvalidEvent("key_mismatch", "message key is not the event's customer_id")
-            except InvalidEvent as exc:
-                out.dead_letters.append(DeadLetter(msg, exc.reason, exc.detail))
-                continue
-            offset = None if msg.partition is None or msg.offset is None else (msg.partition, msg.offset)
-            delta = delta_of(event, offset)
-            self.watermark.observe(family, msg.partition or 0, delta.ts_ms, now)
-            items.append((event.customer_id, delta))
-            sources.append((msg, event))
+        runs = self._decode(messages, now, out)
         # Lateness is judged against the watermark as it stood before this batch:
         # the batch's own newest events must not make its older ones late.
         late_before = None if before is None else before - self.settings.lateness_ms
         low = await self._low_watermark(now)
 
         async with self.lock:
-            t0 = time.perf_counter()
-            results = await self.features.apply_batch(items, late_before, low)
-            self.observe("apply", time.perf_counter() - t0)
-            # One evaluation per customer per batch, on the customer's state after
-            # the batch's last event: segments are written once the batch is
-            # folded, so evaluating each event would compare against stale segments.
-            latest: dict[str, Event] = {}
-            redelivered: dict[str, Event] = {}
-            final = {r.customer_id: r for r in results if r.state is not None}
-            for (msg, event), result in zip(sources, results, strict=False):
-                if result.status == "duplicate":
-                    self.counters.duplicates += 1
-                    redelivered[event.customer_id] = event
-                    continue
-                if result.status == "too_late":
-                    out.dead_letters.append(DeadLetter(msg, "too_late", f"older than the allowed lateness of {self.settings.lateness_seconds:g}s"))
-                    continue
-                if result.status == "unverifiable":
-                    out.dead_letters.append(
-                        DeadLetter(
-                            msg,
-                            "unverifiable_duplicate",
-                            "not newer than an event this customer's duplicate filter (capped) had to forget within the lateness",
-                        )
-                    )
-                    continue
-                if result.status == "over_capacity":
-                    out.dead_letters.append(
-                        DeadLetter(
-                            msg,
-                            "customer_limit",
-                            f"{self.settings.max_customers} customers already have state (SEGFLOW_MAX_CUSTOMERS)",
-                        )
-                    )
-                    continue
-                self.counters.applied += 1
-                latest[event.customer_id] = event
-            updates = []
             drift: list[DriftEvent] = []
-            # A redelivery (after a crash between the feature update and the
-            # segment commit) re-evaluates too, without teaching the models twice:
-            # otherwise that customer's segments would wait for a new event.
-            evaluate = [(cid, ev, True) for cid, ev in latest.items()]
-            evaluate += [(cid, ev, False) for cid, ev in redelivered.items() if cid not in latest]
-            for customer_id, event, learn in evaluate:
-                after = final[customer_id]
-                state, seg_hash = after.state, after.segments
-                # final holds results with state; the store returns segments along with it.
-                assert state is not None and seg_hash is not None
-                if not state.exists:
-                    continue
-                now_ms = state.last_seen_ms
-                assert now_ms is not None  # set with first_seen_ms by the customer's first event
-                upto = evaluated_upto(seg_hash)
-                if not learn and upto is not None and upto >= now_ms:
-                    continue  # this state was evaluated and committed before the redelivery
-                feats = compute(state, now_ms)
-                learned = learn and self.segmenter.learn_one(feats, customer_id, now_ms)
-                updates.append(self._evaluate(customer_id, feats, seg_hash, now_ms, f"event:{event.event_id}", seen_ms=now_ms, drift=drift, learned=learned))
-            t0 = time.perf_counter()
-            written = await self.segments.write(updates)
-            self.observe("commit", time.perf_counter() - t0)
-            self.publishing.update(i for i, _ in written.changes)
-            out.changes = written.changes
+            for run in runs:
+                if isinstance(run, ErasureRun):
+                    await self._forget(run.requests, out)
+                else:
+                    await self._fold(run, late_before, low, out, drift)
+            self.publishing.update(i for i, _ in out.changes)
             out.ticket = self.turnstile.take() if out.changes else None
-            self.counters.conflicts += len(written.conflicts)
             try:
                 await self._record_drift(drift)
             except BaseException:
@@ -301,6 +256,124 @@ class Engine:
             self._abandon(out)
             raise
         return out
+
+    def _decode(self, messages: Sequence[InboundMessage], now: float, out: BatchOutcome) -> list[EventRun | ErasureRun]:
+        """Validate every message: the bad ones become dead letters, the rest runs of events
+        and of erasure requests, in message order."""
+        runs: list[EventRun | ErasureRun] = []
+        for msg in messages:
+            # Every message taken counts as processed, a dead letter too: otherwise a partition
+            # whose last message was malformed would look unread for ever (lag, idle watermark).
+            if msg.partition is not None and msg.offset is not None:
+                self.last_offsets[(msg.topic, msg.partition)] = max(msg.offset, self.last_offsets.get((msg.topic, msg.partition), -1))
+            family = self.topics.family_of(msg.topic)
+            try:
+                if msg.topic == self.topics.erasure:
+                    request = decode_erasure(msg.value)
+                    _check_key(msg, request.customer_id)
+                    _run_of(runs, ErasureRun).requests.append(request)
+                    continue
+                if family is None:
+                    raise InvalidEvent("unknown_topic", msg.topic)
+                event = decode(family, msg.value)
+                check_not_future(event, now, self.settings.max_future_skew_seconds)
+                _check_key(msg, event.customer_id)
+            except InvalidEvent as exc:
+                out.dead_letters.append(DeadLetter(msg, exc.reason, exc.detail))
+                continue
+            offset = None if msg.partition is None or msg.offset is None else (msg.partition, msg.offset)
+            delta = delta_of(event, offset)
+            self.watermark.observe(family, msg.partition or 0, delta.ts_ms, now)
+            run = _run_of(runs, EventRun)
+            run.items.append((event.customer_id, delta))
+            run.sources.append((msg, event))
+        return runs
+
+    async def _fold(self, run: EventRun, late_before: int | None, low: int | None, out: BatchOutcome, drift: list[DriftEvent]) -> None:
+        """Apply a run of events, evaluate each customer once on their state after it, commit."""
+        t0 = time.perf_counter()
+        results = await self.features.apply_batch(run.items, late_before, low)
+        self.observe("apply", time.perf_counter() - t0)
+        # One evaluation per customer per run, on the customer's state after the
+        # run's last event: segments are written once the run is
+        # folded, so evaluating each event would compare against stale segments.
+        latest: dict[str, Event] = {}
+        redelivered: dict[str, Event] = {}
+        final = {r.customer_id: r for r in results if r.state is not None}
+        for (msg, event), result in zip(run.sources, results, strict=False):
+            if result.status == "duplicate":
+                self.counters.duplicates += 1
+                redelivered[event.customer_id] = event
+                continue
+            if result.status == "suppressed":  # an erased customer: dropped, and counted in Redis
+                self.counters.suppressed += 1
+                continue
+            if result.status == "too_late":
+                out.dead_letters.append(DeadLetter(msg, "too_late", f"older than the allowed lateness of {self.settings.lateness_seconds:g}s"))
+                continue
+            if result.status == "unverifiable":
+                out.dead_letters.append(
+                    DeadLetter(
+                        msg,
+                        "unverifiable_duplicate",
+                        "not newer than an event this customer's duplicate filter (capped) had to forget within the lateness",
+                    )
+                )
+                continue
+            if result.status == "over_capacity":
+                out.dead_letters.append(
+                    DeadLetter(
+                        msg,
+                        "customer_limit",
+                        f"{self.settings.max_customers} customers already have state (SEGFLOW_MAX_CUSTOMERS)",
+                    )
+                )
+                continue
+            self.counters.applied += 1
+            latest[event.customer_id] = event
+        updates = []
+        # A redelivery (after a crash between the feature update and the
+        # segment commit) re-evaluates too, without teaching the models twice:
+        # otherwise that customer's segments would wait for a new event.
+        evaluate = [(cid, ev, True) for cid, ev in latest.items()]
+        evaluate += [(cid, ev, False) for cid, ev in redelivered.items() if cid not in latest]
+        for customer_id, event, learn in evaluate:
+            after = final[customer_id]
+            state, seg_hash = after.state, after.segments
+            # final holds results with state; the store returns segments along with it.
+            assert state is not None and seg_hash is not None
+            if not state.exists:
+                continue  # an erased customer (their state is the tombstone)
+            now_ms = state.last_seen_ms
+            assert now_ms is not None  # set with first_seen_ms by the customer's first event
+            upto = evaluated_upto(seg_hash)
+            if not learn and upto is not None and upto >= now_ms:
+                continue  # this state was evaluated and committed before the redelivery
+            feats = compute(state, now_ms)
+            learned = learn and self.segmenter.learn_one(feats, customer_id, now_ms)
+            updates.append(self._evaluate(customer_id, feats, seg_hash, now_ms, f"event:{event.event_id}", seen_ms=now_ms, drift=drift, learned=learned))
+        t0 = time.perf_counter()
+        written = await self.segments.write(updates)
+        self.observe("commit", time.perf_counter() - t0)
+        out.changes.extend(written.changes)
+        self.counters.conflicts += len(written.conflicts)
+
+    async def _forget(self, requests: Sequence[ErasureRequest], out: BatchOutcome) -> None:
+        """Forget the customers of a run of erasure requests; their final changes join the
+        batch's, after the changes of the events before them."""
+        t0 = time.perf_counter()
+        done = await self.eraser.forget(requests, int(time.time() * 1000))
+        self.observe("forget", time.perf_counter() - t0)
+        out.changes.extend(done.changes)
+        self.counters.erased += len(done.customers)
+        for customer_id in done.customers:
+            # The churn and visit samples keep customers by id: dropped here, and the next
+            # snapshot replaces the older ones that may hold them (Engine.snapshot_model).
+            self._erased_since_snapshot |= self.segmenter.forget(customer_id)
+        for r in requests:  # the request id, not the customer: the log is kept, the customer is not
+            log.warning("erasure request %s applied (reason %r)", r.request_id, r.reason)
+        if done.dropped:
+            log.warning("erasure dropped %d segment changes not yet sent", done.dropped)
 
     # -- deadlines ------------------------------------------------------------
     async def clock_ms(self) -> int | None:
@@ -511,7 +584,12 @@ class Engine:
         if snap is None:
             return None
         version, blob = snap
-        await self.segments.save_model(version, blob, churn=json.dumps(self.segmenter.models_summary()))
+        erased, self._erased_since_snapshot = self._erased_since_snapshot, False
+        try:
+            await self.segments.save_model(version, blob, churn=json.dumps(self.segmenter.models_summary()), keep_older=not erased)
+        except BaseException:
+            self._erased_since_snapshot |= erased
+            raise
         return version
 
 

@@ -51,12 +51,12 @@ Label = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 DEAD_LETTER_REASONS = {
     "empty": "the message has no value",
     "bad_json": "the value is not JSON (or not a JSON object)",
-    "invalid": "JSON that breaks the event schema (`segflow schemas`); the detail names the fields",
+    "invalid": "JSON that breaks the event (or erasure request) schema (`segflow schemas`); the detail names the fields",
     "unknown_event_type": "a `type` the topic's family does not know",
     "unknown_family": "no event family for the topic (internal)",
     "unknown_topic": "the message came from a topic that is not an input",
     "absurd_timestamp": "`occurred_at` before 1990, or further in the future than `SEGFLOW_MAX_FUTURE_SKEW_SECONDS`",
-    "key_mismatch": "the Kafka key is not the event's `customer_id`",
+    "key_mismatch": "the Kafka key is not the event's (or erasure request's) `customer_id`",
     "too_late": "older than the event-time watermark minus `SEGFLOW_LATENESS_SECONDS`",
     "unverifiable_duplicate": "not newer than an event the customer's (capped) duplicate filter had to forget within the lateness",
     "customer_limit": "a customer not yet known while `SEGFLOW_MAX_CUSTOMERS` customers have state; replay it after raising the limit",
@@ -149,6 +149,44 @@ FAMILIES: dict[str, type[Envelope]] = {
 }
 
 
+class ErasureRequest(BaseModel):
+    """A request to forget a customer (``segflow forget``), on the erasure topic, keyed
+    by ``customer_id`` on the partition of the customer's events: the worker applies it
+    in order with them. Validated like an event; a malformed one is dead-lettered."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="ErasureRequest")
+
+    type: Literal["erasure"] = "erasure"
+    request_id: NonEmptyId = Field(description="Unique per request (segflow forget: a UUID); the final changes' ids derive from it.")
+    customer_id: NonEmptyId = Field(description="The customer to forget; also the Kafka message key.")
+    requested_at: AwareDatetime = Field(description="When the erasure was requested; the final changes' occurred_at.")
+    reason: str | None = Field(default=None, max_length=1000, description="Why (a ticket number, say); logged by the worker, not published.")
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+def decode_erasure(raw: bytes | str | None) -> ErasureRequest:
+    """Parse and validate an erasure request; raise :class:`InvalidEvent` with the
+    reasons :func:`decode` uses (``empty``, ``bad_json``, ``invalid``, ``unknown_event_type``,
+    ``absurd_timestamp``).
+
+    >>> decode_erasure(b'{"request_id":"r1","customer_id":"c1","requested_at":"2026-01-05T10:00:00Z"}').customer_id
+    'c1'
+    >>> decode_erasure(b'{"request_id":"r1","customer_id":"","requested_at":"2026-01-05T10:00:00Z"}')
+    Traceback (most recent call last):
+    ...
+    streams.events.InvalidEvent: invalid: customer_id: ...
+    """
+    if raw is None or len(raw) == 0:
+        raise InvalidEvent("empty", "message has no value")
+    try:
+        request = ErasureRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        raise _classify(exc) from None
+    if request.requested_at.timestamp() < _EARLIEST_PLAUSIBLE_TS:
+        raise InvalidEvent("absurd_timestamp", f"requested_at {request.requested_at.isoformat()} is before 1990")
+    return request
+
+
 def decode(family: str, raw: bytes | str | None) -> Event:
     """Parse and validate one message of ``family``; raise :class:`InvalidEvent`.
 
@@ -203,8 +241,9 @@ def dedupe_token(event_id: str) -> str:
 
 
 def json_schemas() -> dict[str, dict]:
-    """JSON Schema of every event family, for producers in any language."""
-    return {family: model.model_json_schema(mode="validation") for family, model in FAMILIES.items()}
+    """JSON Schema of every event family and of the erasure request, for producers in any language."""
+    schemas = {family: model.model_json_schema(mode="validation") for family, model in FAMILIES.items()}
+    return {**schemas, "erasure-request": ErasureRequest.model_json_schema(mode="validation")}
 
 
 def family_of_type(event_type: str) -> str | None:

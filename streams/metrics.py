@@ -38,6 +38,8 @@ COUNTERS = (
     ("events_received", "received", "Input messages taken by this worker (applied, duplicate or dead-lettered)."),
     ("events_applied", "applied", "Events folded into customer features."),
     ("events_duplicate", "duplicates", "Redelivered events dropped by the duplicate filter."),
+    ("events_suppressed", "suppressed", "Events of erased customers dropped (segflow forget; SEGFLOW_ERASURE_SUPPRESS_DAYS)."),
+    ("customers_erased", "erased", "Erasure requests applied (customers forgotten)."),
     ("batches", "batches", "Batches the agent took."),
     ("changes", "changes", "Segment changes committed (each published once; see changes_sent)."),
     ("changes_sent", "changes_sent", "Segment changes the broker acknowledged, re-sends included."),

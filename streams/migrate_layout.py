@@ -30,7 +30,7 @@ V1_RENAMES = {
     "segflow:drift": keys.DRIFT,
     "segflow:reseed": keys.RESEED,
 }
-V1_COUNTERS = ("applied", "duplicates")  # moved from segflow:stats to the per-partition stats
+V1_COUNTERS = ("applied", "duplicates", "suppressed", "erased")  # moved from segflow:stats to the per-partition stats (and between partitions)
 
 
 class OlderLayoutError(RuntimeError):
@@ -184,9 +184,14 @@ def migrate(redis: Any, layout: Layout, progress: Callable[[str], None] = lambda
         redis.rename(key, f"{keys.MODEL}:{key.rsplit(':', 1)[1]}")
 
     # The customer counts (the max_customers limit), recounted per partition.
+    # An erased customer's tombstone (a features hash without `fs`) is no customer.
     per_tag: Counter[str] = Counter()
-    for key in redis.scan_iter(match=f"{keys.FEATURES_PREFIX}{{*", count=1000):
-        per_tag[_tag_of(key) or ""] += 1
+    for chunk in _chunks(redis.scan_iter(match=f"{keys.FEATURES_PREFIX}{{*", count=1000), 1000):
+        pipe = redis.pipeline(transaction=False)
+        for key in chunk:
+            pipe.hexists(key, "fs")
+        for key, has_state in zip(chunk, pipe.execute(), strict=True):
+            per_tag[_tag_of(key) or ""] += bool(has_state)
     pipe = redis.pipeline(transaction=False)
     for p, tag in enumerate(layout.tags):
         pipe.set(layout.customers(p), per_tag[tag])
@@ -197,6 +202,17 @@ def migrate(redis: Any, layout: Layout, progress: Callable[[str], None] = lambda
     pipe.set(LAYOUT_KEY, layout.partitions)
     pipe.execute()
     return report
+
+
+def _chunks(items: Any, size: int) -> Any:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _add_members(redis: Any, layout: Layout, segmentation: str, segment: str, members: list[str]) -> None:

@@ -41,9 +41,9 @@ def customer_view(redis, customer_id: str, settings: Settings, history: int = 10
     pipe.zscore(layout.deadlines_key(layout.partition(customer_id)), customer_id)
     pipe.get(keys.CHURN_MODEL)
     raw, seg_hash, hist, deadline, churn_model = pipe.execute()
-    if not raw:
-        return None
     state = state_from_hash(raw)
+    if not state.exists:  # unknown, or erased (only the tombstone is left)
+        return None
     now_ms = max(now_ms_for(redis, settings), state.last_seen_ms or 0)
     features = compute(state, now_ms)
     # The workers' last fitted churn model (its CDNOW prior before the first snapshot).

@@ -262,15 +262,18 @@ class SegmentStore:
         if customer_ids:
             await run_pipeline(self.redis, [("ZREM", self.deadlines_of(c), c) for c in customer_ids])
 
-    async def save_model(self, version: int, blob: bytes, churn: str | None = None) -> None:
-        """Store a model snapshot (the last three are kept) and, as JSON for readers
-        that do not unpickle (``segflow customer``, HTTP), the churn model's parameters."""
+    async def save_model(self, version: int, blob: bytes, churn: str | None = None, keep_older: bool = True) -> None:
+        """Store a model snapshot (the last three are kept; only this one with
+        ``keep_older=False``: after an erasure, older ones may hold the customer) and, as
+        JSON for readers that do not unpickle (``segflow customer``, HTTP), the churn
+        model's parameters."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(f"{keys.MODEL}:v{version}", blob)
         if churn is not None:
             pipe.set(keys.CHURN_MODEL, churn)
         pipe.set(f"{keys.MODEL}:current", version)
-        pipe.execute_command("DEL", f"{keys.MODEL}:v{version - 3}")  # keep the last three
+        older = [version - 3] if keep_older else [version - 1, version - 2, version - 3]
+        pipe.execute_command("DEL", *(f"{keys.MODEL}:v{v}" for v in older))
         await pipe.execute()
 
     async def load_model(self) -> tuple[int, bytes] | None:

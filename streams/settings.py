@@ -74,6 +74,14 @@ class Settings(BaseSettings):
             "events of further new customers are dead-lettered as customer_limit. 0: no limit"
         ),
     )
+    erasure_suppress_days: float = Field(
+        30.0,
+        ge=0,
+        description=(
+            "How long an erased customer's events are dropped as suppressed (the tombstone's life); "
+            "at least the input topics' retention, so no replay brings the customer back. 0: for ever"
+        ),
+    )
     history_cap: int = Field(10, ge=1, description="Segment changes kept per customer in Redis, compact (about 90 B each; the full changes are on the topic)")
     snapshot_interval_seconds: float = Field(30.0, gt=0, description="How often the behaviour model is snapshotted to Redis")
     deadline_interval_seconds: float = Field(0.25, gt=0, description="How often due deadlines are claimed and re-evaluated (bounds deadline-to-change latency)")
@@ -99,6 +107,10 @@ class Settings(BaseSettings):
     @property
     def lateness_ms(self) -> int:
         return int(self.lateness_seconds * 1000)
+
+    @property
+    def erasure_suppress_ms(self) -> int:
+        return int(self.erasure_suppress_days * 86_400_000)
 
     @property
     def layout(self) -> Layout:

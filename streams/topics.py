@@ -24,6 +24,7 @@ class Topics:
     segment_state: str = field(init=False)
     dead_letter: str = field(init=False)
     campaign_triggers: str = field(init=False)
+    erasure: str = field(init=False)
 
     def __post_init__(self) -> None:
         for attr, base in _BASE_NAMES.items():
@@ -40,7 +41,9 @@ class Topics:
 
     @property
     def inputs(self) -> tuple[str, ...]:
-        return tuple(self.by_family.values())
+        """What the worker consumes: the event topics and the erasure requests (ordered
+        with a customer's events: same key, same partition)."""
+        return (*self.by_family.values(), self.erasure)
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -66,6 +69,7 @@ _BASE_NAMES = {
     "segment_state": "segment-state",
     "dead_letter": "segflow-deadletter",
     "campaign_triggers": "campaign-triggers",
+    "erasure": "segflow-erasure",
 }
 
 _PURPOSE = {
@@ -76,6 +80,7 @@ _PURPOSE = {
     "segment_state": "output, compacted: each customer's current segment per segmentation (key [customer_id, segmentation]); a new subscriber starts here",
     "dead_letter": "output: rejected input, original bytes as value, reason in headers",
     "campaign_triggers": "output: campaign triggers routed from segment changes",
+    "erasure": "input: erasure requests (`segflow forget`), keyed by customer id on the partition of the customer's events; the worker forgets the customer",
 }
 
 TOPICS = Topics()

@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 
 from features.codec import base36, ring_entries, state_from_hash
 from features.keys import Layout
-from features.state import BUCKET_DAYS, DAY_MS, METRICS, CustomerState, EventDelta, apply_delta
+from features.state import BUCKET_DAYS, DAY_MS, METRICS, CustomerState, EventDelta, apply_delta, forgotten
 from features.store import apply_call, load_library_sync
+from streams.erasure import forget_call
 
 pytestmark = pytest.mark.integration
 LAYOUT = Layout(4)
@@ -33,6 +34,24 @@ deltas = st.builds(
 @given(events=st.lists(st.tuples(deltas, st.none() | st.integers(20_000 * DAY_MS, 20_000 * DAY_MS + 200 * DAY_MS)), max_size=40))
 def test_lua_apply_equals_python_apply(redis_client, events):
     run_both(redis_client, events)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.just("forget") | st.tuples(deltas, st.none() | st.integers(20_000 * DAY_MS, 20_000 * DAY_MS + 200 * DAY_MS)), max_size=30))
+def test_lua_forget_then_apply_equals_the_reference(redis_client, ops):
+    """Erasures among the events: segflow_forget leaves what features.state.forgotten
+    holds (the tombstone), and segflow_apply suppresses every later event, as apply_delta does."""
+    load_library_sync(redis_client)
+    redis_client.delete(LAYOUT.customer_key("c"), LAYOUT.segments_key("c"))
+    ref = CustomerState()
+    for i, op in enumerate(ops):
+        if op == "forget":
+            ref = forgotten(i)
+            assert redis_client.execute_command(*forget_call(LAYOUT, "c", 0, [], i, 60_000))[0] == "ok"
+        else:
+            delta, late_before = op
+            assert redis_client.execute_command(*apply_call(LAYOUT, "c", delta, late_before))[0] == apply_delta(ref, delta, late_before)
+    assert state_from_hash(redis_client.hgetall(LAYOUT.customer_key("c"))) == ref
 
 
 def test_several_counters_in_one_day_bucket(redis_client):
