@@ -459,7 +459,7 @@ end
 -- does: the final changes were built from the segments the caller read.
 -- KEYS: features, segments, history, outbox, deadlines, customers, stats (the partition's),
 --       then the member set of each segment the customer is in
--- ARGV: customer_id, expected_version, erased_at_ms, suppress_ms (0: the tombstone stays),
+-- ARGV: customer_id, expected_version, erased_at_ms, suppress_ms (0: the tombstone stays; -1: none),
 --       outbox needle (see drop_pending), then per member set the change that takes the
 --       customer out of it (to: null), in the same order
 -- Returns {'ok', outbox entries dropped, outbox ids of the final changes...} or {'conflict'}.
@@ -471,8 +471,11 @@ local function forget(keys, args)
   if tonumber(redis.call('HGET', seg, '_v') or '0') ~= tonumber(args[2]) then return {'conflict'} end
   if redis.call('HEXISTS', cust, 'fs') == 1 then redis.call('DECR', keys[6]) end
   redis.call('DEL', cust, seg, hist)
-  redis.call('HSET', cust, TOMBSTONE, args[3])
-  if tonumber(args[4]) > 0 then redis.call('PEXPIRE', cust, args[4]) end
+  local suppress_ms = tonumber(args[4])
+  if suppress_ms >= 0 then -- retention passes -1: no tombstone, a returning customer starts anew
+    redis.call('HSET', cust, TOMBSTONE, args[3])
+    if suppress_ms > 0 then redis.call('PEXPIRE', cust, args[4]) end
+  end
   redis.call('ZREM', keys[5], cid)
   local out = {'ok', drop_pending(outbox, args[5])}
   for i = 8, #keys do

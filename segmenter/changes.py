@@ -32,6 +32,7 @@ from features.codec import base36
 
 SCHEMA_VERSION: Final = 1
 ERASURE_REASON: Final = "erasure"  # the reason of the final change of an erased customer (to: null)
+RETENTION_REASON: Final = "retention"  # the same, for a customer forgotten after SEGFLOW_RETENTION_DAYS of silence
 
 
 def ms_to_datetime(ms: int) -> datetime:

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 from features import keys
@@ -23,8 +24,9 @@ from features.pipeline import run_pipeline
 from features.state import EventDelta
 from features.store import FeatureStore, load_library
 from segmenter.assign import Segmenter
+from segmenter.changes import RETENTION_REASON
 from segmenter.drift import DriftEvent, DriftMonitor
-from streams.erasure import Eraser
+from streams.erasure import Eraser, retained, retention_deadline, retention_request
 from streams.events import ErasureRequest, Event, InvalidEvent, check_not_future, decode, decode_erasure
 from streams.migrate_layout import refuse_older_layout
 from streams.ordering import Turnstile
@@ -84,6 +86,7 @@ class Counters:
     duplicates: int = 0
     suppressed: int = 0  # events of erased customers dropped (the tombstone)
     erased: int = 0  # customers forgotten
+    expired: int = 0  # of those, forgotten after SEGFLOW_RETENTION_DAYS of silence (the deadline timer)
     dead_lettered: int = 0
     changes: int = 0
     deadline_evaluations: int = 0
@@ -351,7 +354,11 @@ class Engine:
                 continue  # this state was evaluated and committed before the redelivery
             feats = compute(state, now_ms)
             learned = learn and self.segmenter.learn_one(feats, customer_id, now_ms)
-            updates.append(self._evaluate(customer_id, feats, seg_hash, now_ms, f"event:{event.event_id}", seen_ms=now_ms, drift=drift, learned=learned))
+            updates.append(
+                self._evaluate(
+                    customer_id, feats, seg_hash, now_ms, f"event:{event.event_id}", seen_ms=now_ms, drift=drift, learned=learned, last_seen_ms=now_ms
+                )
+            )
         t0 = time.perf_counter()
         written = await self.segments.write(updates)
         self.observe("commit", time.perf_counter() - t0)
@@ -374,6 +381,15 @@ class Engine:
             log.warning("erasure request %s applied (reason %r)", r.request_id, r.reason)
         if done.dropped:
             log.warning("erasure dropped %d segment changes not yet sent", done.dropped)
+
+    async def _expire(self, requests: Sequence[ErasureRequest], out: BatchOutcome) -> None:
+        """Forget customers silent past the retention, as an erasure does, but with no
+        tombstone: one who comes back later is a new customer."""
+        done = await self.eraser.forget(requests, int(time.time() * 1000), reason=RETENTION_REASON, suppress_ms=-1)
+        out.changes.extend(done.changes)
+        self.counters.expired += len(done.customers)
+        for customer_id in done.customers:
+            self._erased_since_snapshot |= self.segmenter.forget(customer_id)
 
     # -- deadlines ------------------------------------------------------------
     async def clock_ms(self) -> int | None:
@@ -407,17 +423,23 @@ class Engine:
             updates = []
             gone = [cid for cid, (state, _) in zip(due, rows, strict=False) if not state.exists]
             await self.segments.drop_deadlines(gone)  # else their lease would bring them back forever
+            expired = []  # silent past SEGFLOW_RETENTION_DAYS: forgotten, not evaluated
             for cid, (state, seg_hash) in zip(due, rows, strict=False):
                 if not state.exists:
                     continue
+                if not retained(state.last_seen_ms, now_ms, self.settings.retention_ms):
+                    expired.append(retention_request(cid, state.last_seen_ms or 0, datetime.now(UTC)))
+                    continue
                 feats = compute(state, now_ms)
-                updates.append(self._evaluate(cid, feats, seg_hash, now_ms, f"deadline:{now_ms}"))
+                updates.append(self._evaluate(cid, feats, seg_hash, now_ms, f"deadline:{now_ms}", last_seen_ms=state.last_seen_ms))
             t0 = time.perf_counter()
             written = await self.segments.write(updates)
             self.observe("commit", time.perf_counter() - t0)
             self.counters.deadline_evaluations += len(due)
-            self.publishing.update(i for i, _ in written.changes)
-            out.changes = written.changes
+            out.changes = list(written.changes)
+            if expired:
+                await self._expire(expired, out)
+            self.publishing.update(i for i, _ in out.changes)
             out.ticket = self.turnstile.take() if out.changes else None
             self.counters.conflicts += len(written.conflicts)
         self._count(out)
@@ -481,6 +503,7 @@ class Engine:
         seen_ms: int | None = None,
         drift: list[DriftEvent] | None = None,
         learned: bool = False,
+        last_seen_ms: int | None = None,
     ) -> CustomerUpdate:
         previous = parse_segments(seg_hash)
         evaluation = self.segmenter.evaluate(customer_id, feats, previous, now_ms, cause, emitted_at_ms=int(time.time() * 1000))
@@ -498,7 +521,7 @@ class Engine:
             previous,
             evaluation.changes,
             evaluation.churn_propensity,
-            evaluation.next_deadline_ms,
+            retention_deadline(evaluation.next_deadline_ms, last_seen_ms, self.settings.retention_ms),
             version=version_of(seg_hash),
             evaluated_at_ms=now_ms,
             seen_ms=seen_ms,

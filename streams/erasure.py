@@ -26,7 +26,7 @@ import pydantic_core
 from features.codec import pairs
 from features.keys import Layout, partition_of
 from features.pipeline import Command, run_pipeline
-from segmenter.changes import ERASURE_REASON, SegmentChange, datetime_to_ms
+from segmenter.changes import ERASURE_REASON, RETENTION_REASON, SegmentChange, datetime_to_ms
 from streams.events import ErasureRequest
 from streams.segment_store import StoredAssignment, outbox_id, parse_segments, version_of
 from streams.topics import Topics
@@ -47,7 +47,7 @@ def erasure_request(customer_id: str, reason: str | None, now: datetime, request
     return ErasureRequest(request_id=request_id or uuid.uuid4().hex, customer_id=customer_id, requested_at=now, reason=reason)
 
 
-def erasure_changes(request: ErasureRequest, segments: Mapping[str, StoredAssignment], emitted_at_ms: int) -> list[SegmentChange]:
+def erasure_changes(request: ErasureRequest, segments: Mapping[str, StoredAssignment], emitted_at_ms: int, reason: str = ERASURE_REASON) -> list[SegmentChange]:
     """The customer's final change in each segmentation they are in: from the segment
     held, to null, the next seq, reason ``erasure``, no features (nothing about them
     leaves with it). Ids derive from the request: a replayed request gives the same.
@@ -65,7 +65,7 @@ def erasure_changes(request: ErasureRequest, segments: Mapping[str, StoredAssign
             segmentation=name,
             from_segment=held.segment,
             to_segment=None,
-            reason=ERASURE_REASON,
+            reason=reason,
             model_version=held.model_version,
             occurred_at_ms=occurred_ms,
             cause=f"erasure:{request.request_id}",
@@ -122,6 +122,41 @@ def forget_call(layout: Layout, customer_id: str, version: int, changes: Sequenc
     )
 
 
+def retention_request(customer_id: str, last_seen_ms: int, now: datetime) -> ErasureRequest:
+    """The request the deadline timer makes for a customer silent past the retention;
+    its id names the customer's last event, so a re-run makes the same change ids.
+
+    >>> from datetime import UTC
+    >>> retention_request("c1", 5, datetime(2026, 1, 5, tzinfo=UTC)).request_id
+    'retention:c1:5'
+    """
+    return erasure_request(customer_id, RETENTION_REASON, now, request_id=f"retention:{customer_id}:{last_seen_ms}")
+
+
+def retention_deadline(rule_deadline_ms: int | None, last_seen_ms: int | None, retention_ms: int) -> int | None:
+    """A customer's next deadline: the rules', or the end of their retention if sooner
+    (``retention_ms`` 0: no retention).
+
+    >>> retention_deadline(None, 1_000, 0) is None
+    True
+    >>> retention_deadline(None, 1_000, 500), retention_deadline(1_200, 1_000, 500), retention_deadline(1_800, 1_000, 500)
+    (1500, 1200, 1500)
+    """
+    if not retention_ms or last_seen_ms is None:
+        return rule_deadline_ms
+    end = last_seen_ms + retention_ms
+    return end if rule_deadline_ms is None else min(rule_deadline_ms, end)
+
+
+def retained(last_seen_ms: int | None, now_ms: int, retention_ms: int) -> bool:
+    """Whether a customer is still within the retention at ``now_ms``.
+
+    >>> retained(1_000, 1_499, 500), retained(1_000, 1_500, 500), retained(1_000, 10**9, 0)
+    (True, False, True)
+    """
+    return not retention_ms or last_seen_ms is None or now_ms - last_seen_ms < retention_ms
+
+
 @dataclass
 class Forgotten:
     """What a run of erasures did: the final changes, in the outbox, to publish."""
@@ -141,7 +176,10 @@ class Eraser:
         self.layout = layout
         self.suppress_ms = suppress_ms
 
-    async def forget(self, requests: Sequence[ErasureRequest], now_ms: int) -> Forgotten:
+    async def forget(self, requests: Sequence[ErasureRequest], now_ms: int, reason: str = ERASURE_REASON, suppress_ms: int | None = None) -> Forgotten:
+        """``suppress_ms``: the tombstone's life (default: the eraser's); -1 leaves none (retention:
+        a customer who comes back is a new customer)."""
+        suppress = self.suppress_ms if suppress_ms is None else suppress_ms
         pending = {r.customer_id: r for r in requests}  # one call per customer suffices
         out = Forgotten()
         for _ in range(MAX_ATTEMPTS):
@@ -151,8 +189,8 @@ class Eraser:
             segment_hashes = await self._segments_of([r.customer_id for r in batch])
             calls, payloads = [], []
             for request, seg_hash in zip(batch, segment_hashes, strict=True):
-                changes = erasure_changes(request, parse_segments(seg_hash), now_ms)
-                calls.append(forget_call(self.layout, request.customer_id, version_of(seg_hash), changes, now_ms, self.suppress_ms))
+                changes = erasure_changes(request, parse_segments(seg_hash), now_ms, reason)
+                calls.append(forget_call(self.layout, request.customer_id, version_of(seg_hash), changes, now_ms, suppress))
                 payloads.append([c.model_dump_json(by_alias=True) for c in changes])
             for request, reply, sent in zip(batch, await run_pipeline(self.redis, calls), payloads, strict=True):
                 if _text(reply[0]) == "conflict":

@@ -82,6 +82,15 @@ class Settings(BaseSettings):
             "at least the input topics' retention, so no replay brings the customer back. 0: for ever"
         ),
     )
+    retention_days: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "Forget a customer after this many days without an event (on the worker's clock), through the deadline timer: "
+            "state removed and a final change per segmentation (reason retention), as segflow forget but without suppressing "
+            "a later return. 0: keep customers for ever"
+        ),
+    )
     history_cap: int = Field(10, ge=1, description="Segment changes kept per customer in Redis, compact (about 90 B each; the full changes are on the topic)")
     snapshot_interval_seconds: float = Field(30.0, gt=0, description="How often the behaviour model is snapshotted to Redis")
     deadline_interval_seconds: float = Field(0.25, gt=0, description="How often due deadlines are claimed and re-evaluated (bounds deadline-to-change latency)")
@@ -107,6 +116,10 @@ class Settings(BaseSettings):
     @property
     def lateness_ms(self) -> int:
         return int(self.lateness_seconds * 1000)
+
+    @property
+    def retention_ms(self) -> int:
+        return int(self.retention_days * 86_400_000)
 
     @property
     def erasure_suppress_ms(self) -> int:

@@ -281,3 +281,34 @@ def test_a_forgotten_customer_disappears_and_stays_gone_through_new_events_and_a
     assert changes_of(broker.bootstrap, topics.segment_changes, GONE) == changes  # no new change for carol
     assert [json.loads(r.value)["customer_id"] for r in read_to_end(broker.bootstrap, topics.campaign_triggers)].count(GONE) == 1
     assert customer_keys(redis_client, layout, OTHERS) == others_before
+
+
+def test_retention_forgets_a_silent_customer_by_the_deadline_timer_and_a_return_starts_anew(broker, redis_client, start_worker):
+    """SEGFLOW_RETENTION_DAYS: a customer silent for longer is forgotten by the deadline
+    timer (no event from them), with a final change per segmentation (reason retention)
+    and no tombstone; an active customer stays; the forgotten one, back, is a new customer."""
+    topics = fresh_topics(broker)
+    worker = start_worker(topics.prefix, SEGFLOW_RETENTION_DAYS=30, SEGFLOW_IDLE_PARTITION_SECONDS=2)
+    layout = worker.layout
+    publish(broker, topics, shopping_session("alice", T0))
+    wait_for(lambda: redis_client.exists(layout.segments_key("alice")), what="alice's segments", worker=worker)
+    assert int(redis_client.zscore(layout.deadlines_key(layout.partition("alice")), "alice")) <= int((T0 + timedelta(days=30, minutes=5)).timestamp() * 1000)
+    held = set(parse_segments(redis_client.hgetall(layout.segments_key("alice"))))
+    # Bob, 40 days on: the event-time clock passes alice's 30 days of silence.
+    publish(broker, topics, shopping_session("bob", T0 + timedelta(days=40), base=100))
+    wait_for(lambda: not redis_client.exists(layout.customer_key("alice")), what="alice forgotten", worker=worker)
+    wait_for(EngineQuiet(redis_client, layout, quiet_s=3), what="the worker to settle", worker=worker)
+    assert not redis_client.exists(layout.segments_key("alice"), layout.history_key("alice"))
+    assert redis_client.zscore(layout.deadlines_key(layout.partition("alice")), "alice") is None
+    assert redis_client.exists(layout.customer_key("bob"), layout.segments_key("bob")) == 2
+    alice = changes_of(broker.bootstrap, topics.segment_changes, "alice")
+    final = [c for c in alice if c["reason"] == "retention"]
+    assert {c["segmentation"] for c in final} == held and all(c["to"] is None for c in final) and alice[-len(final) :] == final
+    assert read_totals(redis_client, layout).get("expired") == 1
+    # Alice comes back: no suppression, a new customer (her first event again).
+    publish(broker, topics, shopping_session("alice", T0 + timedelta(days=41), base=200))
+    wait_for(lambda: redis_client.hget(layout.customer_key("alice"), "n") == "7", what="alice anew", worker=worker)
+    assert read_totals(redis_client, layout).get("suppressed", 0) == 0
+    wait_for(lambda: changes_of(broker.bootstrap, topics.segment_changes, "alice")[-1]["reason"] != "retention", what="alice's new segments")
+    back = changes_of(broker.bootstrap, topics.segment_changes, "alice")[len(alice) :]
+    assert any(c["segmentation"] == "lifecycle" and c["from"] is None and c["seq"] == 1 for c in back), back
