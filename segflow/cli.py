@@ -389,6 +389,36 @@ def flows(
 
 
 @cli.command()
+def preview(
+    segments: Path = typer.Option(..., "--segments", help="The candidate segments YAML"),
+    config: Path | None = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json"),
+    examples: int = typer.Option(3, "--examples", min=0, max=100, help="Example customers per flow"),
+    batch: int = typer.Option(1000, "--batch", min=10, max=100_000, help="Customers per SCAN batch and read pipeline"),
+):
+    """What a candidate segments config would do to today's customers, before it goes live:
+    per segmentation, sizes now vs candidate and who would move where (with examples).
+    Read-only: SCANs the customers in batches; nothing live changes."""
+    from segmenter.config import ConfigError, load_config
+    from segmenter.preview import format_preview
+    from streams.preview import customer_count, live_snapshot, preview_json, run_preview
+
+    settings = _settings(config)
+    try:
+        candidate = load_config(segments)
+    except (ConfigError, OSError) as exc:
+        typer.secho(f"bad candidate config: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    redis = _sync_redis(settings)
+    total = customer_count(redis, settings)
+    with typer.progressbar(length=total or 0, label="customers", file=sys.stderr, show_pos=True) as bar:
+        view = run_preview(
+            redis, settings, candidate, live_snapshot(settings), examples=examples, batch=batch, progress=bar.update, candidate_name=str(segments)
+        )
+    typer.echo(preview_json(view) if as_json else format_preview(view))
+
+
+@cli.command()
 def schemas(out_dir: Path | None = typer.Option(None, help="Write one .json file per schema here")):
     """JSON Schemas of the input events, the segment-change and the campaign-trigger contracts."""
     from segmenter.campaigns import campaign_trigger_json_schema

@@ -192,6 +192,7 @@ class Segmenter:
         now_ms: int,
         cause: str,
         emitted_at_ms: int | None = None,
+        assignments_only: bool = False,
     ) -> Evaluation:
         """Segments of ``customer_id`` at ``now_ms`` given ``current`` ones.
 
@@ -199,6 +200,8 @@ class Segmenter:
         ``reason``), missing when never assigned. ``cause`` identifies what
         triggered the evaluation (``event:<event_id>``, ``deadline:<ms>``) and
         enters the changes' ids. ``emitted_at_ms`` defaults to ``now_ms``.
+        ``assignments_only`` (for a read-only preview) skips what only a
+        commit needs: the change events and the next deadline (empty and None).
         """
         feats = {
             **features,
@@ -224,7 +227,7 @@ class Segmenter:
 
         assignments: dict[str, Assignment] = {}
         changes: list[SegmentChange] = []
-        deadlines = [self.lifecycle.next_deadline_ms(feats, now_ms), self.value.next_deadline_ms(feats, now_ms)]
+        deadlines = [] if assignments_only else [self.lifecycle.next_deadline_ms(feats, now_ms), self.value.next_deadline_ms(feats, now_ms)]
         for name in SEGMENTATIONS:
             target, reason = targets[name]
             cur = current.get(name)
@@ -237,7 +240,7 @@ class Segmenter:
             decision = decide(cur, target, reason, now_ms, policy, ok)
             assignments[name] = decision.assignment
             deadlines.append(decision.retry_at_ms)
-            if decision.moved:
+            if decision.moved and not assignments_only:
                 changes.append(
                     SegmentChange.create(
                         customer_id=customer_id,
@@ -254,7 +257,7 @@ class Segmenter:
                         explanation=explanations.get(name),
                     )
                 )
-        pending = [d for d in deadlines if d is not None and d > now_ms]
+        pending = [] if assignments_only else [d for d in deadlines if d is not None and d > now_ms]
         return Evaluation(
             assignments=assignments,
             changes=changes,
