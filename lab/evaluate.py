@@ -37,7 +37,7 @@ import heapq
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -46,11 +46,13 @@ from features.extract import delta_of
 from features.state import DAY_MS, CustomerState, apply_delta
 from lab.simulate import Simulation
 from segmenter.assign import Segmenter
+from segmenter.changes import SegmentChange
 from segmenter.config import SEGMENTATIONS, SegmentationConfig, default_config
 from segmenter.evaluation import Move, adjusted_rand_index, contingency, flap_stats, silence_detection
 from segmenter.hysteresis import Assignment
+from streams.events import Event
 
-__all__ = ["Replay", "evaluate", "format_report", "quality_report", "replay"]
+__all__ = ["Replay", "evaluate", "format_report", "quality_report", "replay", "replay_events"]
 
 DEFAULT_LATENESS_MS = 6 * 3600 * 1000  # Settings.lateness_seconds default
 # Lifecycle segments that say "this customer is slipping away", worst last.
@@ -62,7 +64,7 @@ AT_RISK_OR_WORSE = frozenset({"at_risk", "dormant", "churned"})
 class Replay:
     """Everything a replay produced, for :func:`quality_report`."""
 
-    sim: Simulation
+    sim: Simulation | None  # None: events from elsewhere (segflow backtest)
     config: SegmentationConfig
     segmenter: Segmenter
     moves: list[Move]
@@ -84,6 +86,25 @@ def replay(
     progress: Callable[[str], None] | None = None,
 ) -> Replay:
     """Feed ``sim``'s events through the pure engine path (see the module docs)."""
+    run = replay_events(sim.events(), config, start_ms=round(sim.start.timestamp() * 1000), batch_size=batch_size, lateness_ms=lateness_ms, progress=progress)
+    run.sim = sim
+    return run
+
+
+def replay_events(
+    events: Iterable[tuple[str, Event]],
+    config: SegmentationConfig,
+    *,
+    start_ms: int,
+    batch_size: int = 2000,
+    lateness_ms: int = DEFAULT_LATENESS_MS,
+    progress: Callable[[str], None] | None = None,
+    on_change: Callable[[SegmentChange], None] | None = None,
+) -> Replay:
+    """Feed ``(family, event)`` pairs in event-time order through the pure engine
+    path (see the module docs); ``on_change`` sees every segment change as the
+    engine would publish it. ``start_ms`` is the event clock's origin, for progress
+    lines and the end clock of an empty replay."""
     started = time.monotonic()
     seg = Segmenter.from_config(config)
     states: dict[str, CustomerState] = {}
@@ -106,6 +127,8 @@ def replay(
         first_assigned.setdefault(cid, now_ms)
         for c in ev.changes:
             assert c.to_segment is not None  # the segmenter never erases
+            if on_change is not None:
+                on_change(c)
             moves.append(Move(cid, c.segmentation, c.from_segment, c.to_segment, now_ms, c.reason, c.change_id))
         counters["changes"] += len(ev.changes)
         if ev.next_deadline_ms is None:
@@ -149,10 +172,10 @@ def replay(
             if seg.snapshot_model() is not None:
                 counters["snapshots"] += 1
             if progress and day % 10 == 0:
-                progress(f"  day {day - sim.start.timestamp() // 86400:.0f}: {counters['applied']} events, {len(states)} customers")
+                progress(f"  day {day - start_ms // DAY_MS:.0f}: {counters['applied']} events, {len(states)} customers")
 
     batch: list = []
-    for item in sim.events():
+    for item in events:
         batch.append(item)
         if len(batch) >= batch_size:
             run_batch(batch)
@@ -160,11 +183,11 @@ def replay(
     if batch:
         run_batch(batch)
 
-    end_ms = (watermark - lateness_ms) if watermark is not None else round(sim.start.timestamp() * 1000)
+    end_ms = (watermark - lateness_ms) if watermark is not None else start_ms
     fire_deadlines(end_ms)
     final_features = {cid: compute(states[cid], end_ms) for cid in current}
     return Replay(
-        sim=sim,
+        sim=None,
         config=config,
         segmenter=seg,
         moves=moves,
@@ -202,6 +225,7 @@ def quality_report(
 ) -> dict:
     """The measurements of a :func:`replay` as a JSON-ready dict."""
     sim, config = run.sim, run.config
+    assert sim is not None, "quality is judged against a simulation's hidden truth"
     personas = sim.personas
     silenced = {cid: round(t.timestamp() * 1000) for cid, t in sim.silenced_at.items()}
     end_ms = run.end_ms

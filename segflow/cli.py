@@ -419,6 +419,60 @@ def preview(
 
 
 @cli.command()
+def backtest(
+    segments: Path = typer.Option(..., "--segments", help="The candidate segments YAML"),
+    days: float = typer.Option(30.0, "--days", min=0.01, help="Report the last N days of events (by event time)"),
+    warmup_days: float = typer.Option(
+        0.0, "--warmup-days", min=0.0, help="Replay this many days before the window first, unreported, so customers arrive with history"
+    ),
+    file: Path | None = typer.Option(None, "--file", help="Events from this JSONL file (`segflow produce`'s format) instead of the input topics"),
+    campaigns_file: Path | None = typer.Option(None, "--campaigns", help="Campaigns for the candidate (default: the live ones, checked against the candidate)"),
+    config: Path | None = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Replay the last N days of events through the candidate config and the live one, in-process:
+    per day, changes, changes per customer, flaps and campaign triggers, entered/exited per segment,
+    live next to candidate. Nothing live is written."""
+    from lab.backtest import decode_records, format_backtest, records_from_file, records_from_topics, run_backtest, window
+    from segmenter.campaigns import load_campaigns, parse_campaigns
+    from segmenter.config import ConfigError, default_config, load_config
+    from streams.campaign_router import campaigns_for
+
+    settings = _settings(config)
+    try:
+        candidate = load_config(segments)
+        live = load_config(settings.segments_config) if settings.segments_config else default_config()
+        live_campaigns = campaigns_for(settings)
+        if campaigns_file is not None:
+            candidate_campaigns = load_campaigns(campaigns_file, candidate)
+        else:
+            candidate_campaigns = parse_campaigns(live_campaigns.model_dump_json(), "the live campaigns (checked against the candidate)", candidate)
+    except ConfigError as exc:
+        typer.secho(f"bad config: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    if file is not None:
+        records = list(records_from_file(str(file)))
+    else:
+        from streams.admin import bootstrap_of
+
+        records = records_from_topics(bootstrap_of(settings.kafka_url), list(settings.topics.by_family.items()), _echo, **_kafka_config(settings))
+    events, invalid = decode_records(records)
+    if invalid:
+        _echo(f"skipped {sum(invalid.values()):,} invalid events: {dict(invalid)}")
+    events, report_from = window(events, days, warmup_days)
+    if not events:
+        typer.secho("no events to replay", fg="red", err=True)
+        raise typer.Exit(1)
+    _echo(f"replaying {len(events):,} events through the live and the candidate config (two processes)")
+    view = {
+        **run_backtest(events, report_from, (live, live_campaigns), (candidate, candidate_campaigns)),
+        "candidate_name": str(segments),
+        "invalid": dict(invalid),
+    }
+    typer.echo(json.dumps(view, indent=2) if as_json else format_backtest(view))
+
+
+@cli.command()
 def schemas(out_dir: Path | None = typer.Option(None, help="Write one .json file per schema here")):
     """JSON Schemas of the input events, the segment-change and the campaign-trigger contracts."""
     from segmenter.campaigns import campaign_trigger_json_schema
