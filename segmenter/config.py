@@ -455,8 +455,12 @@ def default_config() -> SegmentationConfig:
     """The config shipped with segflow (``segmenter/default_segments.yaml``)."""
     # Next to this module (package data); importlib.resources would also work
     # but trips over stale editable installs that see segmenter/ as a namespace.
-    text = (Path(__file__).parent / DEFAULT_CONFIG_NAME).read_text()
-    return parse_config(text, DEFAULT_CONFIG_NAME)
+    return parse_config(default_config_text(), DEFAULT_CONFIG_NAME)
+
+
+def default_config_text() -> str:
+    """The YAML of :func:`default_config`, comments and all (a starting point for a candidate)."""
+    return (Path(__file__).parent / DEFAULT_CONFIG_NAME).read_text()
 
 
 def _dotted(path: tuple[str | int, ...]) -> str:

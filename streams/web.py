@@ -16,6 +16,9 @@ for something the caller can fix.
 | ``/healthz`` | ``{"ok": true}`` |
 | ``/metrics`` | Prometheus text: counters, lag, deadline backlog, outbox, latencies (streams/metrics.py) |
 | ``/status`` | this worker's lag, backlog, outbox, apply rate and verdict (streams/status.py) |
+| ``/dashboard/preview`` | the preview page: edit a candidate segments config, see what it would do |
+| ``/preview/config`` | ``{"yaml": ...}``: the segments config this worker runs, to start a candidate from |
+| ``POST /preview`` | body: a candidate segments YAML; ``segflow preview --json``'s view (400 naming the line of a bad one, 409 while another preview runs) |
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING
 import faust
 from redis.exceptions import RedisError
 
+from segmenter.config import default_config_text, read_config_text
 from streams import queries
 from streams.metrics import CONTENT_TYPE_LATEST
 from streams.queries import QueryError
@@ -78,6 +82,7 @@ def add_web_views(app: faust.App, settings: Settings) -> None:
     client = _Redis(settings)
     catalogue = queries.segment_catalogue(settings)
     files = static_files()
+    live_yaml = read_config_text(settings.segments_config) if settings.segments_config else default_config_text()
 
     async def answer(web, fn, *args, **kwargs):
         try:
@@ -136,6 +141,36 @@ def add_web_views(app: faust.App, settings: Settings) -> None:
     @app.page("/dashboard")
     async def dashboard(web, request):
         return web.html((STATIC_DIR / "dashboard.html").read_text())
+
+    @app.page("/dashboard/preview")
+    async def preview_page(web, request):
+        return web.html((STATIC_DIR / "preview.html").read_text())
+
+    @app.page("/preview/config")
+    async def preview_config(web, request):
+        return web.json({"yaml": live_yaml, "source": str(settings.segments_config or "the shipped default")})
+
+    running = asyncio.Lock()  # a preview reads every customer: one at a time per worker
+
+    @app.page("/preview")
+    class Preview(faust.web.View):
+        async def post(self, request):
+            from segmenter.config import ConfigError, parse_config
+            from streams.preview import live_snapshot, run_preview
+
+            text = await request.text()
+            try:
+                candidate = parse_config(text, "candidate")
+            except ConfigError as exc:
+                return self.json({"error": str(exc)}, status=400)
+            if running.locked():
+                return self.json({"error": "another preview is running on this worker; try again when it is done"}, status=409)
+            async with running:
+                try:
+                    view = await asyncio.to_thread(lambda: run_preview(client(), settings, candidate, live_snapshot(settings), candidate_name="candidate"))
+                except RedisError as exc:
+                    return self.json({"error": f"redis unavailable: {exc.__class__.__name__}"}, status=503)
+            return self.json(view)
 
     @app.page("/static/{name}")
     async def static(web, request, name: str):

@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     import redis as redis_lib
 
     from lab.embedded import RedisServer
-    from segmenter import config as config_module
-    from segmenter.config import DEFAULT_CONFIG_NAME, parse_config
+    from segmenter.config import default_config_text, parse_config
     from streams.preview import live_snapshot, run_preview
     from streams.settings import Settings
 
@@ -90,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         populate_s = populate(server.url, args.customers)
         say(f"populated {args.customers:,} customers in {populate_s:.1f} s; previewing")
-        text = (Path(config_module.__file__).parent / DEFAULT_CONFIG_NAME).read_text()
+        text = default_config_text()
         rule = '        - {feature: tenure_days, op: "<", value: 14}'
         candidate = parse_config(text.replace(rule, rule.replace("14", "30")), "candidate.yaml")
         settings = Settings(redis_url=server.url, partitions=LAYOUT.partitions)

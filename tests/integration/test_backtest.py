@@ -6,19 +6,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from lab.publish import produce_simulation, write_jsonl
 from lab.simulate import Simulation
-from segmenter import config as config_module
-from segmenter.config import DEFAULT_CONFIG_NAME
+from segmenter.config import default_config_text
 from tests.kafka_helpers import fresh_topics
 
 pytestmark = pytest.mark.integration
 
-DEFAULT_TEXT = (Path(config_module.__file__).parent / DEFAULT_CONFIG_NAME).read_text()
+DEFAULT_TEXT = default_config_text()
 NEW_RULE = '        - {feature: tenure_days, op: "<", value: 14}'
 
 

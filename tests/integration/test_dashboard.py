@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from features.codec import TOMBSTONE
 from lab.publish import produce_simulation
 from lab.simulate import Simulation
-from segmenter.config import default_config
+from segmenter.config import default_config, default_config_text
 from streams.segment_store import StoredAssignment
 from tests.kafka_helpers import fresh_topics
 
@@ -242,3 +243,38 @@ def test_dashboard_renders_charts_and_customer_lookup(broker, redis_client, star
     assert png.exists() and png.stat().st_size > 20_000, out.stderr[-2000:]
     if os.environ.get("SEGFLOW_DASHBOARD_PNG"):
         shutil.copyfile(png, os.environ["SEGFLOW_DASHBOARD_PNG"])
+
+
+def post(base: str, path: str, body: str) -> tuple[int, dict]:
+    request = urllib.request.Request(base + path, data=body.encode(), method="POST", headers={"Content-Type": "text/yaml"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as res:
+            return res.status, json.loads(res.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+def test_preview_over_http_and_on_its_dashboard_page(broker, redis_client, start_worker, tmp_path):
+    chromium()  # fail fast, before the stack is started
+    worker, base, feeder = populated_worker(broker, start_worker, customers=60, days=15)
+    wait_until_quiet(base, worker, feeder)
+    status, live = http(base, "/preview/config")
+    assert status == 200 and live["yaml"] == default_config_text()
+
+    rule = '        - {feature: tenure_days, op: "<", value: 14}'
+    status, view = post(base, "/preview", live["yaml"].replace(rule, rule.replace("14", "30")))
+    assert status == 200, view
+    stored = sum(1 for key in redis_client.scan_iter(match="cf:{*", count=1000) if redis_client.hget(key, TOMBSTONE) is None)
+    assert view["customers"] == stored > 0
+    for s in view["segmentations"].values():
+        assert sum(n["now"] for n in s["sizes"].values()) == sum(n["candidate"] for n in s["sizes"].values()) == stored
+    assert {f["to"] for f in view["segmentations"]["lifecycle"]["flows"]} <= {"new", "at_risk", "dormant", "churned", "active"}
+
+    status, refused = post(base, "/preview", live["yaml"].replace(rule, rule.replace("tenure_days", "tenure_dayz")))
+    assert status == 400 and f"candidate line {live['yaml'].splitlines().index(rule) + 1}" in refused["error"], refused
+
+    out = run_chromium(tmp_path, "--dump-dom", f"{base}/dashboard/preview?run=1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert re.search(r'<div id="preview-result" data-status="ok"', out.stdout), out.stdout[:3000]
+    tables = re.findall(r'<table class="preview" data-segmentation="(\w+)" data-moved="(\d+)" data-held="(\d+)"', out.stdout)
+    assert [name for name, _, _ in tables] == ["lifecycle", "behaviour", "value"], tables

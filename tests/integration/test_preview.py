@@ -9,7 +9,6 @@ import asyncio
 import json
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -18,9 +17,8 @@ from features.catalogue import compute
 from features.codec import state_from_hash
 from lab.simulate import Simulation
 from segflow.cli import cli
-from segmenter import config as config_module
 from segmenter.assign import Segmenter
-from segmenter.config import DEFAULT_CONFIG_NAME, default_config, parse_config
+from segmenter.config import default_config, default_config_text, parse_config
 from streams.app import redis_client as async_redis
 from streams.engine import Engine, InboundMessage
 from streams.preview import live_snapshot, preview_clock_ms, run_preview
@@ -31,7 +29,7 @@ from streams.settings import Settings
 pytestmark = pytest.mark.integration
 
 START = datetime(2026, 9, 1, tzinfo=UTC)
-DEFAULT_TEXT = (Path(config_module.__file__).parent / DEFAULT_CONFIG_NAME).read_text()
+DEFAULT_TEXT = default_config_text()
 NEW_RULE = '        - {feature: tenure_days, op: "<", value: 14}'
 
 

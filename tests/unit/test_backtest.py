@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from lab import backtest
 from lab.simulate import Simulation
-from segmenter import config as config_module
 from segmenter.campaigns import default_campaigns
-from segmenter.config import DEFAULT_CONFIG_NAME, default_config, parse_config
+from segmenter.config import default_config, default_config_text, parse_config
 
 NEW_RULE = '        - {feature: tenure_days, op: "<", value: 14}'
 
 
 def longer_new(days: int):
-    text = (Path(config_module.__file__).parent / DEFAULT_CONFIG_NAME).read_text()
+    text = default_config_text()
     assert NEW_RULE in text
     return parse_config(text.replace(NEW_RULE, NEW_RULE.replace("14", str(days))), "candidate.yaml")
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hypothesis import given
 from hypothesis import strategies as st
 
-from segmenter import config as config_module
 from segmenter.assign import Segmenter
-from segmenter.config import DEFAULT_CONFIG_NAME, default_config, parse_config
+from segmenter.config import default_config, default_config_text, parse_config
 from segmenter.preview import NONE, CandidateSegment, PreviewTally, candidate_outcome, format_preview
 from tests.unit.test_segmenter_assign import ACTIVE, DAY, T0
 
@@ -55,7 +52,7 @@ def test_the_live_config_moves_nobody():
 
 
 def _longer_new(days: int) -> str:
-    text = (Path(config_module.__file__).parent / DEFAULT_CONFIG_NAME).read_text()
+    text = default_config_text()
     old = '        - {feature: tenure_days, op: "<", value: 14}'
     assert old in text
     return text.replace(old, f'        - {{feature: tenure_days, op: "<", value: {days}}}')
