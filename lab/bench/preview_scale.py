@@ -1,7 +1,8 @@
 """How long ``segflow preview`` takes on N customers, and whether its memory stays flat.
 
 ``python -m lab.bench.preview_scale --customers 100000`` starts its own Redis,
-populates N customers directly (``segflow_apply``, 4 events each, as row 7 does)
+populates N customers directly (``segflow_apply``, ``--events-per-customer`` each, 4 by
+default as row 7 does, one day apart)
 plus a stored segments hash each, then runs the preview of a changed lifecycle
 rule (customers stay ``new`` for 30 days instead of 14) and prints one JSON
 line: seconds, customers per second, and the process's resident memory at each
@@ -76,6 +77,7 @@ def populate(url: str, customers: int, events_per_customer: int = 4) -> float:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--events-per-customer", type=int, default=4, help="Events applied per customer, each on its own day")
     args = parser.parse_args(argv)
 
     import redis as redis_lib
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     server = RedisServer().start()
     try:
-        populate_s = populate(server.url, args.customers)
+        populate_s = populate(server.url, args.customers, args.events_per_customer)
         say(f"populated {args.customers:,} customers in {populate_s:.1f} s; previewing")
         text = default_config_text()
         rule = '        - {feature: tenure_days, op: "<", value: 14}'
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
             "customers_per_s": round(view["customers"] / seconds),
             "rss_mib_at_0_25_50_75_100pct": rss,
             "lifecycle_moved": view["segmentations"]["lifecycle"]["moved"],
+            "events_per_customer": args.events_per_customer,
             "populate_seconds": round(populate_s, 1),
         }
         print(json.dumps(result))
