@@ -26,7 +26,7 @@ import pytest
 from features.codec import TOMBSTONE
 from lab.publish import produce_simulation
 from lab.simulate import Simulation
-from segmenter.config import default_config, default_config_text
+from segmenter.config import SEGMENTATIONS, default_config, default_config_text
 from streams.segment_store import StoredAssignment
 from tests.kafka_helpers import fresh_topics
 
@@ -277,4 +277,4 @@ def test_preview_over_http_and_on_its_dashboard_page(broker, redis_client, start
     assert out.returncode == 0, out.stderr[-2000:]
     assert re.search(r'<div id="preview-result" data-status="ok"', out.stdout), out.stdout[:3000]
     tables = re.findall(r'<table class="preview" data-segmentation="(\w+)" data-moved="(\d+)" data-held="(\d+)"', out.stdout)
-    assert [name for name, _, _ in tables] == ["lifecycle", "behaviour", "value"], tables
+    assert [name for name, _, _ in tables] == list(SEGMENTATIONS), tables

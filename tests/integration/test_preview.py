@@ -18,7 +18,7 @@ from features.codec import state_from_hash
 from lab.simulate import Simulation
 from segflow.cli import cli
 from segmenter.assign import Segmenter
-from segmenter.config import default_config, default_config_text, parse_config
+from segmenter.config import SEGMENTATIONS, default_config, default_config_text, parse_config
 from streams.app import redis_client as async_redis
 from streams.engine import Engine, InboundMessage
 from streams.preview import live_snapshot, preview_clock_ms, run_preview
@@ -96,7 +96,7 @@ def test_preview_predicts_the_moves_of_a_changed_definition_and_changes_nothing(
 
     live = run_preview(client, settings, default_config(), live_snapshot(settings), examples=100, batch=17)
     assert live["customers"] == len(known)
-    assert {name: s["moved"] for name, s in live["segmentations"].items()} == {"lifecycle": 0, "behaviour": 0, "value": 0}
+    assert {name: s["moved"] for name, s in live["segmentations"].items()} == dict.fromkeys(SEGMENTATIONS, 0)
 
     # Customers stay "new" for 30 days instead of 14: the active ones whose tenure is
     # under 30 days at the preview's clock move, but those who became active less than
@@ -119,7 +119,7 @@ def test_preview_predicts_the_moves_of_a_changed_definition_and_changes_nothing(
     assert [(f["from"], f["to"]) for f in life["flows"]] == [("active", "new")]
     assert moved == expected and life["moved"] == len(expected) and life["held"] == len(held)
     assert life["sizes"]["new"]["candidate"] - life["sizes"]["new"]["now"] == len(expected)
-    assert view["segmentations"]["behaviour"]["moved"] == view["segmentations"]["value"]["moved"] == 0
+    assert all(view["segmentations"][name]["moved"] == 0 for name in SEGMENTATIONS if name != "lifecycle")
 
     assert keyspace(settings) == before  # read-only
 
@@ -133,7 +133,7 @@ def test_the_cli_prints_the_preview_and_refuses_a_bad_candidate_naming_the_line(
     result = CliRunner().invoke(cli, ["preview", "--segments", str(candidate), "--json"], env=env)
     assert result.exit_code == 0, result.output
     view = json.loads(result.stdout)
-    assert 20 < view["customers"] <= 30 and set(view["segmentations"]) == {"lifecycle", "behaviour", "value"}
+    assert 20 < view["customers"] <= 30 and set(view["segmentations"]) == set(SEGMENTATIONS)
     text = CliRunner().invoke(cli, ["preview", "--segments", str(candidate)], env=env)
     assert text.exit_code == 0 and "lifecycle:" in text.stdout and "would move now" in text.stdout
 

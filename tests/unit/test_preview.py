@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from segmenter.assign import Segmenter
-from segmenter.config import default_config, default_config_text, parse_config
+from segmenter.config import SEGMENTATIONS, default_config, default_config_text, parse_config
 from segmenter.preview import NONE, CandidateSegment, PreviewTally, candidate_outcome, format_preview
 from tests.unit.test_segmenter_assign import ACTIVE, DAY, T0
 
@@ -73,4 +73,7 @@ def test_a_longer_new_period_moves_a_three_week_customer_back_to_new():
 def test_preview_evaluation_makes_no_changes_and_no_deadline():
     ev = Segmenter.from_config(CONFIG).evaluate("c1", ACTIVE, {}, T0, "preview", assignments_only=True)
     assert ev.changes == [] and ev.next_deadline_ms is None
-    assert {n: a.segment for n, a in ev.assignments.items()} == {"lifecycle": "active", "behaviour": "steady", "value": "champions"}
+    assert {n: a.segment for n, a in ev.assignments.items()} == {
+        n: a.segment for n, a in Segmenter.from_config(CONFIG).evaluate("c1", ACTIVE, {}, T0, "e").assignments.items()
+    }
+    assert set(ev.assignments) == set(SEGMENTATIONS)
