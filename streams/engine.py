@@ -27,7 +27,7 @@ from segmenter.assign import Segmenter
 from segmenter.changes import RETENTION_REASON
 from segmenter.drift import DriftEvent, DriftMonitor
 from streams.erasure import Eraser, retained, retention_deadline, retention_request
-from streams.events import ErasureRequest, Event, InvalidEvent, check_not_future, decode, decode_erasure
+from streams.events import TRAIT_FAMILIES, ErasureRequest, Event, InvalidEvent, ProfileEvent, check_not_future, decode, decode_erasure
 from streams.migrate_layout import refuse_older_layout
 from streams.ordering import Turnstile
 from streams.segment_store import CustomerUpdate, SegmentStore, StoredAssignment, evaluated_upto, parse_segments, stale_outbox, version_of
@@ -197,7 +197,8 @@ class Engine:
     # -- events ---------------------------------------------------------------
     def assign(self, partitions: set[tuple[str, int]], now: float | None = None) -> None:
         """Tell the engine which input (topic, partition)s this worker owns (after a rebalance)."""
-        owned = {(family, p) for t, p in partitions if (family := self.topics.family_of(t))}
+        # Trait families (profiles) neither drive nor wait for the event-time watermark.
+        owned = {(family, p) for t, p in partitions if (family := self.topics.family_of(t)) and family not in TRAIT_FAMILIES}
         self.watermark.assign(owned, time.time() if now is None else now)
         # The deadlines of a partition's customers follow the partition: one worker decides for a customer.
         self.owned_partitions = {p for _, p in owned}
@@ -286,7 +287,8 @@ class Engine:
                 continue
             offset = None if msg.partition is None or msg.offset is None else (msg.partition, msg.offset)
             delta = delta_of(event, offset)
-            self.watermark.observe(family, msg.partition or 0, delta.ts_ms, now)
+            if family not in TRAIT_FAMILIES:
+                self.watermark.observe(family, msg.partition or 0, delta.ts_ms, now)
             run = _run_of(runs, EventRun)
             run.items.append((event.customer_id, delta))
             run.sources.append((msg, event))
@@ -302,11 +304,17 @@ class Engine:
         # folded, so evaluating each event would compare against stale segments.
         latest: dict[str, Event] = {}
         redelivered: dict[str, Event] = {}
+        # Customers whose traits a profile update of this run set (or may have set: a
+        # redelivered one): evaluated even when their behaviour is as evaluated before,
+        # so a trait change moves their persona at once.
+        profiled: set[str] = set()
         final = {r.customer_id: r for r in results if r.state is not None}
         for (msg, event), result in zip(run.sources, results, strict=False):
             if result.status == "duplicate":
                 self.counters.duplicates += 1
                 redelivered[event.customer_id] = event
+                if isinstance(event, ProfileEvent):
+                    profiled.add(event.customer_id)
                 continue
             if result.status == "suppressed":  # an erased customer: dropped, and counted in Redis
                 self.counters.suppressed += 1
@@ -333,7 +341,11 @@ class Engine:
                 )
                 continue
             self.counters.applied += 1
-            latest[event.customer_id] = event
+            if isinstance(event, ProfileEvent):
+                profiled.add(event.customer_id)
+                redelivered.setdefault(event.customer_id, event)  # evaluated, but the models learn nothing new
+            else:
+                latest[event.customer_id] = event
         updates = []
         # A redelivery (after a crash between the feature update and the
         # segment commit) re-evaluates too, without teaching the models twice:
@@ -346,11 +358,11 @@ class Engine:
             # final holds results with state; the store returns segments along with it.
             assert state is not None and seg_hash is not None
             if not state.exists:
-                continue  # an erased customer (their state is the tombstone)
+                continue  # an erased customer (their state is the tombstone), or traits without behaviour yet
             now_ms = state.last_seen_ms
             assert now_ms is not None  # set with first_seen_ms by the customer's first event
             upto = evaluated_upto(seg_hash)
-            if not learn and upto is not None and upto >= now_ms:
+            if not learn and customer_id not in profiled and upto is not None and upto >= now_ms:
                 continue  # this state was evaluated and committed before the redelivery
             feats = compute(state, now_ms)
             learned = learn and self.segmenter.learn_one(feats, customer_id, now_ms)

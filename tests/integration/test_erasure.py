@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis as redis_lib
 
-from features.codec import TOMBSTONE
+from features.codec import TOMBSTONE, state_from_hash
 from features.keys import Layout
 from features.state import DAY_MS, LOGINS, EventDelta
 from features.store import apply_call, load_library_sync
@@ -91,6 +91,8 @@ def seed_customer(client, layout: Layout, cid: str, segment: str) -> None:
     day = 20_000 * DAY_MS
     for i in range(3):
         assert client.execute_command(*apply_call(layout, cid, EventDelta(day + i, f"l{cid}{i}", "login", {LOGINS: 1}, login=True), None))[0] == "applied"
+    profile = EventDelta(day, f"f{cid}", "profile", {}, traits={"country": "DE", "marketing_consent": "1"})
+    assert client.execute_command(*apply_call(layout, cid, profile, None))[0] == "applied"
     held = {"lifecycle": StoredAssignment(segment, day, "rule", 1, 2), "value": StoredAssignment("loyal", day, "rfm", 1, 1)}
     client.hset(layout.segments_key(cid), mapping={**{k: a.encode() for k, a in held.items()}, "_v": 2, "_e": day + 2})
     for name, a in held.items():
@@ -128,8 +130,10 @@ def test_forget_leaves_only_the_tombstone_and_touches_no_other_customer(redis_se
     assert redis_client.execute_command(*forget_call(layout, gone, 1, changes, 7, SUPPRESS_MS)) == ["conflict"]
     assert redis_client.exists(layout.segments_key(gone), layout.history_key(gone)) == 2
 
+    assert state_from_hash(redis_client.hgetall(layout.customer_key(gone))).traits["country"] == ("DE", 20_000 * DAY_MS)
     reply = redis_client.execute_command(*forget_call(layout, gone, 2, changes, 7, SUPPRESS_MS))
     assert reply[:2] == ["ok", 1] and len(reply) == 4  # one unsent change dropped, two final changes
+    assert state_from_hash(redis_client.hgetall(layout.customer_key(gone))).traits == {}  # the profile traits went with the features
     assert mentions(raw, gone) == {layout.customer_key(gone): "name", layout.outbox(p): "stream"}  # the outbox: the final changes
     assert redis_client.hgetall(layout.customer_key(gone)) == {TOMBSTONE: "7"}
     assert SUPPRESS_MS - 60_000 < redis_client.pttl(layout.customer_key(gone)) <= SUPPRESS_MS
@@ -150,6 +154,11 @@ def test_forget_leaves_only_the_tombstone_and_touches_no_other_customer(redis_se
     assert redis_client.execute_command(*apply_call(layout, gone, late, None))[0] == "suppressed"
     assert redis_client.hgetall(layout.customer_key(gone)) == {TOMBSTONE: "7"}
     assert redis_client.hget(layout.stats(p), "suppressed") == "1" and redis_client.get(layout.customers(p)) == "1"
+    # So is a profile update: no trait comes back.
+    update = EventDelta(20_001 * DAY_MS, "fnew", "profile", {}, traits={"plan": "pro"}, offset=(p, 100))
+    assert redis_client.execute_command(*apply_call(layout, gone, update, None))[0] == "suppressed"
+    assert redis_client.hgetall(layout.customer_key(gone)) == {TOMBSTONE: "7"}
+    assert redis_client.hget(layout.stats(p), "suppressed") == "2"
 
     # Forgetting again (a replayed request) finds nothing more, and leaves the first erasure's
     # final changes to be sent; with suppress_ms 0 the tombstone stays.

@@ -6,16 +6,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from features.codec import base36, ring_entries, state_from_hash
+from features.codec import ring_entries, state_from_hash
 from features.keys import Layout
 from features.state import BUCKET_DAYS, DAY_MS, METRICS, CustomerState, EventDelta, apply_delta, forgotten
 from features.store import apply_call, load_library_sync
+from features.traits import base36
 from streams.erasure import forget_call
+from streams.events import TRAIT_NAMES
 
 pytestmark = pytest.mark.integration
 LAYOUT = Layout(4)
 
-deltas = st.builds(
+behaviour_deltas = st.builds(
     EventDelta,
     # Mostly a few days (many events share a day's bucket), sometimes months (expiry).
     ts_ms=st.integers(20_000 * DAY_MS, 20_000 * DAY_MS + 3 * DAY_MS) | st.integers(20_000 * DAY_MS, 20_000 * DAY_MS + 200 * DAY_MS),
@@ -28,6 +30,19 @@ deltas = st.builds(
     login=st.booleans(),
     offset=st.none() | st.tuples(st.integers(0, 1), st.integers(0, 30)),
 )
+# Profile updates among them: traits, last writer wins per trait in event time.
+profile_deltas = st.builds(
+    EventDelta,
+    ts_ms=st.integers(20_000 * DAY_MS, 20_000 * DAY_MS + 3 * DAY_MS),
+    token=st.text("0123456789abcdef", min_size=2, max_size=3).map(lambda t: "f" + t),
+    family=st.just("profile"),
+    increments=st.just({}),
+    offset=st.none() | st.tuples(st.integers(0, 1), st.integers(0, 30)),
+    traits=st.dictionaries(
+        st.sampled_from(TRAIT_NAMES), st.sampled_from(["1990", "DE", "FR", "pro", "free", "1", "0", "Zürich", "Zurich"]), min_size=1, max_size=4
+    ),
+)
+deltas = behaviour_deltas | profile_deltas
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

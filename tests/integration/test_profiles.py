@@ -1,0 +1,77 @@
+"""Profile updates through the real broker, worker and Redis: traits stored, a late
+older update does not win, a bad one is dead-lettered with its reason."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from features.codec import state_from_hash
+from streams.queries import customer_view
+from streams.settings import Settings
+from tests.integration.reliability_helpers import WORKER_LAYOUT
+from tests.kafka_helpers import fresh_topics, read_until, send
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def profile(event_id: str, customer: str, when: datetime, **traits) -> bytes:
+    return json.dumps({"event_id": event_id, "customer_id": customer, "occurred_at": when.isoformat(), "type": "profile", **traits}).encode()
+
+
+def login(event_id: str, customer: str, when: datetime) -> bytes:
+    doc = {"event_id": event_id, "customer_id": customer, "occurred_at": when.isoformat(), "type": "login", "success": True, "channel": "web"}
+    return json.dumps(doc).encode()
+
+
+def traits_of(redis_client, customer: str) -> dict[str, str]:
+    return {name: value for name, (value, _) in state_from_hash(redis_client.hgetall(WORKER_LAYOUT.customer_key(customer))).traits.items()}
+
+
+def wait_for(predicate, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def test_traits_are_stored_a_late_older_update_does_not_win_and_a_bad_one_is_dead_lettered(broker, redis_server, start_worker, redis_client):
+    topics = fresh_topics(broker)
+    start_worker(topics.prefix, SEGFLOW_IDLE_PARTITION_SECONDS=2)
+    send(broker, topics.logins, [(b"pia", login("l1", "pia", NOW - timedelta(minutes=5)))])
+    newer = profile("p2", "pia", NOW - timedelta(minutes=1), country="DE", plan="pro", marketing_consent=True)
+    send(broker, topics.profiles, [(b"pia", newer)])
+    wait_for(lambda: traits_of(redis_client, "pia").get("plan") == "pro", "the profile update was not applied")
+
+    # Older than the update above, and arriving after it: its country does not win; its
+    # region, which no newer update set, is taken; the plan, absent from it, stays.
+    older = profile("p1", "pia", NOW - timedelta(hours=2), country="FR", region="Bretagne", marketing_consent=False)
+    bad = profile("p3", "pia", NOW, country="Germany")
+    empty = profile("p4", "pia", NOW)
+    send(broker, topics.profiles, [(b"pia", older), (b"pia", bad), (b"pia", empty)])
+    # A customer known by a profile alone: traits stored, no behaviour, no segments.
+    send(broker, topics.profiles, [(b"quinn", profile("q1", "quinn", NOW, birth_year=1950, signup_channel="store"))])
+    wait_for(lambda: traits_of(redis_client, "pia").get("region") == "Bretagne", "the older update's new trait was not applied")
+    assert traits_of(redis_client, "pia") == {"country": "DE", "region": "Bretagne", "plan": "pro", "marketing_consent": "1"}
+    wait_for(lambda: traits_of(redis_client, "quinn") == {"birth_year": "1950", "signup_channel": "store"}, "a profile-only customer")
+    state = state_from_hash(redis_client.hgetall(WORKER_LAYOUT.customer_key("pia")))
+    assert state.events_total == 1 and state.last_seen_ms == int((NOW - timedelta(minutes=5)).timestamp() * 1000)  # a profile is not behaviour
+
+    records = read_until(broker, topics.dead_letter, lambda rs: len(rs) >= 2, timeout=60)
+    reasons = {r.value: dict(r.headers) for r in records}
+    assert reasons[bad]["segflow.reason"] == b"invalid" and b"country" in reasons[bad]["segflow.detail"]
+    assert reasons[bad]["segflow.source.topic"].decode() == topics.profiles
+    assert reasons[empty]["segflow.reason"] == b"invalid" and b"at least one trait" in reasons[empty]["segflow.detail"]
+
+    settings = Settings(redis_url=redis_server.url, partitions=2, clock="event")
+    view = customer_view(redis_client, "pia", settings)
+    assert view is not None and view["traits"]["country"]["value"] == "DE"
+    assert view["traits"]["region"]["set_at"] == (NOW - timedelta(hours=2)).isoformat()
+    profile_only = customer_view(redis_client, "quinn", settings)
+    assert profile_only is not None and profile_only["segments"] == {} and profile_only["traits"]["birth_year"]["value"] == "1950"
+    assert redis_client.get(WORKER_LAYOUT.customers(WORKER_LAYOUT.partition("quinn"))) is not None
