@@ -25,7 +25,7 @@ flapping and changes per segmentation.
 >>> sim = Simulation(customers=40, days=10, seed=3)
 >>> run = replay(sim, default_config())
 >>> report = quality_report(run)
->>> sorted(report["flapping"]) == ["behaviour", "lifecycle", "value"]
+>>> sorted(report["flapping"]) == ["behaviour", "lifecycle", "persona", "value"]
 True
 >>> report == quality_report(replay(Simulation(customers=40, days=10, seed=3), default_config()))
 True

@@ -23,6 +23,7 @@ from features.extract import delta_of
 from features.pipeline import run_pipeline
 from features.state import EventDelta
 from features.store import FeatureStore, load_library
+from features.traits import trait_features
 from segmenter.assign import Segmenter
 from segmenter.changes import RETENTION_REASON
 from segmenter.drift import DriftEvent, DriftMonitor
@@ -368,7 +369,16 @@ class Engine:
             learned = learn and self.segmenter.learn_one(feats, customer_id, now_ms)
             updates.append(
                 self._evaluate(
-                    customer_id, feats, seg_hash, now_ms, f"event:{event.event_id}", seen_ms=now_ms, drift=drift, learned=learned, last_seen_ms=now_ms
+                    customer_id,
+                    feats,
+                    seg_hash,
+                    now_ms,
+                    f"event:{event.event_id}",
+                    seen_ms=now_ms,
+                    drift=drift,
+                    learned=learned,
+                    last_seen_ms=now_ms,
+                    traits=trait_features(state.traits, now_ms),
                 )
             )
         t0 = time.perf_counter()
@@ -443,7 +453,8 @@ class Engine:
                     expired.append(retention_request(cid, state.last_seen_ms or 0, datetime.now(UTC)))
                     continue
                 feats = compute(state, now_ms)
-                updates.append(self._evaluate(cid, feats, seg_hash, now_ms, f"deadline:{now_ms}", last_seen_ms=state.last_seen_ms))
+                traits = trait_features(state.traits, now_ms)
+                updates.append(self._evaluate(cid, feats, seg_hash, now_ms, f"deadline:{now_ms}", last_seen_ms=state.last_seen_ms, traits=traits))
             t0 = time.perf_counter()
             written = await self.segments.write(updates)
             self.observe("commit", time.perf_counter() - t0)
@@ -516,9 +527,10 @@ class Engine:
         drift: list[DriftEvent] | None = None,
         learned: bool = False,
         last_seen_ms: int | None = None,
+        traits: dict[str, float | str | None] | None = None,
     ) -> CustomerUpdate:
         previous = parse_segments(seg_hash)
-        evaluation = self.segmenter.evaluate(customer_id, feats, previous, now_ms, cause, emitted_at_ms=int(time.time() * 1000))
+        evaluation = self.segmenter.evaluate(customer_id, feats, previous, now_ms, cause, emitted_at_ms=int(time.time() * 1000), traits=traits)
         if drift is not None:  # event-driven evaluations feed the drift monitor (deadline ones would skew the shares)
             segments = {name: a.segment for name, a in evaluation.assignments.items()}
             drift += self.drift.update(now_ms, segments=segments, distance=evaluation.behaviour_distance if learned else None)

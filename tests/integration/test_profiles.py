@@ -75,3 +75,65 @@ def test_traits_are_stored_a_late_older_update_does_not_win_and_a_bad_one_is_dea
     profile_only = customer_view(redis_client, "quinn", settings)
     assert profile_only is not None and profile_only["segments"] == {} and profile_only["traits"]["birth_year"]["value"] == "1950"
     assert redis_client.get(WORKER_LAYOUT.customers(WORKER_LAYOUT.partition("quinn"))) is not None
+
+
+CAMPAIGNS = """
+version: 1
+consent: {unknown: suppress}
+campaigns:
+  - name: hello
+    segmentation: lifecycle
+    enter: [new, active]
+    from: [null]
+  - name: premium_upsell
+    segmentation: persona
+    enter: [premium_members]
+"""
+
+
+def test_consent_is_respected_end_to_end_and_a_trait_change_moves_the_persona_at_once(broker, redis_server, start_worker, redis_client, tmp_path):
+    topics = fresh_topics(broker)
+    campaigns_file = tmp_path / "campaigns.yaml"
+    campaigns_file.write_text(CAMPAIGNS)
+    start_worker(topics.prefix, SEGFLOW_CAMPAIGNS_FILE=campaigns_file, SEGFLOW_IDLE_PARTITION_SECONDS=2)
+    hour_ago = NOW - timedelta(hours=1)
+    send(
+        broker,
+        topics.profiles,
+        [(b"ann", profile("a0", "ann", hour_ago, marketing_consent=True)), (b"bob", profile("b0", "bob", hour_ago, marketing_consent=False))],
+    )
+    wait_for(lambda: traits_of(redis_client, "ann") and traits_of(redis_client, "bob"), "the profiles were not applied")
+    # ann said yes, bob said no, cid never said (this campaigns file: unknown -> suppress).
+    for cid in ("ann", "bob", "cid"):
+        send(broker, topics.logins, [(cid.encode(), login(f"l-{cid}", cid, NOW - timedelta(minutes=30)))])
+
+    def lifecycle_first(rs):
+        return {c["customer_id"]: c for c in map(json.loads, (r.value for r in rs)) if c["segmentation"] == "lifecycle" and c["from"] is None}
+
+    changes = read_until(broker, topics.segment_changes, lambda rs: len(lifecycle_first(rs)) == 3, timeout=90)
+    first = lifecycle_first(changes)  # the changes flow for everyone, consent or not
+    assert first["ann"]["features"]["marketing_consent"] == 1.0
+    assert first["bob"]["features"]["marketing_consent"] == 0.0
+    assert first["cid"]["features"].get("marketing_consent") is None
+
+    # A trait change alone (no event) moves the persona at once.
+    later = NOW - timedelta(minutes=10)
+    send(broker, topics.profiles, [(b"ann", profile("a1", "ann", later, plan="premium")), (b"bob", profile("b1", "bob", later, plan="gold"))])
+
+    def premium(rs):
+        return {c["customer_id"]: c for c in map(json.loads, (r.value for r in rs)) if c["segmentation"] == "persona" and c["to"] == "premium_members"}
+
+    moved = premium(read_until(broker, topics.segment_changes, lambda rs: len(premium(rs)) == 2, timeout=60))
+    assert moved["ann"]["from"] == "unprofiled" and moved["ann"]["reason"] == "premium_plan"
+
+    def counted() -> bool:
+        stats = redis_client.hgetall("segflow:stats")
+        return stats.get("campaign:hello:no_consent") == "2" and stats.get("campaign:premium_upsell:no_consent") == "1"
+
+    wait_for(counted, "the suppressed triggers were not counted")
+    triggers = read_until(
+        broker,
+        topics.campaign_triggers,
+        lambda rs: {(t["campaign"], t["customer_id"]) for t in map(json.loads, (r.value for r in rs))} >= {("hello", "ann"), ("premium_upsell", "ann")},
+    )
+    assert {json.loads(r.value)["customer_id"] for r in triggers} == {"ann"}
