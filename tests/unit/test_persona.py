@@ -167,3 +167,27 @@ def test_consent_defaults_to_allow_when_unknown_and_a_bad_policy_names_its_line(
     with pytest.raises(ConfigError) as info:
         parse_campaigns(CAMPAIGNS.replace("UNKNOWN", "maybe"), "campaigns.yaml", CONFIG)
     assert "campaigns.yaml line 3: consent.unknown" in str(info.value)
+
+
+# -- the simulator's traits ---------------------------------------------------------------
+
+
+def test_persona_accuracy_on_the_simulator_where_traits_decide():
+    from lab.evaluate import quality_report, replay
+    from lab.simulate import Simulation
+
+    sim = Simulation(customers=150, days=30, seed=5, profile_share=0.85)
+    report = quality_report(replay(sim, CONFIG))["persona"]
+    assert report["customers_traits_decide"] > 80
+    assert report["accuracy_traits_decide"] >= 0.95
+    assert report["accuracy_all"] >= 0.9
+
+
+def test_simulated_profiles_leave_behaviour_as_it_was():
+    from lab.simulate import Simulation
+
+    with_profiles = list(Simulation(customers=30, days=10, seed=2, profile_share=1.0).events())
+    without = list(Simulation(customers=30, days=10, seed=2).events())
+    assert [e for f, e in with_profiles if f != "profile"] == [e for _, e in without]
+    profiles = [e for f, e in with_profiles if f == "profile"]
+    assert len({e.customer_id for e in profiles}) == 30 and all(e.trait_values() for e in profiles)
