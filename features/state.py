@@ -139,6 +139,11 @@ class CustomerState:
         """Whether the customer has any state: behaviour or traits."""
         return self.first_seen_ms is not None or bool(self.traits)
 
+    @property
+    def traits_updated_ms(self) -> int | None:
+        """Event time of the newest profile update that set a trait (None: no traits)."""
+        return max((at for _, at in self.traits.values()), default=None)
+
 
 def forgotten(erased_at_ms: int) -> CustomerState:
     """What an erased customer's state becomes: nothing but the tombstone

@@ -359,7 +359,11 @@ class Engine:
             # final holds results with state; the store returns segments along with it.
             assert state is not None and seg_hash is not None
             if not state.exists:
-                continue  # an erased customer (their state is the tombstone), or traits without behaviour yet
+                # An erased customer (their state is the tombstone), or traits without behaviour
+                # yet: no segments; the latter has a retention deadline from its newest trait.
+                if state.known and self.settings.retention_ms:
+                    updates.append(self._traits_only(customer_id, state.traits_updated_ms, seg_hash, now_ms=None))
+                continue
             now_ms = state.last_seen_ms
             assert now_ms is not None  # set with first_seen_ms by the customer's first event
             upto = evaluated_upto(seg_hash)
@@ -443,14 +447,19 @@ class Engine:
                 return out
             rows = await self.features.read(due)
             updates = []
-            gone = [cid for cid, (state, _) in zip(due, rows, strict=False) if not state.exists]
+            gone = [cid for cid, (state, _) in zip(due, rows, strict=False) if not state.known]
             await self.segments.drop_deadlines(gone)  # else their lease would bring them back forever
             expired = []  # silent past SEGFLOW_RETENTION_DAYS: forgotten, not evaluated
             for cid, (state, seg_hash) in zip(due, rows, strict=False):
-                if not state.exists:
+                if not state.known:
                     continue
-                if not retained(state.last_seen_ms, now_ms, self.settings.retention_ms):
-                    expired.append(retention_request(cid, state.last_seen_ms or 0, datetime.now(UTC)))
+                # Without behaviour (traits only), the newest profile update is all there is to go by.
+                heard = state.last_seen_ms if state.exists else state.traits_updated_ms
+                if not retained(heard, now_ms, self.settings.retention_ms):
+                    expired.append(retention_request(cid, heard or 0, datetime.now(UTC)))
+                    continue
+                if not state.exists:
+                    updates.append(self._traits_only(cid, heard, seg_hash, now_ms))
                     continue
                 feats = compute(state, now_ms)
                 traits = trait_features(state.traits, now_ms)
@@ -550,6 +559,12 @@ class Engine:
             evaluated_at_ms=now_ms,
             seen_ms=seen_ms,
         )
+
+    def _traits_only(self, customer_id: str, heard_ms: int | None, seg_hash: dict[str, str], now_ms: int | None) -> CustomerUpdate:
+        """The commit of a customer with traits and no behaviour: no segments, only the
+        retention deadline, from the newest trait (none without retention)."""
+        deadline = retention_deadline(None, heard_ms, self.settings.retention_ms)
+        return CustomerUpdate(customer_id, {}, {}, [], None, deadline, version=version_of(seg_hash), evaluated_at_ms=now_ms or heard_ms or 0)
 
     async def _publish_counts(self) -> None:
         """Add the counts since the last call to the shared ``segflow:stats`` hash

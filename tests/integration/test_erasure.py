@@ -26,7 +26,7 @@ from streams.segment_store import StoredAssignment, parse_segments
 from streams.status import read_totals
 from streams.topic_reader import read_to_end
 from tests.integration.test_pipeline import T0, publish, segflow_cli, shopping_session
-from tests.kafka_helpers import fresh_topics, read_until
+from tests.kafka_helpers import fresh_topics, read_until, send
 
 pytestmark = pytest.mark.integration
 
@@ -300,12 +300,17 @@ def test_retention_forgets_a_silent_customer_by_the_deadline_timer_and_a_return_
     worker = start_worker(topics.prefix, SEGFLOW_RETENTION_DAYS=30, SEGFLOW_IDLE_PARTITION_SECONDS=2)
     layout = worker.layout
     publish(broker, topics, shopping_session("alice", T0))
+    # Dora is known by a profile alone: no segments, but a retention deadline from it.
+    dora = {"event_id": "d1", "customer_id": "dora", "occurred_at": T0.isoformat(), "type": "profile", "plan": "pro"}
+    send(broker, topics.profiles, [(b"dora", json.dumps(dora).encode())])
     wait_for(lambda: redis_client.exists(layout.segments_key("alice")), what="alice's segments", worker=worker)
+    wait_for(lambda: redis_client.zscore(layout.deadlines_key(layout.partition("dora")), "dora") is not None, what="dora's deadline", worker=worker)
     assert int(redis_client.zscore(layout.deadlines_key(layout.partition("alice")), "alice")) <= int((T0 + timedelta(days=30, minutes=5)).timestamp() * 1000)
     held = set(parse_segments(redis_client.hgetall(layout.segments_key("alice"))))
     # Bob, 40 days on: the event-time clock passes alice's 30 days of silence.
     publish(broker, topics, shopping_session("bob", T0 + timedelta(days=40), base=100))
     wait_for(lambda: not redis_client.exists(layout.customer_key("alice")), what="alice forgotten", worker=worker)
+    wait_for(lambda: not redis_client.exists(layout.customer_key("dora")), what="dora forgotten", worker=worker)
     wait_for(EngineQuiet(redis_client, layout, quiet_s=3), what="the worker to settle", worker=worker)
     assert not redis_client.exists(layout.segments_key("alice"), layout.history_key("alice"))
     assert redis_client.zscore(layout.deadlines_key(layout.partition("alice")), "alice") is None
@@ -313,7 +318,8 @@ def test_retention_forgets_a_silent_customer_by_the_deadline_timer_and_a_return_
     alice = changes_of(broker.bootstrap, topics.segment_changes, "alice")
     final = [c for c in alice if c["reason"] == "retention"]
     assert {c["segmentation"] for c in final} == held and all(c["to"] is None for c in final) and alice[-len(final) :] == final
-    assert read_totals(redis_client, layout).get("expired") == 1
+    assert read_totals(redis_client, layout).get("expired") == 2  # alice and dora
+    assert redis_client.zscore(layout.deadlines_key(layout.partition("dora")), "dora") is None
     # Alice comes back: no suppression, a new customer (her first event again).
     publish(broker, topics, shopping_session("alice", T0 + timedelta(days=41), base=200))
     wait_for(lambda: redis_client.hget(layout.customer_key("alice"), "n") == "7", what="alice anew", worker=worker)
