@@ -178,7 +178,7 @@ local function apply_profile(keys, args, reply)
     redis.call('INCR', keys[3])
   end
   local traits = {}
-  for _, entry in ipairs(split(cur[3], '\30')) do
+  for _, entry in ipairs(split(cur[3] or '', '\30')) do
     local code, value, at = string.match(entry, '^(.)(.*)\31(%w+)$')
     if code then traits[code] = {value, tonumber(at, 36)} end
   end

@@ -33,20 +33,20 @@ def traits_of(redis_client, customer: str) -> dict[str, str]:
     return {name: value for name, (value, _) in state_from_hash(redis_client.hgetall(WORKER_LAYOUT.customer_key(customer))).traits.items()}
 
 
-def wait_for(predicate, what: str, timeout: float = 60) -> None:
+def wait_for(predicate, what: str, timeout: float = 60, worker=None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < deadline, what
+        assert time.monotonic() < deadline, what + (f"\n{worker.log()[-4000:]}" if worker is not None else "")
         time.sleep(0.2)
 
 
 def test_traits_are_stored_a_late_older_update_does_not_win_and_a_bad_one_is_dead_lettered(broker, redis_server, start_worker, redis_client):
     topics = fresh_topics(broker)
-    start_worker(topics.prefix, SEGFLOW_IDLE_PARTITION_SECONDS=2)
+    worker = start_worker(topics.prefix, SEGFLOW_IDLE_PARTITION_SECONDS=2)
     send(broker, topics.logins, [(b"pia", login("l1", "pia", NOW - timedelta(minutes=5)))])
     newer = profile("p2", "pia", NOW - timedelta(minutes=1), country="DE", plan="pro", marketing_consent=True)
     send(broker, topics.profiles, [(b"pia", newer)])
-    wait_for(lambda: traits_of(redis_client, "pia").get("plan") == "pro", "the profile update was not applied")
+    wait_for(lambda: traits_of(redis_client, "pia").get("plan") == "pro", "the profile update was not applied", worker=worker)
 
     # Older than the update above, and arriving after it: its country does not win; its
     # region, which no newer update set, is taken; the plan, absent from it, stays.
