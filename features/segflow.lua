@@ -143,7 +143,8 @@ local function ring_trim(q, late_before, floors)
 end
 
 -- Profile traits (features/traits.py): field `t`, per trait <code><value>\31<ms in base 36>,
--- joined by \30, in TRAIT_ORDER. Each trait is a last-writer-wins register in event time.
+-- joined by \30, in TRAIT_ORDER; the time is left out where it is the previous trait's (an
+-- update sets several traits at once). Each trait is a last-writer-wins register in event time.
 local TRAITS_FIELD = 't'
 local TRAIT_ORDER = {'b', 'c', 'r', 'p', 's', 'm'}
 
@@ -177,20 +178,24 @@ local function apply_profile(keys, args, reply)
     if limit > 0 and tonumber(redis.call('GET', keys[3]) or '0') >= limit then return reply('over_capacity') end
     redis.call('INCR', keys[3])
   end
-  local traits = {}
+  local traits, at = {}, nil
   for _, entry in ipairs(split(cur[3] or '', '\30')) do
-    local code, value, at = string.match(entry, '^(.)(.*)\31(%w+)$')
-    if code then traits[code] = {value, tonumber(at, 36)} end
+    local code, value, t = string.match(entry, '^(.)(.*)\31(%w+)$')
+    if code then at = tonumber(t, 36) else code, value = string.sub(entry, 1, 1), string.sub(entry, 2) end
+    if at then traits[code] = {value, at} end
   end
   for _, entry in ipairs(split(args[9], '\30')) do
     local code, value = string.sub(entry, 1, 1), string.sub(entry, 2)
     local old = traits[code]
     if not old or ts > old[2] or (ts == old[2] and bytes_gt(value, old[1])) then traits[code] = {value, ts} end
   end
-  local parts = {}
+  local parts, prev = {}, nil
   for _, code in ipairs(TRAIT_ORDER) do
     local t = traits[code]
-    if t then parts[#parts + 1] = code .. t[1] .. '\31' .. base36(t[2]) end
+    if t then
+      parts[#parts + 1] = code .. t[1] .. (t[2] == prev and '' or '\31' .. base36(t[2]))
+      prev = t[2]
+    end
   end
   local set = {TRAITS_FIELD, table.concat(parts, '\30')}
   if partition ~= '' then set[3] = 'o:profile'; set[4] = partition .. ':' .. fmt(offset) end

@@ -134,4 +134,6 @@ def test_traits_are_compact():
     full = merge(
         {}, {"birth_year": "1990", "country": "DE", "region": "x" * 64, "plan": "p" * 32, "signup_channel": "paid_search", "marketing_consent": "1"}, BASE
     )
-    assert len(pack(full).encode()) < 200  # of the 2 KiB budget per customer
+    assert len(pack(full).encode()) < 150  # of the 2 KiB budget per customer
+    typical = merge({}, {"birth_year": "1990", "country": "DE", "region": "Berlin", "plan": "pro", "signup_channel": "web", "marketing_consent": "1"}, BASE)
+    assert len(pack(typical)) <= 45  # one update: one time for all six
