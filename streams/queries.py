@@ -94,12 +94,12 @@ def format_customer(view: dict) -> str:
         unit = BY_NAME[name].unit
         shown = "-" if value is None else (f"{value:.2f}" if isinstance(value, float) else str(value))
         lines.append(f"  {name:30} {shown:>12} {unit}")
+    if view["top_categories"]:
+        lines.append("  top categories: " + ", ".join(f"{c['category']} {c['share']:.0%}" for c in view["top_categories"]))
     if view.get("traits"):
         lines += ["", "traits (profile; value, set at):"]
         for name, t in view["traits"].items():
             lines.append(f"  {name:30} {t['value']:>12} {t['set_at']}")
-    if view["top_categories"]:
-        lines.append("  top categories: " + ", ".join(f"{c['category']} {c['share']:.0%}" for c in view["top_categories"]))
     if view["history"]:
         lines += ["", "recent segment changes (newest first):"]
         for ch in view["history"]:
