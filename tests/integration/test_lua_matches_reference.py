@@ -166,3 +166,25 @@ def test_an_older_filter_is_converted_as_the_reference_reads_it(redis_client, ol
     if status == "applied":  # the others leave the hash as it was, `r` included
         entries = ring_entries(h.get("q", ""))
         assert "r" not in h and entries == sorted(entries, key=lambda kv: (kv[1], kv[0]))
+
+
+def test_a_customer_is_counted_once_whether_traits_or_behaviour_come_first(redis_client):
+    """The max_customers count: a customer with traits, behaviour or both is one customer,
+    and an erasure takes them off the count either way."""
+    load_library_sync(redis_client)
+    day = 20_000 * DAY_MS
+    profile = EventDelta(day, "fa", "profile", {}, traits={"plan": "pro"})
+    login = EventDelta(day, "la", "login", {9: 1}, login=True)
+    for cid, first, then in (("p1", profile, login), ("b1", login, profile), ("o1", profile, None)):
+        p = LAYOUT.partition(cid)
+        before = int(redis_client.get(LAYOUT.customers(p)) or 0)
+        for delta in filter(None, (first, then)):
+            assert redis_client.execute_command(*apply_call(LAYOUT, cid, delta, None))[0] == "applied"
+        assert int(redis_client.get(LAYOUT.customers(p))) == before + 1, cid
+        assert redis_client.execute_command(*forget_call(LAYOUT, cid, 0, [], 5, 60_000))[0] == "ok"
+        assert int(redis_client.get(LAYOUT.customers(p))) == before, cid
+    # Past the limit, a new customer's profile update is refused like an event.
+    p = LAYOUT.partition("p2")
+    redis_client.set(LAYOUT.customers(p), 3)
+    assert redis_client.execute_command(*apply_call(LAYOUT, "p2", profile, None, max_customers=3))[0] == "over_capacity"
+    assert not redis_client.exists(LAYOUT.customer_key("p2"))
