@@ -418,6 +418,7 @@ def campaigns(config: Path | None = ConfigOpt):
     except ConfigError as exc:
         typer.secho(f"bad campaigns: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
+    typer.echo(f"marketing consent: declined -> no trigger; never said (no profile) -> {routed.consent.unknown}")
     for c in routed.campaigns:
         p = c.policy
         cap = f"{p.max_triggers} per {p.period_ms / 86_400_000:g}d" if p.max_triggers else "no cap"
