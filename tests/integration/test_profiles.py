@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from features.codec import state_from_hash
+from streams.erasure import erasure_request, publish_request
 from streams.queries import customer_view
 from streams.settings import Settings
 from tests.integration.reliability_helpers import WORKER_LAYOUT
@@ -75,6 +76,14 @@ def test_traits_are_stored_a_late_older_update_does_not_win_and_a_bad_one_is_dea
     profile_only = customer_view(redis_client, "quinn", settings)
     assert profile_only is not None and profile_only["segments"] == {} and profile_only["traits"]["birth_year"]["value"] == "1950"
     assert redis_client.get(WORKER_LAYOUT.customers(WORKER_LAYOUT.partition("quinn"))) is not None
+
+    # An erasure takes the traits with it, and a later profile update does not bring them back.
+    for cid in ("pia", "quinn"):
+        publish_request(broker.bootstrap, topics, WORKER_LAYOUT.partitions, erasure_request(cid, "test", NOW))
+    wait_for(lambda: not traits_of(redis_client, "pia") and not traits_of(redis_client, "quinn"), "the traits were not erased", worker=worker)
+    send(broker, topics.profiles, [(b"pia", profile("p5", "pia", NOW, plan="gold"))])
+    wait_for(lambda: int(redis_client.hget(WORKER_LAYOUT.stats(WORKER_LAYOUT.partition("pia")), "suppressed") or 0) >= 1, "not suppressed", worker=worker)
+    assert traits_of(redis_client, "pia") == {} and customer_view(redis_client, "pia", settings) is None
 
 
 CAMPAIGNS = """
