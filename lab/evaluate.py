@@ -147,7 +147,9 @@ def replay(
             seen_ms = states[cid].last_seen_ms
             if seen_ms is None:
                 continue  # traits without behaviour yet: no segments until the first event
-            evaluate(cid, seen_ms, f"event:{event_id}", learn)
+            # A profile update alone: at the clock, as the engine (never before the newest event).
+            at_ms = seen_ms if learn or late_before is None else max(seen_ms, late_before)
+            evaluate(cid, at_ms, f"event:{event_id}", learn)
         if watermark is None:
             return  # only profile updates so far
         clock = watermark - lateness_ms

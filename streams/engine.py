@@ -353,6 +353,13 @@ class Engine:
         # otherwise that customer's segments would wait for a new event.
         evaluate = [(cid, ev, True) for cid, ev in latest.items()]
         evaluate += [(cid, ev, False) for cid, ev in redelivered.items() if cid not in latest]
+        # A customer evaluated for a profile update alone is evaluated at the clock, as a
+        # deadline would (never before their newest event): a deadline may have moved them
+        # at a later time than that event, and an evaluation at the event's time would move
+        # them back (a silent customer flagged at_risk looked active again).
+        clock: int | None = None
+        if any(cid in profiled and cid not in latest for cid, _, _ in evaluate):
+            clock = await self.clock_ms()
         for customer_id, event, learn in evaluate:
             after = final[customer_id]
             state, seg_hash = after.state, after.segments
@@ -369,20 +376,21 @@ class Engine:
             upto = evaluated_upto(seg_hash)
             if not learn and customer_id not in profiled and upto is not None and upto >= now_ms:
                 continue  # this state was evaluated and committed before the redelivery
-            feats = compute(state, now_ms)
+            at_ms = max(now_ms, clock or 0) if customer_id in profiled and not learn else now_ms
+            feats = compute(state, at_ms)
             learned = learn and self.segmenter.learn_one(feats, customer_id, now_ms)
             updates.append(
                 self._evaluate(
                     customer_id,
                     feats,
                     seg_hash,
-                    now_ms,
+                    at_ms,
                     f"event:{event.event_id}",
                     seen_ms=now_ms,
                     drift=drift,
                     learned=learned,
                     last_seen_ms=now_ms,
-                    traits=trait_features(state.traits, now_ms),
+                    traits=trait_features(state.traits, at_ms),
                 )
             )
         t0 = time.perf_counter()
