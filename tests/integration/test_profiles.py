@@ -13,7 +13,9 @@ from features.codec import state_from_hash
 from streams.erasure import erasure_request, publish_request
 from streams.queries import customer_view
 from streams.settings import Settings
+from streams.topic_reader import read_to_end
 from tests.integration.reliability_helpers import WORKER_LAYOUT
+from tests.integration.test_pipeline import T0, publish, shopping_session
 from tests.kafka_helpers import fresh_topics, read_until, send
 
 pytestmark = pytest.mark.integration
@@ -146,3 +148,36 @@ def test_consent_is_respected_end_to_end_and_a_trait_change_moves_the_persona_at
         lambda rs: {(t["campaign"], t["customer_id"]) for t in map(json.loads, (r.value for r in rs))} >= {("hello", "ann"), ("premium_upsell", "ann")},
     )
     assert {json.loads(r.value)["customer_id"] for r in triggers} == {"ann"}
+
+
+def test_a_profile_update_after_a_silence_moves_the_persona_and_not_the_customer_back_in_time(broker, redis_server, start_worker, redis_client):
+    """Alice goes silent; a deadline moves her lifecycle on. A profile update then moves her
+    persona, evaluated at the clock: her lifecycle stays where the silence put it."""
+    topics = fresh_topics(broker)
+    worker = start_worker(topics.prefix, SEGFLOW_IDLE_PARTITION_SECONDS=2)
+    publish(broker, topics, shopping_session("alice", T0))
+    publish(broker, topics, shopping_session("bob", T0 + timedelta(days=90), base=100))  # the event clock moves on
+
+    def lifecycle_of(cid: str) -> list[dict]:
+        return [c for c in changes_of_customer(broker, topics, cid) if c["segmentation"] == "lifecycle"]
+
+    wait_for(
+        lambda: [c["to"] for c in lifecycle_of("alice")][-1:] in (["at_risk"], ["dormant"], ["churned"]),
+        "alice's silence was not noticed",
+        timeout=90,
+        worker=worker,
+    )
+    silent = lifecycle_of("alice")[-1]
+    send(broker, topics.profiles, [(b"alice", profile("a1", "alice", T0 + timedelta(days=89), plan="gold"))])
+
+    def persona_moved() -> bool:
+        return any(c["segmentation"] == "persona" and c["to"] == "premium_members" for c in changes_of_customer(broker, topics, "alice"))
+
+    wait_for(persona_moved, "alice's persona did not move", worker=worker)
+    moved = next(c for c in changes_of_customer(broker, topics, "alice") if c["segmentation"] == "persona" and c["to"] == "premium_members")
+    assert moved["occurred_at"] >= silent["occurred_at"]  # evaluated at the clock, not at her last event
+    assert lifecycle_of("alice")[-1] == silent  # and her lifecycle did not go back to active
+
+
+def changes_of_customer(broker, topics, customer_id: str) -> list[dict]:
+    return [c for c in (json.loads(r.value) for r in read_to_end(broker.bootstrap, topics.segment_changes)) if c["customer_id"] == customer_id]
