@@ -28,7 +28,7 @@ from typing import Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from features.codec import base36
+from features.traits import base36
 
 SCHEMA_VERSION: Final = 1
 ERASURE_REASON: Final = "erasure"  # the reason of the final change of an erased customer (to: null)
