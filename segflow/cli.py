@@ -356,7 +356,7 @@ def _query_failed(exc: Exception):
 def members(
     segment: str = typer.Argument(..., help="A segment name, or segmentation:segment when the name is in several segmentations"),
     config: Path | None = ConfigOpt,
-    segmentation: str | None = typer.Option(None, "--segmentation", "-s", help="lifecycle, behaviour or value"),
+    segmentation: str | None = typer.Option(None, "--segmentation", "-s", help="The segmentation the segment is in (`segflow segments` lists them)"),
     limit: int = typer.Option(100, "--limit", "-n", help="At most this many members (read with SSCAN)"),
     as_json: bool = typer.Option(False, "--json"),
 ):

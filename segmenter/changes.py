@@ -29,6 +29,7 @@ from typing import Any, Final, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from features.traits import base36
+from segmenter.config import SEGMENTATIONS
 
 SCHEMA_VERSION: Final = 1
 ERASURE_REASON: Final = "erasure"  # the reason of the final change of an erased customer (to: null)
@@ -67,7 +68,7 @@ class SegmentChange(BaseModel):
 
     change_id: str = Field(description="Deterministic: the same change always has the same id; de-duplicate on it.")
     customer_id: str
-    segmentation: str = Field(description="lifecycle, behaviour or value.")
+    segmentation: str = Field(description=f"The segmentation: one of {', '.join(SEGMENTATIONS)}.")
     from_segment: str | None = Field(alias="from", description="The segment left; null on the customer's first assignment.")
     to_segment: str | None = Field(
         alias="to",
