@@ -5,6 +5,7 @@ bare-faust MODE``) in its two shapes, ``async for`` and ``take_events``.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -147,12 +148,13 @@ def run_bare_faust(stack, procs: Procs, work: Path, mode: str, expected: int, ti
                 cpu_first = (int(h["n"]), cpu_seconds(p.pid))
             if h and int(h["n"]) >= expected:
                 break
-            time.sleep(0.25)
+            time.sleep(0.25 if cpu_first is not None else 0.02)  # catch the first events early: --quick's run lasts about a second
         cpu_end = cpu_seconds(p.pid)
         if not h:
             h = {"n": 0, "first_n": 0, "first": 0, "last": 0}
         out = _rate(int(h["n"]), int(h["first_n"]), float(h["first"]) or None, float(h["last"]) or None, expected)
-        if cpu_first is not None and int(h["n"]) > cpu_first[0]:
+        # /proc counts CPU in clock ticks (10 ms): fewer than a few ticks is no measurement.
+        if cpu_first is not None and int(h["n"]) > cpu_first[0] and cpu_end - cpu_first[1] >= 5 / os.sysconf("SC_CLK_TCK"):
             out["cpu_us_per_event"] = round((cpu_end - cpu_first[1]) / (int(h["n"]) - cpu_first[0]) * 1e6, 2)
         return out
     finally:

@@ -86,7 +86,9 @@ def test_quick_bench_writes_every_row(tmp_path, capsys):
     assert on_cluster["memory"]["customers"] == rows["segflow_e2e"]["memory"]["customers"]
     assert result["capacity_model"]["cluster_3_primaries"]["per_core"]["worker"] > 0
     # CPU per event of each component (the capacity model's inputs).
-    assert all(v > 0 for v in rows["segflow_e2e"]["cpu_us_per_event"].values()) and rows["bare_faust_take"]["cpu_us_per_event"] > 0
+    assert all(v > 0 for v in rows["segflow_e2e"]["cpu_us_per_event"].values())
+    # --quick's bare agent may take its 6,000 events in under 5 clock ticks of CPU: then no number, never 0
+    assert rows["bare_faust_take"].get("cpu_us_per_event", 1) > 0
     assert result["machine"]["cpu_count"] >= 1 and len(result["load_average_start"]) == 3 and len(result["load_average_end"]) == 3
     assert {t["target"] for t in result["targets"]}
     assert "segflow worker end to end" in capsys.readouterr().out
