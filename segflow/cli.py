@@ -401,7 +401,7 @@ def preview(
     Read-only: SCANs the customers in batches; nothing live changes."""
     from segmenter.config import ConfigError, load_config
     from segmenter.preview import format_preview
-    from streams.preview import customer_count, live_snapshot, preview_json, run_preview
+    from streams.preview import customer_count, live_snapshot, run_preview
 
     settings = _settings(config)
     try:
@@ -415,7 +415,7 @@ def preview(
         view = run_preview(
             redis, settings, candidate, live_snapshot(settings), examples=examples, batch=batch, progress=bar.update, candidate_name=str(segments)
         )
-    typer.echo(preview_json(view) if as_json else format_preview(view))
+    typer.echo(json.dumps(view, indent=2) if as_json else format_preview(view))
 
 
 @cli.command()

@@ -15,9 +15,8 @@ evaluated at that event, as the worker did.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -125,13 +124,3 @@ def run_preview(
         **tally.as_dict(),
         "seconds": round(time.perf_counter() - started, 2),
     }
-
-
-def preview_json(view: dict[str, Any]) -> str:
-    return json.dumps(view, indent=2)
-
-
-def changed_keys(before: Sequence[tuple[str, bytes | None]], after: Sequence[tuple[str, bytes | None]]) -> list[str]:
-    """Keys whose DUMP differs between two snapshots (tests use it to prove read-only)."""
-    old = dict(before)
-    return sorted(k for k, v in after if old.get(k) != v) + sorted(set(old) - {k for k, _ in after})
