@@ -8,7 +8,8 @@ daily bucket (comma-separated counters in :data:`features.state.METRICS`
 order, trailing zeros trimmed), ``c:<category>`` items bought, ``nc`` number
 of categories, ``q`` duplicate filter (:func:`ring_entries`; ``r`` in older
 versions), ``df:<family>`` its floors, ``o:<family>``
-``partition:offset`` of the newest applied message; ``x`` (:data:`TOMBSTONE`) the time
+``partition:offset`` of the newest applied message; ``t`` profile traits
+(:mod:`features.traits`); ``x`` (:data:`TOMBSTONE`) the time
 an erased customer was forgotten, the only field of an erased customer's hash.
 
 >>> from features.state import CustomerState, EventDelta, apply_delta, PAGE_VIEWS
@@ -24,7 +25,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
+from features import traits as trait_codec
 from features.state import METRICS, CustomerState, EventDelta
+from features.traits import base36
+from streams.events import TRAIT_FAMILIES
 
 _INT_FIELDS = {
     "fs": "first_seen_ms",
@@ -119,22 +123,9 @@ def state_from_hash(h: Mapping[str, str], dedupe: bool = True) -> CustomerState:
             s.offsets[field[2:]] = (int(partition), int(offset))
         elif field == TOMBSTONE:
             s.erased_at_ms = int(value)
+        elif field == trait_codec.FIELD:
+            s.traits = trait_codec.unpack(value)
     return s
-
-
-def base36(n: int) -> str:
-    """``n`` >= 0 in base 36, lower case, as segflow.lua writes the duplicate filter's times.
-
-    >>> base36(1_790_000_000_000), int(base36(1_790_000_000_000), 36)
-    ('mubbs7i8', 1790000000000)
-    """
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while True:
-        n, d = divmod(n, 36)
-        out = digits[d] + out
-        if n == 0:
-            return out
 
 
 def state_to_hash(s: CustomerState) -> dict[str, str]:
@@ -159,14 +150,20 @@ def state_to_hash(s: CustomerState) -> dict[str, str]:
         h[f"o:{family}"] = f"{p}:{o}"
     if s.erased_at_ms is not None:
         h[TOMBSTONE] = str(s.erased_at_ms)
+    if s.traits:
+        h[trait_codec.FIELD] = trait_codec.pack(s.traits)
     return h
 
 
 def delta_args(delta: EventDelta, late_before_ms: int | None, want_state: bool = True) -> list[str | int]:
-    """ARGV for ``FCALL segflow_apply`` (see features/segflow.lua)."""
+    """ARGV for ``FCALL segflow_apply`` (see features/segflow.lua). A profile update's
+    traits go where a purchase's categories do (:func:`features.traits.update_arg`)."""
     flags = ("p" if delta.purchase else "") + ("v" if delta.visit else "") + ("l" if delta.login else "")
     partition, offset = ("", 0) if delta.offset is None else delta.offset
     increments = ",".join(f"{i}:{n}" for i, n in delta.increments.items())
-    categories = "\x1e".join(f"{_CONTROL.sub('', c)}\x1f{q}" for c, q in delta.categories.items())
+    if delta.family in TRAIT_FAMILIES:
+        categories = trait_codec.update_arg({name: _CONTROL.sub("", v) for name, v in delta.traits.items()})
+    else:
+        categories = "\x1e".join(f"{_CONTROL.sub('', c)}\x1f{q}" for c, q in delta.categories.items())
     horizon = "" if late_before_ms is None else late_before_ms
     return [delta.ts_ms, delta.token, delta.family, partition, offset, horizon, flags, increments, categories, "1" if want_state else "0"]

@@ -18,7 +18,7 @@ from features.state import (
     SESSIONS,
     EventDelta,
 )
-from streams.events import ClickstreamEvent, Event, LoginEvent, PurchaseEvent, dedupe_token
+from streams.events import ClickstreamEvent, Event, LoginEvent, ProfileEvent, PurchaseEvent, dedupe_token
 
 _CLICK_METRIC = {
     "session_start": SESSIONS,
@@ -35,7 +35,7 @@ def cents(amount: Decimal) -> int:
     return int((amount * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-_FAMILY_INITIAL = {ClickstreamEvent: "c", PurchaseEvent: "p", LoginEvent: "l"}
+_FAMILY_INITIAL = {ClickstreamEvent: "c", PurchaseEvent: "p", LoginEvent: "l", ProfileEvent: "f"}
 
 
 def delta_of(event: Event, offset: tuple[int, int] | None = None) -> EventDelta:
@@ -66,4 +66,7 @@ def delta_of(event: Event, offset: tuple[int, int] | None = None) -> EventDelta:
     if isinstance(event, LoginEvent):
         metric = LOGINS if event.success else FAILED_LOGINS
         return EventDelta(ts_ms, token, "login", {metric: 1}, login=event.success, offset=offset)
+    if isinstance(event, ProfileEvent):
+        # Traits only: no counter, no flag (a profile update is not behaviour).
+        return EventDelta(ts_ms, token, "profile", {}, offset=offset, traits=event.trait_values())
     raise TypeError(f"not an event: {type(event).__name__}")

@@ -142,6 +142,67 @@ local function ring_trim(q, late_before, floors)
   end
 end
 
+-- Profile traits (features/traits.py): field `t`, per trait <code><value>\31<ms in base 36>,
+-- joined by \30, in TRAIT_ORDER; the time is left out where it is the previous trait's (an
+-- update sets several traits at once). Each trait is a last-writer-wins register in event time.
+local TRAITS_FIELD = 't'
+local TRAIT_ORDER = {'b', 'c', 'r', 'p', 's', 'm'}
+
+-- a > b byte by byte (Lua's own comparison of strings follows the server's locale)
+local function bytes_gt(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x > y end
+  end
+  return #a > #b
+end
+
+-- A profile update (family 'profile'; ARGV as segflow_apply's, the traits in place of the
+-- categories: <code><value> joined by \30). Sets each trait the update carries unless the
+-- trait was set at a later event time (on a tie the larger value wins), so updates
+-- commute and repeat harmlessly: no duplicate filter, no lateness, and nothing of the
+-- customer's behaviour (first/last seen, counters, days) moves. A customer with traits
+-- and no behaviour yet counts towards max_customers like one with behaviour.
+local function apply_profile(keys, args, reply)
+  local cust = keys[1]
+  local ts = tonumber(args[1])
+  local partition, offset = args[4], tonumber(args[5])
+  local cur = redis.call('HMGET', cust, TOMBSTONE, 'o:profile', TRAITS_FIELD, 'fs')
+  if cur[1] then return reply('suppressed') end
+  if partition ~= '' and cur[2] then
+    local seen = split(cur[2], ':')
+    if seen[1] == partition and offset <= tonumber(seen[2]) then return reply('duplicate') end
+  end
+  if not cur[3] and not cur[4] then
+    local limit = tonumber(args[11]) or 0
+    if limit > 0 and tonumber(redis.call('GET', keys[3]) or '0') >= limit then return reply('over_capacity') end
+    redis.call('INCR', keys[3])
+  end
+  local traits, at = {}, nil
+  for _, entry in ipairs(split(cur[3] or '', '\30')) do
+    local code, value, t = string.match(entry, '^(.)(.*)\31(%w+)$')
+    if code then at = tonumber(t, 36) else code, value = string.sub(entry, 1, 1), string.sub(entry, 2) end
+    if at then traits[code] = {value, at} end
+  end
+  for _, entry in ipairs(split(args[9], '\30')) do
+    local code, value = string.sub(entry, 1, 1), string.sub(entry, 2)
+    local old = traits[code]
+    if not old or ts > old[2] or (ts == old[2] and bytes_gt(value, old[1])) then traits[code] = {value, ts} end
+  end
+  local parts, prev = {}, nil
+  for _, code in ipairs(TRAIT_ORDER) do
+    local t = traits[code]
+    if t then
+      parts[#parts + 1] = code .. t[1] .. (t[2] == prev and '' or '\31' .. base36(t[2]))
+      prev = t[2]
+    end
+  end
+  local set = {TRAITS_FIELD, table.concat(parts, '\30')}
+  if partition ~= '' then set[3] = 'o:profile'; set[4] = partition .. ':' .. fmt(offset) end
+  redis.call('HSET', cust, unpack(set))
+  return reply('applied')
+end
+
 -- KEYS: cust:{id}, cust:{id}:seg, segflow:customers (how many customers have state),
 --       segflow:stats (the applied, duplicates and suppressed counters)
 -- ARGV: ts_ms, token, family, partition ('' if none), offset, late_before_ms ('' if unknown),
@@ -167,6 +228,7 @@ local function apply(keys, args)
     if args[10] == '1' then return {status, redis.call('HGETALL', cust), redis.call('HGETALL', seg)} end
     return {status}
   end
+  if family == 'profile' then return apply_profile(keys, args, reply) end
 
   -- Everything the event may read, in one HMGET; everything it changes, in one HSET
   -- (and one HDEL when old buckets or a legacy filter go): each command a function
@@ -225,9 +287,10 @@ local function apply(keys, args)
   local dedupe_floor = num(cur[DF])
   if dedupe_floor and ts <= dedupe_floor then return reply('unverifiable') end
 
-  if not first_seen then
+  if not first_seen and redis.call('HEXISTS', cust, TRAITS_FIELD) == 0 then
     -- A new customer: counted, and refused past the limit, so a flood of made-up
     -- ids cannot grow Redis without bound (the event goes to the dead-letter topic).
+    -- (One with traits from a profile update was counted then.)
     local limit = tonumber(args[11]) or 0
     if limit > 0 and tonumber(redis.call('GET', keys[3]) or '0') >= limit then return reply('over_capacity') end
     redis.call('INCR', keys[3])
@@ -463,13 +526,14 @@ end
 --       outbox needle (see drop_pending), then per member set the change that takes the
 --       customer out of it (to: null), in the same order
 -- Returns {'ok', outbox entries dropped, outbox ids of the final changes...} or {'conflict'}.
--- Everything goes but a tombstone: the features hash with only TOMBSTONE, expiring after
+-- Everything goes but a tombstone (the profile traits, field `t` of the features hash, too):
+-- the features hash with only TOMBSTONE, expiring after
 -- suppress_ms, which segflow_apply reads to drop the customer's later events.
 local function forget(keys, args)
   local cust, seg, hist, outbox = keys[1], keys[2], keys[3], keys[4]
   local cid = args[1]
   if tonumber(redis.call('HGET', seg, '_v') or '0') ~= tonumber(args[2]) then return {'conflict'} end
-  if redis.call('HEXISTS', cust, 'fs') == 1 then redis.call('DECR', keys[6]) end
+  if redis.call('HEXISTS', cust, 'fs') == 1 or redis.call('HEXISTS', cust, TRAITS_FIELD) == 1 then redis.call('DECR', keys[6]) end
   redis.call('DEL', cust, seg, hist)
   local suppress_ms = tonumber(args[4])
   if suppress_ms >= 0 then -- retention passes -1: no tombstone, a returning customer starts anew

@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple
 
+from features.traits import merge
+from streams.events import TRAIT_FAMILIES
+
 DAY_MS = 86_400_000
 
 # Daily bucket layout: the position of each counter in a bucket. One list,
@@ -84,6 +87,8 @@ class EventDelta(NamedTuple):
     visit: bool = False
     login: bool = False
     offset: tuple[int, int] | None = None
+    # A profile update (family "profile"): trait name -> value as stored (features.traits).
+    traits: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass
@@ -121,10 +126,23 @@ class CustomerState:
     # their state, so that events still in flight or replayed do not bring them back
     # while it lasts (Redis expires it after SEGFLOW_ERASURE_SUPPRESS_DAYS).
     erased_at_ms: int | None = None
+    # Profile traits: name -> (value, event time ms it was set at); features.traits.
+    traits: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     @property
     def exists(self) -> bool:
+        """Whether the customer has behaviour (an event of a behaviour family)."""
         return self.first_seen_ms is not None
+
+    @property
+    def known(self) -> bool:
+        """Whether the customer has any state: behaviour or traits."""
+        return self.first_seen_ms is not None or bool(self.traits)
+
+    @property
+    def traits_updated_ms(self) -> int | None:
+        """Event time of the newest profile update that set a trait (None: no traits)."""
+        return max((at for _, at in self.traits.values()), default=None)
 
 
 def forgotten(erased_at_ms: int) -> CustomerState:
@@ -194,6 +212,14 @@ def apply_delta(state: CustomerState, delta: EventDelta, late_before_ms: int | N
         seen = state.offsets.get(delta.family)
         if seen is not None and seen[0] == delta.offset[0] and delta.offset[1] <= seen[1]:
             return "duplicate"
+    if delta.family in TRAIT_FAMILIES:
+        # Traits are last-writer-wins registers in event time (features.traits): applying
+        # an update twice, late or out of order changes nothing more, so neither the
+        # duplicate filter nor the lateness applies, and no behaviour field moves.
+        if delta.offset is not None:
+            state.offsets[delta.family] = delta.offset
+        state.traits = merge(state.traits, delta.traits, delta.ts_ms)
+        return "applied"
     if delta.token in state.recent:
         return "duplicate"
     if late_before_ms is not None and delta.ts_ms < late_before_ms:

@@ -60,7 +60,7 @@ def run_demo(seconds: float = 60, customers: int = 300, days: float = 45, seed: 
         _say(f"[2/4] worker started (pid {worker.pid}, log {log_path}); dashboard while it runs: http://127.0.0.1:{web_port}/dashboard")
         r = redis_lib.Redis.from_url(stack.redis.url, decode_responses=True)
         try:
-            sim = Simulation(customers=customers, days=days, seed=seed)
+            sim = Simulation(customers=customers, days=days, seed=seed, profile_share=0.85)
             produced: dict = {}
             stop = threading.Event()
 
@@ -69,7 +69,7 @@ def run_demo(seconds: float = 60, customers: int = 300, days: float = 45, seed: 
 
             producer = threading.Thread(target=feed, daemon=True)
             producer.start()
-            _say("[3/4] producing simulated clickstream, purchases and logins; the worker segments them as they arrive")
+            _say("[3/4] producing simulated clickstream, purchases, logins and profiles; the worker segments them as they arrive")
             budget = max(10.0, seconds - (time.monotonic() - started) - 8)
             deadline = time.monotonic() + budget
             last_print = 0.0

@@ -20,12 +20,14 @@ order through the same pure path as :class:`streams.engine.Engine`:
 
 Then :func:`quality_report` measures, with :mod:`segmenter.evaluation`:
 clustering vs persona (adjusted Rand index), at_risk vs silenced customers,
-flapping and changes per segmentation.
+persona segments vs the simulator's traits (accuracy), flapping and changes per
+segmentation. Profile updates go through the same path as in the engine: traits
+only, outside the watermark, an evaluation without learning.
 
 >>> sim = Simulation(customers=40, days=10, seed=3)
 >>> run = replay(sim, default_config())
 >>> report = quality_report(run)
->>> sorted(report["flapping"]) == ["behaviour", "lifecycle", "value"]
+>>> sorted(report["flapping"]) == ["behaviour", "lifecycle", "persona", "value"]
 True
 >>> report == quality_report(replay(Simulation(customers=40, days=10, seed=3), default_config()))
 True
@@ -44,17 +46,19 @@ from datetime import UTC, datetime
 from features.catalogue import compute
 from features.extract import delta_of
 from features.state import DAY_MS, CustomerState, apply_delta
+from features.traits import trait_features
 from lab.simulate import Simulation
 from segmenter.assign import Segmenter
 from segmenter.changes import SegmentChange
 from segmenter.config import SEGMENTATIONS, SegmentationConfig, default_config
 from segmenter.evaluation import Move, adjusted_rand_index, contingency, flap_stats, silence_detection
 from segmenter.hysteresis import Assignment
-from streams.events import Event
+from streams.events import TRAIT_FAMILIES, Event
 
 __all__ = ["Replay", "evaluate", "format_report", "quality_report", "replay", "replay_events"]
 
 DEFAULT_LATENESS_MS = 6 * 3600 * 1000  # Settings.lateness_seconds default
+PROFILE_SHARE = 0.85  # simulated customers with a profile (the rest: persona unprofiled)
 # Lifecycle segments that say "this customer is slipping away", worst last.
 AT_RISK = frozenset({"at_risk"})
 AT_RISK_OR_WORSE = frozenset({"at_risk", "dormant", "churned"})
@@ -118,11 +122,11 @@ def replay_events(
     watermark: int | None = None
     day_seen: int | None = None
 
-    def evaluate(cid: str, now_ms: int, cause: str) -> None:
+    def evaluate(cid: str, now_ms: int, cause: str, learn: bool = False) -> None:
         feats = compute(states[cid], now_ms)
-        if cause.startswith("event:"):
+        if learn:
             seg.learn_one(feats, cid, now_ms)
-        ev = seg.evaluate(cid, feats, current.get(cid, {}), now_ms, cause)
+        ev = seg.evaluate(cid, feats, current.get(cid, {}), now_ms, cause, traits=trait_features(states[cid].traits, now_ms))
         current[cid] = ev.assignments
         first_assigned.setdefault(cid, now_ms)
         for c in ev.changes:
@@ -149,20 +153,27 @@ def replay_events(
     def run_batch(batch: list) -> None:
         nonlocal watermark, day_seen
         late_before = None if watermark is None else watermark - lateness_ms
-        latest: dict[str, str] = {}
-        for _family, event in batch:
+        latest: dict[str, tuple[str, bool]] = {}  # customer -> (event id, learn: not only profile updates)
+        for family, event in batch:
             delta = delta_of(event)
-            watermark = delta.ts_ms if watermark is None else max(watermark, delta.ts_ms)
+            profile = family in TRAIT_FAMILIES  # traits: outside the watermark, nothing to learn (as the engine)
+            if not profile:
+                watermark = delta.ts_ms if watermark is None else max(watermark, delta.ts_ms)
             state = states.setdefault(event.customer_id, CustomerState())
             status = apply_delta(state, delta, late_before)
-            counters[status] += 1
+            counters[f"profile_{status}" if profile else status] += 1
             if status == "applied":
-                latest[event.customer_id] = event.event_id
-        for cid, event_id in latest.items():
+                learn = not profile or latest.get(event.customer_id, ("", False))[1]
+                latest[event.customer_id] = (event.event_id, learn)
+        for cid, (event_id, learn) in latest.items():
             seen_ms = states[cid].last_seen_ms
-            assert seen_ms is not None  # set by the applied event
-            evaluate(cid, seen_ms, f"event:{event_id}")
-        assert watermark is not None  # batches are never empty
+            if seen_ms is None:
+                continue  # traits without behaviour yet: no segments until the first event
+            # A profile update alone: at the clock, as the engine (never before the newest event).
+            at_ms = seen_ms if learn or late_before is None else max(seen_ms, late_before)
+            evaluate(cid, at_ms, f"event:{event_id}", learn)
+        if watermark is None:
+            return  # only profile updates so far
         clock = watermark - lateness_ms
         fire_deadlines(clock)
         day = clock // DAY_MS
@@ -289,8 +300,21 @@ def quality_report(
         stats["final_sizes"] = dict(Counter(run.assignments[c][name].segment for c in seen).most_common())
         flapping[name] = stats
 
+    # -- persona vs the simulator's traits ----------------------------------------------
+    final_persona = {cid: run.assignments[cid]["persona"].segment for cid in seen}
+    truth = sim.persona_segments
+    decided = [cid for cid in seen if cid in sim.traits_decide]
+    persona = {
+        "profile_share": sim.profile_share,
+        "customers_with_profile": sum(1 for cid in seen if sim.traits[cid]),
+        "accuracy_traits_decide": _accuracy(final_persona, truth, decided),
+        "customers_traits_decide": len(decided),
+        "accuracy_all": _accuracy(final_persona, truth, seen),
+        "contingency_final": contingency([truth[c] for c in seen], [final_persona[c] for c in seen]),
+    }
+
     return {
-        "simulation": {"customers": sim.customers, "days": sim.days, "seed": sim.seed, "start": sim.start.isoformat()},
+        "simulation": {"customers": sim.customers, "days": sim.days, "seed": sim.seed, "start": sim.start.isoformat(), "profile_share": sim.profile_share},
         "replay": {
             "events_applied": run.counters["applied"],
             "too_late": run.counters["too_late"],
@@ -302,8 +326,13 @@ def quality_report(
         "parameters": {"settle_days": settle_days, "detect_within_days": detect_within_days, "revert_days": revert_days},
         "behaviour": behaviour,
         "silence": detection,
+        "persona": persona,
         "flapping": flapping,
     }
+
+
+def _accuracy(assigned: dict[str, str], truth: dict[str, str], customers: list[str]) -> float | None:
+    return round(sum(assigned[c] == truth[c] for c in customers) / len(customers), 4) if customers else None
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -370,6 +399,20 @@ def format_report(report: dict) -> str:
     out.append(_table(rows))
     wrong = report["silence"]["at_risk"]["wrong_flags_by_persona"]
     out.append(f"at_risk flags of customers who were not silent, by persona: {wrong or 'none'}")
+    pr = report["persona"]
+    out += [
+        "",
+        f"Persona vs the simulator's traits ({pr['customers_with_profile']} of {b['customers_seen']} customers with a profile)",
+        _table(
+            [
+                ["measure", "accuracy", "customers"],
+                ["where the traits decide", _fmt(pr["accuracy_traits_decide"]), str(pr["customers_traits_decide"])],
+                ["everyone (behaviour conditions too)", _fmt(pr["accuracy_all"]), str(b["customers_seen"])],
+            ]
+        ),
+        "",
+        _contingency_table(pr["contingency_final"]).replace("persona \\ segment", "expected \\ persona"),
+    ]
     out += ["", f"Changes and flapping (revert = A->B->A within {p['revert_days']:g} days)"]
     rows = [["segmentation", "changes", "per cust/30d", "reverts", "revert share", "reverts<dwell", "min dwell d"]]
     for name, f in report["flapping"].items():
@@ -406,9 +449,10 @@ def evaluate(
     detect_within_days: float = 21,
     revert_days: float = 7,
     progress: Callable[[str], None] | None = None,
+    profile_share: float = PROFILE_SHARE,
 ) -> dict:
     """Simulate, replay and measure: the report of ``segflow evaluate``."""
-    sim = Simulation(customers=customers, days=days, seed=seed)
+    sim = Simulation(customers=customers, days=days, seed=seed, profile_share=profile_share)
     run = replay(sim, config or default_config(), batch_size=batch_size, lateness_ms=lateness_ms, progress=progress)
     report = quality_report(run, settle_days=settle_days, detect_within_days=detect_within_days, revert_days=revert_days)
     report["replay"]["seconds"] = round(run.seconds, 1)

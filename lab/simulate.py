@@ -39,8 +39,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from lab.personas import DEFAULT_MIX, PERSONAS, Persona
-from streams.events import ClickstreamEvent, Event, LoginEvent, PurchaseEvent, PurchaseItem, event_to_json, family_of_type
+from lab.personas import DEFAULT_MIX, PERSONAS, Persona, profile_traits, segment_persona
+from streams.events import ClickstreamEvent, Event, LoginEvent, ProfileEvent, PurchaseEvent, PurchaseItem, event_to_json, family_of_type
 
 __all__ = [
     "CATEGORIES",
@@ -97,6 +97,16 @@ class CustomerProfile:
     peak_hour: float
     joined_ms: int  # milliseconds after start of the first possible activity
     silenced_ms: int | None  # churners only: ms after start; no event at or after it
+    # Profile traits, as profile updates set them: (ms after start, traits) in time order;
+    # empty for a customer without a profile (see Simulation's profile_share).
+    profile_updates: tuple[tuple[int, dict[str, str]], ...] = ()
+
+
+def _final_traits(profile: CustomerProfile) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for _, traits in profile.profile_updates:
+        out.update(traits)
+    return out
 
 
 def _seed_int(*parts: object) -> int:
@@ -159,6 +169,7 @@ class Simulation:
         new_customer_share: float = 0.1,
         churn_window: tuple[float, float] = (0.3, 0.7),
         id_prefix: str = "c",
+        profile_share: float = 0.0,
     ):
         if customers < 0:
             raise ValueError("customers must be >= 0")
@@ -176,6 +187,7 @@ class Simulation:
             raise ValueError("churn_window must be 0 <= lo <= hi <= 1")
 
         self.customers = customers
+        self.profile_share = profile_share
         self.days = float(days)
         self.seed = seed
         self.start = start.astimezone(UTC)
@@ -205,12 +217,22 @@ class Simulation:
             if persona not in ("churner", "dormant") and rng.random() < new_customer_share:
                 joined = round(rng.uniform(0.05, 0.8) * self._span_s * 1000)
             silenced = round(rng.uniform(lo, hi) * self._span_s * 1000) if persona == "churner" else None
-            self.profiles[cid] = CustomerProfile(cid, persona, weekend, failure_prone, prefs, peak, joined, silenced)
+            # Traits from a generator of their own: the behaviour above does not depend on them.
+            updates = profile_traits(random.Random(_seed_int(seed, i, "traits")), persona, self.start.year, profile_share)
+            last = self._end_ms if silenced is None else silenced
+            timed = tuple((min(joined + round(at * (last - joined)), last - 1), traits) for at, traits in updates)
+            self.profiles[cid] = CustomerProfile(cid, persona, weekend, failure_prone, prefs, peak, joined, silenced, timed)
 
         self.personas: dict[str, str] = {cid: p.persona for cid, p in self.profiles.items()}
         self.silenced_at: dict[str, datetime] = {cid: self._dt_ms(p.silenced_ms) for cid, p in self.profiles.items() if p.silenced_ms is not None}
         self.joined_at: dict[str, datetime] = {cid: self._dt_ms(p.joined_ms) for cid, p in self.profiles.items() if p.joined_ms > 0}
         self.weekend_heavy: set[str] = {cid for cid, p in self.profiles.items() if p.weekend_heavy}
+        # The persona segment each customer should end in (the shipped persona rules' intent,
+        # from the final traits and the hidden persona), and whether the traits alone decide it.
+        self.traits: dict[str, dict[str, str]] = {cid: _final_traits(p) for cid, p in self.profiles.items()}
+        truth = {cid: segment_persona(self.traits[cid], p.persona, self.end.year) for cid, p in self.profiles.items()}
+        self.persona_segments: dict[str, str] = {cid: t[0] for cid, t in truth.items()}
+        self.traits_decide: set[str] = {cid for cid, t in truth.items() if t[1]}
 
     # ------------------------------------------------------------------ public
 
@@ -243,6 +265,8 @@ class Simulation:
             "weekend_heavy": sorted(self.weekend_heavy),
             "failure_prone": sorted(cid for cid, p in self.profiles.items() if p.failure_prone),
             "persona_specs": {name: asdict(p) for name, p in PERSONAS.items()},
+            "traits": {cid: t for cid, t in self.traits.items() if t},
+            "persona_segments": self.persona_segments,
         }
 
     def ground_truth_json(self) -> bytes:
@@ -293,9 +317,22 @@ class Simulation:
         state = {"seq": 0, "session": 0, "order": 0}
         t = prof.joined_ms / 1000
         last_ms = -1
+        updates = list(prof.profile_updates)
+
+        def profiles_until(ms: int) -> Iterator[tuple[int, int, int, str, Event]]:
+            nonlocal last_ms
+            while updates and updates[0][0] < ms:
+                at, traits = updates.pop(0)
+                at = max(at, last_ms + 1)
+                state["seq"] += 1
+                last_ms = at
+                event_id = str(uuid.uuid5(self._namespace, f"{cid}/profile/{state['seq']}"))
+                yield at, idx, state["seq"], "profile", ProfileEvent(event_id=event_id, customer_id=cid, occurred_at=self._dt_ms(at), **traits)
+
         while True:
             t += rng.expovariate(lam_max)
             if t >= end_s:
+                yield from profiles_until(end_ms)
                 return
             epoch = start_epoch_s + t
             day = int(epoch // 86400)
@@ -303,6 +340,7 @@ class Simulation:
             h = int((epoch % 86400) // 3600)
             if rng.random() * lam_max > base * dow[weekday] * hour[h]:
                 continue
+            yield from profiles_until(round(t * 1000))
             t_ms = max(round(t * 1000), last_ms + 1)
             for ms, family, event in self._session(rng, cid, prof, persona, t_ms, cum, cum_cat, state):
                 if ms >= end_ms:

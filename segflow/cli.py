@@ -160,6 +160,7 @@ def simulate(
     rate: float = typer.Option(2000, help="Events per wall-clock second (0 = as fast as possible)"),
     seed: int = typer.Option(1),
     ground_truth: Path | None = typer.Option(None, help="Write the hidden personas and churn times here (JSON)"),
+    profile_share: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of customers with profile updates (traits) on the profiles topic"),
 ):
     """Produce a simulated population to the input topics, in event time."""
     from lab.publish import produce_simulation
@@ -167,7 +168,7 @@ def simulate(
     from streams.admin import bootstrap_of, ensure_topics
 
     settings = _settings(config)
-    sim = Simulation(customers=customers, days=days, seed=seed)
+    sim = Simulation(customers=customers, days=days, seed=seed, profile_share=profile_share)
     if ground_truth:
         ground_truth.write_bytes(sim.ground_truth_json())
     bootstrap, kafka = bootstrap_of(settings.kafka_url), _kafka_config(settings)
@@ -501,6 +502,7 @@ def campaigns(config: Path | None = ConfigOpt):
     except ConfigError as exc:
         typer.secho(f"bad campaigns: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
+    typer.echo(f"marketing consent: declined -> no trigger; never said (no profile) -> {routed.consent.unknown}")
     for c in routed.campaigns:
         p = c.policy
         cap = f"{p.max_triggers} per {p.period_ms / 86_400_000:g}d" if p.max_triggers else "no cap"

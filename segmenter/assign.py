@@ -14,11 +14,20 @@ snapshots.
 ...      "purchase_days_total": 4.0, "purchase_span_days": 30.0, "days_since_first_purchase": 30.0}
 >>> ev = seg.evaluate("c1", f, current={}, now_ms=100 * day, cause="event:e1")
 >>> {name: a.segment for name, a in ev.assignments.items()}
-{'lifecycle': 'active', 'behaviour': 'steady', 'value': 'loyal'}
+{'lifecycle': 'active', 'behaviour': 'steady', 'value': 'loyal', 'persona': 'unprofiled'}
 >>> [(c.segmentation, c.from_segment, c.to_segment) for c in ev.changes][0]
 ('lifecycle', None, 'active')
 >>> round(ev.churn_propensity, 2)
 0.17
+
+A profile arrives (born 1900: 70 at this 1970 evaluation time): the persona rules
+see the traits along with the features.
+
+>>> from features.traits import trait_features
+>>> traits = trait_features({"birth_year": ("1900", 0), "marketing_consent": ("1", 0)}, now_ms=100 * day)
+>>> ev1 = seg.evaluate("c1", f, ev.assignments, now_ms=100 * day, cause="event:p1", traits=traits)
+>>> [(c.segmentation, c.from_segment, c.to_segment, c.reason, c.features["marketing_consent"]) for c in ev1.changes]
+[('persona', 'unprofiled', 'retired_loyal_buyers', 'retired_loyal_buyer', 1.0)]
 
 A buyer every ten days, 140 days later without any event (with the CDNOW
 prior, before any population fit): the timer re-evaluates, and the change's
@@ -46,7 +55,7 @@ from segmenter.clustering import WARMUP_POINTS, BehaviourModel
 from segmenter.config import ACTIVE_FEATURE, CHURN_FEATURE, ENGAGEMENT_FEATURE, SEGMENTATIONS, HysteresisPolicy, SegmentationConfig
 from segmenter.engagement import engagement_risk
 from segmenter.hysteresis import Assignment, AssignmentLike, decide, margin_ok
-from segmenter.rules import Features, LifecycleRules
+from segmenter.rules import Features, LifecycleRules, RuleBook
 from segmenter.value import RFMScorer, ValueSegmentation
 
 # The daily counters that together count a customer's events of the day (UTC).
@@ -124,7 +133,7 @@ class Evaluation:
 
 
 class Segmenter:
-    """Lifecycle rules + behaviour clusters + RFM value, with hysteresis."""
+    """Lifecycle rules + behaviour clusters + RFM value + persona rules, with hysteresis."""
 
     def __init__(self, config: SegmentationConfig, behaviour_model: BehaviourModel | None = None, rfm: RFMScorer | None = None):
         self.config = config
@@ -145,6 +154,7 @@ class Segmenter:
         self.lifecycle = LifecycleRules(config, self.churn, self.visits)
         self.behaviour = behaviour_model or BehaviourModel.from_config(config.behaviour)
         self.value = ValueSegmentation(config.value, rfm)
+        self.persona = RuleBook(config.persona)
         self._learned_at_snapshot = 0
         self.n_learned = 0
 
@@ -192,6 +202,7 @@ class Segmenter:
         now_ms: int,
         cause: str,
         emitted_at_ms: int | None = None,
+        traits: Mapping[str, float | str | None] | None = None,
         assignments_only: bool = False,
     ) -> Evaluation:
         """Segments of ``customer_id`` at ``now_ms`` given ``current`` ones.
@@ -200,14 +211,20 @@ class Segmenter:
         ``reason``), missing when never assigned. ``cause`` identifies what
         triggered the evaluation (``event:<event_id>``, ``deadline:<ms>``) and
         enters the changes' ids. ``emitted_at_ms`` defaults to ``now_ms``.
+        ``traits``: what rules see of the customer's profile
+        (:func:`features.traits.trait_features`; None: no profile); the persona
+        rules test them, and the changes carry the numeric ones (``age``,
+        ``marketing_consent``: the campaign router's consent).
         ``assignments_only`` (for a read-only preview) skips what only a
         commit needs: the change events and the next deadline (empty and None).
         """
+        traits = traits or {}
         feats = {
             **features,
             **self.churn.predict_one(features),
             ACTIVE_FEATURE: self.visits.alive(features),
             ENGAGEMENT_FEATURE: engagement_risk(features),
+            **{name: v for name, v in traits.items() if not isinstance(v, str)},
         }
         churn = feats[CHURN_FEATURE]
 
@@ -219,15 +236,22 @@ class Segmenter:
         distances = self.behaviour.distances(feats)
         behaviour_segment = min(distances, key=distances.__getitem__)
         value_segment, value_rule = self.value.assign(feats)
+        held_persona = current.get("persona")
+        persona_segment, persona_rule = self.persona.assign(feats, held_by=None if held_persona is None else held_persona.reason, traits=traits)
         targets = {
             "lifecycle": (life_segment, life_rule),
             "behaviour": (behaviour_segment, f"nearest_centroid d={distances[behaviour_segment]:.2f}"),
             "value": (value_segment, self.value.reason(feats, value_rule)),
+            "persona": (persona_segment, persona_rule),
         }
 
         assignments: dict[str, Assignment] = {}
         changes: list[SegmentChange] = []
-        deadlines = [] if assignments_only else [self.lifecycle.next_deadline_ms(feats, now_ms), self.value.next_deadline_ms(feats, now_ms)]
+        deadlines = (
+            []
+            if assignments_only
+            else [self.lifecycle.next_deadline_ms(feats, now_ms), self.value.next_deadline_ms(feats, now_ms), self.persona.next_deadline_ms(feats, now_ms)]
+        )
         for name in SEGMENTATIONS:
             target, reason = targets[name]
             cur = current.get(name)

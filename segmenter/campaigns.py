@@ -311,7 +311,7 @@ class Campaign(BaseModel):
 
     name: str = Field(pattern=_NAME)
     description: str = ""
-    segmentation: Literal["lifecycle", "behaviour", "value"]
+    segmentation: Literal["lifecycle", "behaviour", "value", "persona"]
     enter: tuple[str, ...] | None = Field(None, min_length=1)
     leave: tuple[str, ...] | None = Field(None, min_length=1)
     from_: tuple[str | None, ...] | None = Field(None, alias="from", min_length=1)
@@ -382,10 +382,16 @@ class Campaign(BaseModel):
 
 @dataclass(frozen=True)
 class TriggerDecision:
-    """A campaign a change starts: the trigger to publish if the caps allow it."""
+    """A campaign a change starts: the trigger to publish if the caps allow it.
+
+    ``suppressed``: why it must not go out whatever the caps say (``no_consent``:
+    the customer has not agreed to marketing, see :class:`ConsentPolicy`); the
+    router counts it and neither charges nor publishes it.
+    """
 
     trigger: CampaignTrigger
     policy: CapPolicy
+    suppressed: str | None = None
 
     @property
     def cap_key(self) -> str:
@@ -407,10 +413,44 @@ def cap_key(customer_id: str, campaign: str) -> str:
     return f"cust:{{{customer_id}}}:camp:{campaign}"
 
 
+CONSENT_FEATURE = "marketing_consent"  # features.traits: 1 agreed, 0 declined, null never said
+NO_CONSENT = "no_consent"
+
+
+class ConsentPolicy(BaseModel):
+    """Marketing consent, from the customer's profile (trait ``marketing_consent``, which
+    every segment change carries in its features). A customer who declined
+    (``marketing_consent: false``) gets no campaign trigger, ever. ``unknown`` says what
+    happens to a customer whose consent was never said (no profile received, or none
+    with ``marketing_consent``): ``allow`` (the default: as before profiles existed, an
+    opt-out regime) or ``suppress`` (opt-in: only customers who said yes are contacted).
+    Either way the segment change itself is published."""
+
+    model_config = _FROZEN
+
+    unknown: Literal["allow", "suppress"] = "allow"
+
+    def refuses(self, change: SegmentChange) -> bool:
+        """Whether the customer behind ``change`` may not be contacted.
+
+        >>> from segmenter.changes import SegmentChange
+        >>> c = SegmentChange.create(customer_id="c", segmentation="value", from_segment=None, to_segment="loyal",
+        ...                          reason="r", model_version=1, occurred_at_ms=0, cause="x", features={})
+        >>> [ConsentPolicy(unknown=u).refuses(c.model_copy(update={"features": {CONSENT_FEATURE: v}}))
+        ...  for u in ("allow", "suppress") for v in (1.0, 0.0, None)]
+        [False, True, False, False, True, True]
+        """
+        consent = change.features.get(CONSENT_FEATURE)
+        if consent is None:
+            return self.unknown == "suppress"
+        return consent < 1
+
+
 class CampaignConfig(BaseModel):
     model_config = _FROZEN
 
     version: Literal[1] = 1
+    consent: ConsentPolicy = ConsentPolicy()
     campaigns: tuple[Campaign, ...] = ()
 
     @model_validator(mode="after")
@@ -430,6 +470,7 @@ class CampaignConfig(BaseModel):
         to_segment = change.to_segment
         if to_segment is None:  # an erasure: an erased customer is contacted by no campaign
             return []
+        suppressed = NO_CONSENT if self.campaigns and self.consent.refuses(change) else None
         out = []
         for c in self.campaigns:
             if not c.matches(change):
@@ -448,7 +489,7 @@ class CampaignConfig(BaseModel):
                 occurred_at=change.occurred_at,
                 emitted_at=emitted_at or change.emitted_at,
             )
-            out.append(TriggerDecision(trigger, c.policy))
+            out.append(TriggerDecision(trigger, c.policy, suppressed))
         return out
 
     def names(self) -> tuple[str, ...]:

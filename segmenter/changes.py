@@ -28,7 +28,7 @@ from typing import Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from features.codec import base36
+from features.traits import base36
 from segmenter.config import SEGMENTATIONS
 
 SCHEMA_VERSION: Final = 1

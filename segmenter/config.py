@@ -32,7 +32,7 @@ import difflib
 import functools
 import operator
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from features.catalogue import FEATURE_NAMES, MODEL_FEATURE_NAMES
+from features.traits import TEXT_TRAIT_FEATURES, TRAIT_FEATURES
 
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
@@ -61,10 +62,17 @@ RULE_FEATURES: tuple[str, ...] = (*FEATURE_NAMES, *MODEL_FEATURE_NAMES)
 RFM_SCORES: tuple[str, ...] = ("recency_score", "frequency_score", "monetary_score")
 VALUE_RULE_FEATURES: tuple[str, ...] = RULE_FEATURES + RFM_SCORES
 
+# Persona rules may also test the profile traits (features.traits): numbers (age,
+# marketing_consent) as any feature, texts (country, region, plan, signup_channel)
+# with ==, != and the set tests in / not_in.
+PERSONA_RULE_FEATURES: tuple[str, ...] = RULE_FEATURES + TRAIT_FEATURES
+
 COMPARISONS = (">=", ">", "<=", "<", "==", "!=")
 NULL_TESTS = ("is_null", "not_null")
-Op = Literal[">=", ">", "<=", "<", "==", "!=", "is_null", "not_null"]
-SEGMENTATIONS = ("lifecycle", "behaviour", "value")
+SET_TESTS = ("in", "not_in")
+TEXT_OPS = ("==", "!=", *SET_TESTS, *NULL_TESTS)
+Op = Literal[">=", ">", "<=", "<", "==", "!=", "is_null", "not_null", "in", "not_in"]
+SEGMENTATIONS = ("lifecycle", "behaviour", "value", "persona")
 MAX_CLUSTERS = 8  # stable naming tries every permutation: 8! = 40,320 is still instant
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
@@ -108,14 +116,19 @@ def _check_feature(name: str, allowed: tuple[str, ...]) -> str:
 
 
 class Condition(BaseModel):
-    """``feature op value``. Comparisons with a None feature value are false."""
+    """``feature op value``. Comparisons with a None feature value are false.
+
+    Text features (the persona rules' traits) take ``==``/``!=`` with a text, or
+    ``in``/``not_in`` with a list of texts; numbers take a number.
+    """
 
     model_config = _FROZEN
     allowed_features: ClassVar[tuple[str, ...]] = RULE_FEATURES
+    text_features: ClassVar[tuple[str, ...]] = ()
 
     feature: str
     op: Op
-    value: float | None = None
+    value: float | str | tuple[str, ...] | None = None
 
     @field_validator("feature")
     @classmethod
@@ -124,19 +137,40 @@ class Condition(BaseModel):
 
     @model_validator(mode="after")
     def _value_matches_op(self) -> Condition:
-        if self.op in COMPARISONS and self.value is None:
+        if self.op in NULL_TESTS:
+            if self.value is not None:
+                raise _issue(f"operator '{self.op}' takes no value", "value")
+            return self
+        if self.value is None:
             raise _issue(f"operator '{self.op}' needs a value", "value")
-        if self.op in NULL_TESTS and self.value is not None:
-            raise _issue(f"operator '{self.op}' takes no value", "value")
+        if self.feature in self.text_features:
+            if self.op not in TEXT_OPS:
+                raise _issue(f"'{self.feature}' is a text: use one of {', '.join(TEXT_OPS)}", "op")
+            if self.op in SET_TESTS and not (isinstance(self.value, tuple) and self.value):
+                raise _issue(f"operator '{self.op}' needs a list of texts", "value")
+            if self.op not in SET_TESTS and not isinstance(self.value, str):
+                raise _issue(f"operator '{self.op}' on '{self.feature}' needs a text", "value")
+            return self
+        if self.op in SET_TESTS:
+            raise _issue(f"operator '{self.op}' applies to text traits ({', '.join(TEXT_TRAIT_FEATURES)}) only", "op")
+        if not isinstance(self.value, float):
+            raise _issue(f"'{self.feature}' is a number: the value must be a number", "value")
         return self
 
-    def holds(self, features: dict[str, float | None]) -> bool:
+    @property
+    def number(self) -> float | None:
+        """The value, when it is a number (what clock and derived features compare with)."""
+        return self.value if isinstance(self.value, float) else None
+
+    def holds(self, features: Mapping[str, float | str | None]) -> bool:
         """Does the condition hold for ``features``?
 
         >>> Condition(feature="tenure_days", op="<", value=14).holds({"tenure_days": 3.0})
         True
         >>> Condition(feature="tenure_days", op="<", value=14).holds({"tenure_days": None})
         False
+        >>> PersonaCondition(feature="country", op="in", value=["DE", "AT"]).holds({"country": "AT"})
+        True
         """
         v = features.get(self.feature)
         if self.op == "is_null":
@@ -145,12 +179,22 @@ class Condition(BaseModel):
             return v is not None
         if v is None:
             return False
-        assert self.value is not None  # a comparison has a value (_value_matches_op)
-        return _COMPARE[self.op](v, self.value)
+        value = self.value
+        if isinstance(value, tuple):
+            return (v in value) == (self.op == "in")
+        if isinstance(v, str) or isinstance(value, str):
+            return (v == value) == (self.op == "==") if self.op in ("==", "!=") else False
+        assert value is not None  # a comparison has a value (_value_matches_op)
+        return _COMPARE[self.op](v, value)
 
 
 class ValueCondition(Condition):
     allowed_features: ClassVar[tuple[str, ...]] = VALUE_RULE_FEATURES
+
+
+class PersonaCondition(Condition):
+    allowed_features: ClassVar[tuple[str, ...]] = PERSONA_RULE_FEATURES
+    text_features: ClassVar[tuple[str, ...]] = tuple(TEXT_TRAIT_FEATURES)
 
 
 class Rule(BaseModel):
@@ -176,10 +220,10 @@ class Rule(BaseModel):
             raise _issue("a rule needs 'when' or 'any' conditions (use 'default' for the catch-all)", "when")
         return self
 
-    def matches(self, features: dict[str, float | None]) -> bool:
+    def matches(self, features: Mapping[str, float | str | None]) -> bool:
         return all(c.holds(features) for c in self.when) and (not self.any_of or any(c.holds(features) for c in self.any_of))
 
-    def stays(self, features: dict[str, float | None]) -> bool:
+    def stays(self, features: Mapping[str, float | str | None]) -> bool:
         """Whether a customer this rule placed keeps its segment (``stay`` given and all hold)."""
         return bool(self.stay) and all(c.holds(features) for c in self.stay)
 
@@ -190,6 +234,12 @@ class Rule(BaseModel):
 class ValueRule(Rule):
     when: tuple[ValueCondition, ...] = ()
     any_of: tuple[ValueCondition, ...] = Field(default=(), alias="any")
+
+
+class PersonaRule(Rule):
+    when: tuple[PersonaCondition, ...] = ()
+    any_of: tuple[PersonaCondition, ...] = Field(default=(), alias="any")
+    stay: tuple[PersonaCondition, ...] = ()
 
 
 class RuleSet(BaseModel):
@@ -219,6 +269,17 @@ class RuleSet(BaseModel):
 
 class LifecycleConfig(RuleSet):
     pass
+
+
+class PersonaConfig(RuleSet):
+    """Who a customer is: ordered rules over profile traits (``age``, ``country``,
+    ``region``, ``plan``, ``signup_channel``, ``marketing_consent``) combined with
+    behaviour, value and model features. A config without a ``persona`` section
+    puts everyone in ``everyone``."""
+
+    segments: tuple[str, ...] = Field(("everyone",), min_length=1)
+    default: str = "everyone"
+    rules: tuple[PersonaRule, ...] = ()
 
 
 # -- behaviour -------------------------------------------------------------------
@@ -335,6 +396,7 @@ class HysteresisConfig(BaseModel):
     lifecycle: HysteresisPolicy = HysteresisPolicy()
     behaviour: HysteresisPolicy = HysteresisPolicy()
     value: HysteresisPolicy = HysteresisPolicy()
+    persona: HysteresisPolicy = HysteresisPolicy()
 
 
 # -- churn model ------------------------------------------------------------------
@@ -363,6 +425,7 @@ class SegmentationConfig(BaseModel):
     lifecycle: LifecycleConfig
     behaviour: BehaviourConfig
     value: ValueConfig
+    persona: PersonaConfig = PersonaConfig()
     hysteresis: HysteresisConfig = HysteresisConfig()
     churn: ChurnConfig = ChurnConfig()
 
@@ -376,7 +439,7 @@ class SegmentationConfig(BaseModel):
         return self
 
     def segments_of(self, segmentation: str) -> tuple[str, ...]:
-        """Every segment of ``segmentation`` (lifecycle, behaviour, value)."""
+        """Every segment of ``segmentation`` (lifecycle, behaviour, value, persona)."""
         if segmentation == "behaviour":
             return tuple(self.behaviour.prototypes)
         rules: RuleSet = getattr(self, segmentation)
@@ -438,7 +501,7 @@ def read_config_text(path: Path) -> str:
 
 def parse_config(text: str, source_name: str = "<config>") -> SegmentationConfig:
     """Validate the YAML ``text``; raise :class:`ConfigError` naming lines."""
-    return validate_yaml(text, source_name, SegmentationConfig, "the config must be a YAML mapping (lifecycle, behaviour, value, hysteresis)")
+    return validate_yaml(text, source_name, SegmentationConfig, "the config must be a YAML mapping (lifecycle, behaviour, value, persona, hysteresis)")
 
 
 def load_config(path: str | Path) -> SegmentationConfig:

@@ -45,12 +45,18 @@ class CandidateSegment:
 
 
 def candidate_outcome(
-    segmenter: Segmenter, customer_id: str, features: Mapping[str, Any], current: Mapping[str, AssignmentLike], now_ms: int
+    segmenter: Segmenter,
+    customer_id: str,
+    features: Mapping[str, Any],
+    current: Mapping[str, AssignmentLike],
+    now_ms: int,
+    traits: Mapping[str, float | str | None] | None = None,
 ) -> dict[str, CandidateSegment]:
     """Each segmentation's segment for ``customer_id`` if ``segmenter``'s config went
-    live at ``now_ms``, given the customer's ``current`` assignments. Pure: the
-    segmenter does not learn, nothing is written."""
-    evaluation = segmenter.evaluate(customer_id, dict(features), current, now_ms, "preview", assignments_only=True)
+    live at ``now_ms``, given the customer's ``current`` assignments and profile
+    ``traits`` (:func:`features.traits.trait_features`). Pure: the segmenter does
+    not learn, nothing is written."""
+    evaluation = segmenter.evaluate(customer_id, dict(features), current, now_ms, "preview", traits=traits, assignments_only=True)
     return {name: CandidateSegment(a.segment, held=a.segment != evaluation.targets.get(name, a.segment)) for name, a in evaluation.assignments.items()}
 
 

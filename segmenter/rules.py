@@ -95,11 +95,12 @@ def clock_flip_days(condition: Condition, value: float | None) -> float | None:
     >>> clock_flip_days(c, 12.5), clock_flip_days(c, 31.0), clock_flip_days(c, None)
     (17.5, None, None)
     """
-    if value is None or condition.value is None:
+    threshold = condition.number
+    if value is None or threshold is None:
         return None
-    if value < condition.value:
-        return condition.value - value
-    if value == condition.value and condition.op in ("==", "!="):
+    if value < threshold:
+        return threshold - value
+    if value == threshold and condition.op in ("==", "!="):
         return 0.0  # true exactly now, false from the next instant on (or vice versa)
     return None
 
@@ -125,15 +126,18 @@ class RuleBook:
         self._clock_conditions = tuple(c for c in unique if c.feature in CLOCK_FEATURES)
         self._derived_conditions = tuple(c for c in unique if c.feature not in CLOCK_FEATURES and c.feature in self.time_derived)
 
-    def assign(self, features: Features, held_by: str | None = None) -> tuple[str, str]:
+    def assign(self, features: Features, held_by: str | None = None, traits: Mapping[str, float | str | None] | None = None) -> tuple[str, str]:
         """``(segment, rule id)``; ``(default, 'default')`` when no rule matches.
 
         ``held_by``: the rule that placed the customer in its current segment;
         its ``stay`` conditions keep the customer there unless an earlier rule matches.
+        ``traits``: what the rules see of the profile (features.traits.trait_features).
         """
-        features = self.derive(features)
+        seen: Mapping[str, float | str | None] = self.derive(features)
+        if traits:
+            seen = {**seen, **traits}
         for rule in self.rules:
-            if rule.matches(features) or (rule.id == held_by and rule.stays(features)):
+            if rule.matches(seen) or (rule.id == held_by and rule.stays(seen)):
                 return rule.segment, rule.id
         return self.default, DEFAULT_REASON
 

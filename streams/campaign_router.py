@@ -26,6 +26,11 @@ Redis keys (all of one customer share the hash tag ``{ID}``, so one slot):
 - ``cust:{ID}:camp:<campaign>:seen`` sorted set, ``1:<trigger id>`` (published)
   or ``0:<trigger id>`` (refused) -> wall-clock ms of the verdict; kept 7 days.
 
+A customer without marketing consent (``consent`` in the campaigns file,
+:class:`segmenter.campaigns.ConsentPolicy`) gets no trigger: the decision is
+marked ``suppressed: no_consent``, counted as ``campaign:<name>:no_consent`` in
+``segflow:stats``, and charges no cap; the segment change is published as ever.
+
 Campaigns without cap and cooldown do not touch Redis. An erasure change (``to``
 null, docs/OPERATIONS.md "Erasure") fires nothing and deletes both keys of every
 configured campaign for that customer.
@@ -213,12 +218,12 @@ class CampaignRouter:
         erasure change deletes the customer's keys here."""
         changes = _changes_of(payloads)
         await self.forget(erased_customers(changes))
-        decisions = self._decide(changes)
-        if not decisions:
-            return []
-        verdicts = await self.charge(decisions)
+        decided = self._decide(changes)
+        # Without the customer's consent: no trigger, no cap charged; counted per campaign.
+        counts: Counter[str] = Counter(f"campaign:{d.trigger.campaign}:{d.suppressed}" for d in decided if d.suppressed)
+        decisions = [d for d in decided if not d.suppressed]
+        verdicts = await self.charge(decisions) if decisions else []
         out = []
-        counts: Counter[str] = Counter()
         for d, v in zip(decisions, verdicts, strict=False):
             name = d.trigger.campaign
             if v.publish:

@@ -23,11 +23,12 @@ from features.extract import delta_of
 from features.pipeline import run_pipeline
 from features.state import EventDelta
 from features.store import FeatureStore, load_library
+from features.traits import trait_features
 from segmenter.assign import Segmenter
 from segmenter.changes import RETENTION_REASON
 from segmenter.drift import DriftEvent, DriftMonitor
 from streams.erasure import Eraser, retained, retention_deadline, retention_request
-from streams.events import ErasureRequest, Event, InvalidEvent, check_not_future, decode, decode_erasure
+from streams.events import TRAIT_FAMILIES, ErasureRequest, Event, InvalidEvent, ProfileEvent, check_not_future, decode, decode_erasure
 from streams.migrate_layout import refuse_older_layout
 from streams.ordering import Turnstile
 from streams.segment_store import CustomerUpdate, SegmentStore, StoredAssignment, evaluated_upto, parse_segments, stale_outbox, version_of
@@ -197,7 +198,8 @@ class Engine:
     # -- events ---------------------------------------------------------------
     def assign(self, partitions: set[tuple[str, int]], now: float | None = None) -> None:
         """Tell the engine which input (topic, partition)s this worker owns (after a rebalance)."""
-        owned = {(family, p) for t, p in partitions if (family := self.topics.family_of(t))}
+        # Trait families (profiles) neither drive nor wait for the event-time watermark.
+        owned = {(family, p) for t, p in partitions if (family := self.topics.family_of(t)) and family not in TRAIT_FAMILIES}
         self.watermark.assign(owned, time.time() if now is None else now)
         # The deadlines of a partition's customers follow the partition: one worker decides for a customer.
         self.owned_partitions = {p for _, p in owned}
@@ -286,7 +288,8 @@ class Engine:
                 continue
             offset = None if msg.partition is None or msg.offset is None else (msg.partition, msg.offset)
             delta = delta_of(event, offset)
-            self.watermark.observe(family, msg.partition or 0, delta.ts_ms, now)
+            if family not in TRAIT_FAMILIES:
+                self.watermark.observe(family, msg.partition or 0, delta.ts_ms, now)
             run = _run_of(runs, EventRun)
             run.items.append((event.customer_id, delta))
             run.sources.append((msg, event))
@@ -302,11 +305,17 @@ class Engine:
         # folded, so evaluating each event would compare against stale segments.
         latest: dict[str, Event] = {}
         redelivered: dict[str, Event] = {}
+        # Customers whose traits a profile update of this run set (or may have set: a
+        # redelivered one): evaluated even when their behaviour is as evaluated before,
+        # so a trait change moves their persona at once.
+        profiled: set[str] = set()
         final = {r.customer_id: r for r in results if r.state is not None}
         for (msg, event), result in zip(run.sources, results, strict=False):
             if result.status == "duplicate":
                 self.counters.duplicates += 1
                 redelivered[event.customer_id] = event
+                if isinstance(event, ProfileEvent):
+                    profiled.add(event.customer_id)
                 continue
             if result.status == "suppressed":  # an erased customer: dropped, and counted in Redis
                 self.counters.suppressed += 1
@@ -333,30 +342,55 @@ class Engine:
                 )
                 continue
             self.counters.applied += 1
-            latest[event.customer_id] = event
+            if isinstance(event, ProfileEvent):
+                profiled.add(event.customer_id)
+                redelivered.setdefault(event.customer_id, event)  # evaluated, but the models learn nothing new
+            else:
+                latest[event.customer_id] = event
         updates = []
         # A redelivery (after a crash between the feature update and the
         # segment commit) re-evaluates too, without teaching the models twice:
         # otherwise that customer's segments would wait for a new event.
         evaluate = [(cid, ev, True) for cid, ev in latest.items()]
         evaluate += [(cid, ev, False) for cid, ev in redelivered.items() if cid not in latest]
+        # A customer evaluated for a profile update alone is evaluated at the clock, as a
+        # deadline would (never before their newest event): a deadline may have moved them
+        # at a later time than that event, and an evaluation at the event's time would move
+        # them back (a silent customer flagged at_risk looked active again).
+        clock: int | None = None
+        if any(cid in profiled and cid not in latest for cid, _, _ in evaluate):
+            clock = await self.clock_ms()
         for customer_id, event, learn in evaluate:
             after = final[customer_id]
             state, seg_hash = after.state, after.segments
             # final holds results with state; the store returns segments along with it.
             assert state is not None and seg_hash is not None
             if not state.exists:
-                continue  # an erased customer (their state is the tombstone)
+                # An erased customer (their state is the tombstone), or traits without behaviour
+                # yet: no segments; the latter has a retention deadline from its newest trait.
+                if state.known and self.settings.retention_ms:
+                    updates.append(self._traits_only(customer_id, state.traits_updated_ms, seg_hash, now_ms=None))
+                continue
             now_ms = state.last_seen_ms
             assert now_ms is not None  # set with first_seen_ms by the customer's first event
             upto = evaluated_upto(seg_hash)
-            if not learn and upto is not None and upto >= now_ms:
+            if not learn and customer_id not in profiled and upto is not None and upto >= now_ms:
                 continue  # this state was evaluated and committed before the redelivery
-            feats = compute(state, now_ms)
+            at_ms = max(now_ms, clock or 0) if customer_id in profiled and not learn else now_ms
+            feats = compute(state, at_ms)
             learned = learn and self.segmenter.learn_one(feats, customer_id, now_ms)
             updates.append(
                 self._evaluate(
-                    customer_id, feats, seg_hash, now_ms, f"event:{event.event_id}", seen_ms=now_ms, drift=drift, learned=learned, last_seen_ms=now_ms
+                    customer_id,
+                    feats,
+                    seg_hash,
+                    at_ms,
+                    f"event:{event.event_id}",
+                    seen_ms=now_ms,
+                    drift=drift,
+                    learned=learned,
+                    last_seen_ms=now_ms,
+                    traits=trait_features(state.traits, at_ms),
                 )
             )
         t0 = time.perf_counter()
@@ -421,17 +455,23 @@ class Engine:
                 return out
             rows = await self.features.read(due)
             updates = []
-            gone = [cid for cid, (state, _) in zip(due, rows, strict=False) if not state.exists]
+            gone = [cid for cid, (state, _) in zip(due, rows, strict=False) if not state.known]
             await self.segments.drop_deadlines(gone)  # else their lease would bring them back forever
             expired = []  # silent past SEGFLOW_RETENTION_DAYS: forgotten, not evaluated
             for cid, (state, seg_hash) in zip(due, rows, strict=False):
-                if not state.exists:
+                if not state.known:
                     continue
-                if not retained(state.last_seen_ms, now_ms, self.settings.retention_ms):
-                    expired.append(retention_request(cid, state.last_seen_ms or 0, datetime.now(UTC)))
+                # Without behaviour (traits only), the newest profile update is all there is to go by.
+                heard = state.last_seen_ms if state.exists else state.traits_updated_ms
+                if not retained(heard, now_ms, self.settings.retention_ms):
+                    expired.append(retention_request(cid, heard or 0, datetime.now(UTC)))
+                    continue
+                if not state.exists:
+                    updates.append(self._traits_only(cid, heard, seg_hash, now_ms))
                     continue
                 feats = compute(state, now_ms)
-                updates.append(self._evaluate(cid, feats, seg_hash, now_ms, f"deadline:{now_ms}", last_seen_ms=state.last_seen_ms))
+                traits = trait_features(state.traits, now_ms)
+                updates.append(self._evaluate(cid, feats, seg_hash, now_ms, f"deadline:{now_ms}", last_seen_ms=state.last_seen_ms, traits=traits))
             t0 = time.perf_counter()
             written = await self.segments.write(updates)
             self.observe("commit", time.perf_counter() - t0)
@@ -504,9 +544,10 @@ class Engine:
         drift: list[DriftEvent] | None = None,
         learned: bool = False,
         last_seen_ms: int | None = None,
+        traits: dict[str, float | str | None] | None = None,
     ) -> CustomerUpdate:
         previous = parse_segments(seg_hash)
-        evaluation = self.segmenter.evaluate(customer_id, feats, previous, now_ms, cause, emitted_at_ms=int(time.time() * 1000))
+        evaluation = self.segmenter.evaluate(customer_id, feats, previous, now_ms, cause, emitted_at_ms=int(time.time() * 1000), traits=traits)
         if drift is not None:  # event-driven evaluations feed the drift monitor (deadline ones would skew the shares)
             segments = {name: a.segment for name, a in evaluation.assignments.items()}
             drift += self.drift.update(now_ms, segments=segments, distance=evaluation.behaviour_distance if learned else None)
@@ -526,6 +567,12 @@ class Engine:
             evaluated_at_ms=now_ms,
             seen_ms=seen_ms,
         )
+
+    def _traits_only(self, customer_id: str, heard_ms: int | None, seg_hash: dict[str, str], now_ms: int | None) -> CustomerUpdate:
+        """The commit of a customer with traits and no behaviour: no segments, only the
+        retention deadline, from the newest trait (none without retention)."""
+        deadline = retention_deadline(None, heard_ms, self.settings.retention_ms)
+        return CustomerUpdate(customer_id, {}, {}, [], None, deadline, version=version_of(seg_hash), evaluated_at_ms=now_ms or heard_ms or 0)
 
     async def _publish_counts(self) -> None:
         """Add the counts since the last call to the shared ``segflow:stats`` hash

@@ -22,7 +22,7 @@ import hashlib
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cached_property
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, get_args
 
 from pydantic import (
     AwareDatetime,
@@ -139,14 +139,71 @@ class LoginEvent(Envelope):
     channel: Literal["web", "ios", "android", "api"]
 
 
-Event = ClickstreamEvent | PurchaseEvent | LoginEvent
+SignupChannel = Literal["web", "ios", "android", "store", "referral", "paid_search", "social", "email", "partner", "other"]
+SIGNUP_CHANNELS: tuple[str, ...] = get_args(SignupChannel)
+# Free text of a trait: no control characters (they separate traits in Redis).
+TraitText = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+class ProfileEvent(Envelope):
+    """Who a customer is: traits from a CRM, a sign-up form, a settings page.
+
+    Every trait is optional, and an update carries only what it changes: a trait
+    absent (or null) is left as it is. Each trait keeps the event time it was last
+    set at, and an update sets it only if it is newer (last writer wins in event
+    time, per trait: a late, older update does not undo a newer one). A profile
+    update is not behaviour: it moves no recency, window or churn feature.
+    """
+
+    type: Literal["profile"] = "profile"
+    birth_year: int | None = Field(default=None, ge=1900, le=2100, description="Year of birth; `age` (whole years at the evaluation time) derives from it.")
+    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")] | None = Field(default=None, description="ISO 3166-1 alpha-2 code.")
+    region: TraitText | None = Field(default=None, description="A region, state or city within the country.")
+    plan: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,31}$")] | None = Field(
+        default=None, description="The customer's plan or tier (lower-case slug)."
+    )
+    signup_channel: SignupChannel | None = Field(default=None, description="How the customer signed up.")
+    marketing_consent: bool | None = Field(default=None, description="Whether the customer agreed to marketing; campaign triggers respect it.")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ProfileEvent:
+        if not self.trait_values():
+            raise ValueError("a profile update needs at least one trait")
+        if self.birth_year is not None and self.birth_year > self.occurred_at.year:
+            raise ValueError(f"birth_year {self.birth_year} is after occurred_at")
+        return self
+
+    def trait_values(self) -> dict[str, str]:
+        """The traits this update sets, as the strings they are stored as.
+
+        >>> ProfileEvent(event_id="e", customer_id="c", occurred_at="2026-01-05T10:00:00Z",
+        ...              country="DE", marketing_consent=False).trait_values()
+        {'country': 'DE', 'marketing_consent': '0'}
+        """
+        out: dict[str, str] = {}
+        for name in TRAIT_NAMES:
+            v = getattr(self, name)
+            if v is not None:
+                out[name] = ("1" if v else "0") if isinstance(v, bool) else str(v)
+        return out
+
+
+# The traits of a profile, in the order they are stored (features/traits.py adds their codes).
+TRAIT_NAMES = ("birth_year", "country", "region", "plan", "signup_channel", "marketing_consent")
+
+Event = ClickstreamEvent | PurchaseEvent | LoginEvent | ProfileEvent
 
 # family name -> model; the single list every other module reads.
 FAMILIES: dict[str, type[Envelope]] = {
     "clickstream": ClickstreamEvent,
     "purchase": PurchaseEvent,
     "login": LoginEvent,
+    "profile": ProfileEvent,
 }
+# Families of traits, not behaviour: their events set traits (last writer wins, in event
+# time), so their order does not matter; they neither drive nor wait for the event-time
+# watermark, and are never too late (docs/OPERATIONS.md, "Profiles").
+TRAIT_FAMILIES = frozenset({"profile"})
 
 
 class ErasureRequest(BaseModel):
@@ -249,8 +306,8 @@ def json_schemas() -> dict[str, dict]:
 def family_of_type(event_type: str) -> str | None:
     """The family an event ``type`` belongs to, or None.
 
-    >>> family_of_type("add_to_cart"), family_of_type("purchase"), family_of_type("login"), family_of_type("x")
-    ('clickstream', 'purchase', 'login', None)
+    >>> family_of_type("add_to_cart"), family_of_type("purchase"), family_of_type("login"), family_of_type("profile"), family_of_type("x")
+    ('clickstream', 'purchase', 'login', 'profile', None)
     """
     return _TYPE_FAMILY.get(event_type)
 
@@ -264,6 +321,7 @@ _TYPE_FAMILY = {
     "checkout_started": "clickstream",
     "purchase": "purchase",
     "login": "login",
+    "profile": "profile",
 }
 
 

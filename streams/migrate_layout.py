@@ -184,14 +184,14 @@ def migrate(redis: Any, layout: Layout, progress: Callable[[str], None] = lambda
         redis.rename(key, f"{keys.MODEL}:{key.rsplit(':', 1)[1]}")
 
     # The customer counts (the max_customers limit), recounted per partition.
-    # An erased customer's tombstone (a features hash without `fs`) is no customer.
+    # An erased customer's tombstone (a features hash without `fs` or traits `t`) is no customer.
     per_tag: Counter[str] = Counter()
     for chunk in _chunks(redis.scan_iter(match=f"{keys.FEATURES_PREFIX}{{*", count=1000), 1000):
         pipe = redis.pipeline(transaction=False)
         for key in chunk:
-            pipe.hexists(key, "fs")
+            pipe.hmget(key, "fs", "t")
         for key, has_state in zip(chunk, pipe.execute(), strict=True):
-            per_tag[_tag_of(key) or ""] += bool(has_state)
+            per_tag[_tag_of(key) or ""] += any(has_state)
     pipe = redis.pipeline(transaction=False)
     for p, tag in enumerate(layout.tags):
         pipe.set(layout.customers(p), per_tag[tag])

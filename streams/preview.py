@@ -23,6 +23,7 @@ from typing import Any
 from features import keys
 from features.catalogue import compute
 from features.codec import state_from_hash
+from features.traits import trait_features
 from segmenter.assign import Segmenter
 from segmenter.config import SEGMENTATIONS, SegmentationConfig
 from segmenter.preview import PreviewTally, candidate_outcome
@@ -113,7 +114,7 @@ def run_preview(
                 continue
             now_ms = max(clock_ms, state.last_seen_ms or 0)
             current = parse_segments(seg_hash)
-            outcome = candidate_outcome(segmenter, customer_id, compute(state, now_ms), current, now_ms)
+            outcome = candidate_outcome(segmenter, customer_id, compute(state, now_ms), current, now_ms, trait_features(state.traits, now_ms))
             tally.add(customer_id, {name: a.segment for name, a in current.items()}, outcome)
         progress(len(rows))
     return {

@@ -42,7 +42,7 @@ def customer_view(redis, customer_id: str, settings: Settings, history: int = 10
     pipe.get(keys.CHURN_MODEL)
     raw, seg_hash, hist, deadline, churn_model = pipe.execute()
     state = state_from_hash(raw)
-    if not state.exists:  # unknown, or erased (only the tombstone is left)
+    if not state.known:  # unknown, or erased (only the tombstone is left)
         return None
     now_ms = max(now_ms_for(redis, settings), state.last_seen_ms or 0)
     features = compute(state, now_ms)
@@ -67,6 +67,9 @@ def customer_view(redis, customer_id: str, settings: Settings, history: int = 10
         "next_reevaluation": _iso(int(deadline)) if deadline is not None else None,
         "features": features,
         "top_categories": [{"category": c, "share": round(s, 4)} for c, s in top_categories(state)],
+        # Profile traits as last set (value and the event time of the update that set it);
+        # a customer with traits and no behaviour yet has no segments.
+        "traits": {name: {"value": value, "set_at": _iso(at)} for name, (value, at) in state.traits.items()},
         "first_seen": _iso(state.first_seen_ms),
         "last_seen": _iso(state.last_seen_ms),
         "events_applied": state.events_total,
@@ -93,6 +96,10 @@ def format_customer(view: dict) -> str:
         lines.append(f"  {name:30} {shown:>12} {unit}")
     if view["top_categories"]:
         lines.append("  top categories: " + ", ".join(f"{c['category']} {c['share']:.0%}" for c in view["top_categories"]))
+    if view.get("traits"):
+        lines += ["", "traits (profile; value, set at):"]
+        for name, t in view["traits"].items():
+            lines.append(f"  {name:30} {t['value']:>12} {t['set_at']}")
     if view["history"]:
         lines += ["", "recent segment changes (newest first):"]
         for ch in view["history"]:

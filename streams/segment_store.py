@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from features import keys
-from features.codec import base36
 from features.keys import Layout
 from features.pipeline import run_pipeline
+from features.traits import base36
 from segmenter.changes import FIELD_SEP, history_entry
 
 FLOWS_TTL_SECONDS = 8 * 86_400

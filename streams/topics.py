@@ -20,6 +20,7 @@ class Topics:
     clickstream: str = field(init=False)
     purchases: str = field(init=False)
     logins: str = field(init=False)
+    profiles: str = field(init=False)
     segment_changes: str = field(init=False)
     segment_state: str = field(init=False)
     dead_letter: str = field(init=False)
@@ -33,7 +34,7 @@ class Topics:
     @cached_property
     def by_family(self) -> dict[str, str]:
         """Event family -> input topic."""
-        return {"clickstream": self.clickstream, "purchase": self.purchases, "login": self.logins}
+        return {"clickstream": self.clickstream, "purchase": self.purchases, "login": self.logins, "profile": self.profiles}
 
     @cached_property
     def _family_by_topic(self) -> dict[str, str]:
@@ -65,6 +66,7 @@ _BASE_NAMES = {
     "clickstream": "clickstream",
     "purchases": "purchases",
     "logins": "logins",
+    "profiles": "profiles",
     "segment_changes": "segment-changes",
     "segment_state": "segment-state",
     "dead_letter": "segflow-deadletter",
@@ -76,6 +78,7 @@ _PURPOSE = {
     "clickstream": "input: session_start, page_view, search, add_to_cart, remove_from_cart, checkout_started",
     "purchases": "input: completed orders",
     "logins": "input: login attempts (success or failure)",
+    "profiles": "input: profile updates (traits: birth year, country, region, plan, signup channel, marketing consent), keyed by customer id; last writer wins per trait in event time",
     "segment_changes": "output: one message per segment change (see `segflow schemas`), in seq order per customer",
     "segment_state": "output, compacted: each customer's current segment per segmentation (key [customer_id, segmentation]); a new subscriber starts here",
     "dead_letter": "output: rejected input, original bytes as value, reason in headers",

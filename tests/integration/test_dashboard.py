@@ -87,7 +87,7 @@ def cli(worker, *args: str) -> subprocess.CompletedProcess:
 def test_ops_queries_over_http_and_cli(broker, redis_client, start_worker):
     worker, base, feeder = populated_worker(broker, start_worker, customers=80, days=15)
     sizes = wait_for("lifecycle members", lambda: (lambda s: s if sum(s[1]["lifecycle"].values()) >= 20 else None)(http(base, "/segments")), worker=worker)
-    assert sizes[0] == 200 and set(sizes[1]) == {"lifecycle", "behaviour", "value"}
+    assert sizes[0] == 200 and set(sizes[1]) == set(SEGMENTATIONS)
     wait_until_quiet(base, worker, feeder)
     sizes = http(base, "/segments")
 
@@ -215,9 +215,9 @@ def test_dashboard_renders_charts_and_customer_lookup(broker, redis_client, star
     dom = _Dom()
     dom.feed(out.stdout)
     assert int(dom.body.get("data-ready", 0)) >= 1, f"the page never finished a refresh: {out.stdout[:3000]}"
-    assert dom.body.get("data-charts") == "5", dom.body
+    assert dom.body.get("data-charts") == str(len(SEGMENTATIONS) + 2), dom.body  # sizes per segmentation, change rate, lag
     config = default_config()
-    expected = {f"sizes-{name}": len(config.segments_of(name)) for name in ("lifecycle", "behaviour", "value")} | {"change-rate": 1}
+    expected = {f"sizes-{name}": len(config.segments_of(name)) for name in SEGMENTATIONS} | {"change-rate": 1}
     for key, lines in expected.items():
         chart = dom.charts.get(key)
         assert chart is not None, f"chart {key} missing; have {sorted(dom.charts)}"

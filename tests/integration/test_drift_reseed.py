@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from features import keys
 from segflow.cli import cli
 from segmenter.assign import Segmenter
-from segmenter.config import default_config
+from segmenter.config import SEGMENTATIONS, default_config
 from segmenter.drift import DriftEvent
 from streams.app import redis_client as async_redis
 from streams.engine import Engine, InboundMessage
@@ -88,7 +88,7 @@ def test_drift_events_go_to_the_capped_stream_and_the_counters(redis_server, red
         return engine.counters.drift_detected
 
     assert asyncio.run(scenario()) == 1
-    assert len(fed) == 10 and fed[0][0] == {"lifecycle", "behaviour", "value"}
+    assert len(fed) == 10 and fed[0][0] == set(SEGMENTATIONS)
     [(_, fields)] = redis_client.xrange(keys.DRIFT)
     assert (fields["kind"], fields["signal"], fields["detail"]) == ("drift", "share:lifecycle:active", "mean 0.4 -> 0.6")
     assert redis_client.hget(keys.STATS, "drift_detected") == "1"

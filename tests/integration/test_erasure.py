@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis as redis_lib
 
-from features.codec import TOMBSTONE
+from features.codec import TOMBSTONE, state_from_hash
 from features.keys import Layout
 from features.state import DAY_MS, LOGINS, EventDelta
 from features.store import apply_call, load_library_sync
@@ -26,7 +26,7 @@ from streams.segment_store import StoredAssignment, parse_segments
 from streams.status import read_totals
 from streams.topic_reader import read_to_end
 from tests.integration.test_pipeline import T0, publish, segflow_cli, shopping_session
-from tests.kafka_helpers import fresh_topics, read_until
+from tests.kafka_helpers import fresh_topics, read_until, send
 
 pytestmark = pytest.mark.integration
 
@@ -91,6 +91,8 @@ def seed_customer(client, layout: Layout, cid: str, segment: str) -> None:
     day = 20_000 * DAY_MS
     for i in range(3):
         assert client.execute_command(*apply_call(layout, cid, EventDelta(day + i, f"l{cid}{i}", "login", {LOGINS: 1}, login=True), None))[0] == "applied"
+    profile = EventDelta(day, f"f{cid}", "profile", {}, traits={"country": "DE", "marketing_consent": "1"})
+    assert client.execute_command(*apply_call(layout, cid, profile, None))[0] == "applied"
     held = {"lifecycle": StoredAssignment(segment, day, "rule", 1, 2), "value": StoredAssignment("loyal", day, "rfm", 1, 1)}
     client.hset(layout.segments_key(cid), mapping={**{k: a.encode() for k, a in held.items()}, "_v": 2, "_e": day + 2})
     for name, a in held.items():
@@ -128,8 +130,10 @@ def test_forget_leaves_only_the_tombstone_and_touches_no_other_customer(redis_se
     assert redis_client.execute_command(*forget_call(layout, gone, 1, changes, 7, SUPPRESS_MS)) == ["conflict"]
     assert redis_client.exists(layout.segments_key(gone), layout.history_key(gone)) == 2
 
+    assert state_from_hash(redis_client.hgetall(layout.customer_key(gone))).traits["country"] == ("DE", 20_000 * DAY_MS)
     reply = redis_client.execute_command(*forget_call(layout, gone, 2, changes, 7, SUPPRESS_MS))
     assert reply[:2] == ["ok", 1] and len(reply) == 4  # one unsent change dropped, two final changes
+    assert state_from_hash(redis_client.hgetall(layout.customer_key(gone))).traits == {}  # the profile traits went with the features
     assert mentions(raw, gone) == {layout.customer_key(gone): "name", layout.outbox(p): "stream"}  # the outbox: the final changes
     assert redis_client.hgetall(layout.customer_key(gone)) == {TOMBSTONE: "7"}
     assert SUPPRESS_MS - 60_000 < redis_client.pttl(layout.customer_key(gone)) <= SUPPRESS_MS
@@ -150,6 +154,11 @@ def test_forget_leaves_only_the_tombstone_and_touches_no_other_customer(redis_se
     assert redis_client.execute_command(*apply_call(layout, gone, late, None))[0] == "suppressed"
     assert redis_client.hgetall(layout.customer_key(gone)) == {TOMBSTONE: "7"}
     assert redis_client.hget(layout.stats(p), "suppressed") == "1" and redis_client.get(layout.customers(p)) == "1"
+    # So is a profile update: no trait comes back.
+    update = EventDelta(20_001 * DAY_MS, "fnew", "profile", {}, traits={"plan": "pro"}, offset=(p, 100))
+    assert redis_client.execute_command(*apply_call(layout, gone, update, None))[0] == "suppressed"
+    assert redis_client.hgetall(layout.customer_key(gone)) == {TOMBSTONE: "7"}
+    assert redis_client.hget(layout.stats(p), "suppressed") == "2"
 
     # Forgetting again (a replayed request) finds nothing more, and leaves the first erasure's
     # final changes to be sent; with suppress_ms 0 the tombstone stays.
@@ -291,12 +300,17 @@ def test_retention_forgets_a_silent_customer_by_the_deadline_timer_and_a_return_
     worker = start_worker(topics.prefix, SEGFLOW_RETENTION_DAYS=30, SEGFLOW_IDLE_PARTITION_SECONDS=2)
     layout = worker.layout
     publish(broker, topics, shopping_session("alice", T0))
+    # Dora is known by a profile alone: no segments, but a retention deadline from it.
+    dora = {"event_id": "d1", "customer_id": "dora", "occurred_at": T0.isoformat(), "type": "profile", "plan": "pro"}
+    send(broker, topics.profiles, [(b"dora", json.dumps(dora).encode())])
     wait_for(lambda: redis_client.exists(layout.segments_key("alice")), what="alice's segments", worker=worker)
+    wait_for(lambda: redis_client.zscore(layout.deadlines_key(layout.partition("dora")), "dora") is not None, what="dora's deadline", worker=worker)
     assert int(redis_client.zscore(layout.deadlines_key(layout.partition("alice")), "alice")) <= int((T0 + timedelta(days=30, minutes=5)).timestamp() * 1000)
     held = set(parse_segments(redis_client.hgetall(layout.segments_key("alice"))))
     # Bob, 40 days on: the event-time clock passes alice's 30 days of silence.
     publish(broker, topics, shopping_session("bob", T0 + timedelta(days=40), base=100))
     wait_for(lambda: not redis_client.exists(layout.customer_key("alice")), what="alice forgotten", worker=worker)
+    wait_for(lambda: not redis_client.exists(layout.customer_key("dora")), what="dora forgotten", worker=worker)
     wait_for(EngineQuiet(redis_client, layout, quiet_s=3), what="the worker to settle", worker=worker)
     assert not redis_client.exists(layout.segments_key("alice"), layout.history_key("alice"))
     assert redis_client.zscore(layout.deadlines_key(layout.partition("alice")), "alice") is None
@@ -304,7 +318,8 @@ def test_retention_forgets_a_silent_customer_by_the_deadline_timer_and_a_return_
     alice = changes_of(broker.bootstrap, topics.segment_changes, "alice")
     final = [c for c in alice if c["reason"] == "retention"]
     assert {c["segmentation"] for c in final} == held and all(c["to"] is None for c in final) and alice[-len(final) :] == final
-    assert read_totals(redis_client, layout).get("expired") == 1
+    assert read_totals(redis_client, layout).get("expired") == 2  # alice and dora
+    assert redis_client.zscore(layout.deadlines_key(layout.partition("dora")), "dora") is None
     # Alice comes back: no suppression, a new customer (her first event again).
     publish(broker, topics, shopping_session("alice", T0 + timedelta(days=41), base=200))
     wait_for(lambda: redis_client.hget(layout.customer_key("alice"), "n") == "7", what="alice anew", worker=worker)

@@ -6,16 +6,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from features.codec import base36, ring_entries, state_from_hash
+from features.codec import ring_entries, state_from_hash
 from features.keys import Layout
 from features.state import BUCKET_DAYS, DAY_MS, METRICS, CustomerState, EventDelta, apply_delta, forgotten
 from features.store import apply_call, load_library_sync
+from features.traits import base36
 from streams.erasure import forget_call
+from streams.events import TRAIT_NAMES
 
 pytestmark = pytest.mark.integration
 LAYOUT = Layout(4)
 
-deltas = st.builds(
+behaviour_deltas = st.builds(
     EventDelta,
     # Mostly a few days (many events share a day's bucket), sometimes months (expiry).
     ts_ms=st.integers(20_000 * DAY_MS, 20_000 * DAY_MS + 3 * DAY_MS) | st.integers(20_000 * DAY_MS, 20_000 * DAY_MS + 200 * DAY_MS),
@@ -28,6 +30,19 @@ deltas = st.builds(
     login=st.booleans(),
     offset=st.none() | st.tuples(st.integers(0, 1), st.integers(0, 30)),
 )
+# Profile updates among them: traits, last writer wins per trait in event time.
+profile_deltas = st.builds(
+    EventDelta,
+    ts_ms=st.integers(20_000 * DAY_MS, 20_000 * DAY_MS + 3 * DAY_MS),
+    token=st.text("0123456789abcdef", min_size=2, max_size=3).map(lambda t: "f" + t),
+    family=st.just("profile"),
+    increments=st.just({}),
+    offset=st.none() | st.tuples(st.integers(0, 1), st.integers(0, 30)),
+    traits=st.dictionaries(
+        st.sampled_from(TRAIT_NAMES), st.sampled_from(["1990", "DE", "FR", "pro", "free", "1", "0", "Zürich", "Zurich"]), min_size=1, max_size=4
+    ),
+)
+deltas = behaviour_deltas | profile_deltas
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -151,3 +166,25 @@ def test_an_older_filter_is_converted_as_the_reference_reads_it(redis_client, ol
     if status == "applied":  # the others leave the hash as it was, `r` included
         entries = ring_entries(h.get("q", ""))
         assert "r" not in h and entries == sorted(entries, key=lambda kv: (kv[1], kv[0]))
+
+
+def test_a_customer_is_counted_once_whether_traits_or_behaviour_come_first(redis_client):
+    """The max_customers count: a customer with traits, behaviour or both is one customer,
+    and an erasure takes them off the count either way."""
+    load_library_sync(redis_client)
+    day = 20_000 * DAY_MS
+    profile = EventDelta(day, "fa", "profile", {}, traits={"plan": "pro"})
+    login = EventDelta(day, "la", "login", {9: 1}, login=True)
+    for cid, first, then in (("p1", profile, login), ("b1", login, profile), ("o1", profile, None)):
+        p = LAYOUT.partition(cid)
+        before = int(redis_client.get(LAYOUT.customers(p)) or 0)
+        for delta in filter(None, (first, then)):
+            assert redis_client.execute_command(*apply_call(LAYOUT, cid, delta, None))[0] == "applied"
+        assert int(redis_client.get(LAYOUT.customers(p))) == before + 1, cid
+        assert redis_client.execute_command(*forget_call(LAYOUT, cid, 0, [], 5, 60_000))[0] == "ok"
+        assert int(redis_client.get(LAYOUT.customers(p))) == before, cid
+    # Past the limit, a new customer's profile update is refused like an event.
+    p = LAYOUT.partition("p2")
+    redis_client.set(LAYOUT.customers(p), 3)
+    assert redis_client.execute_command(*apply_call(LAYOUT, "p2", profile, None, max_customers=3))[0] == "over_capacity"
+    assert not redis_client.exists(LAYOUT.customer_key("p2"))

@@ -248,7 +248,7 @@ BAD = [
     ("segmentation: lifecycle\n    enter: [new]\n    cap: {max: 1, period: soon}", "cap:", "'soon' is not a duration"),
     ("segmentation: lifecycle\n    enter: [new]\n    leave: [active]", "enter: [new]", "exactly one of 'enter' or 'leave'"),
     ("segmentation: lifecycle\n    leave: [new]\n    from: [active]", "from:", "'from' goes with 'enter'"),
-    ("segmentation: lifecycles\n    enter: [new]", "segmentation:", "'lifecycle', 'behaviour' or 'value'"),
+    ("segmentation: lifecycles\n    enter: [new]", "segmentation:", "'lifecycle', 'behaviour', 'value' or 'persona'"),
     ("segmentation: lifecycle\n    enter: [new]\n    cooldwn: 1d", "cooldwn", "Extra inputs are not permitted"),
 ]
 

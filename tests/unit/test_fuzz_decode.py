@@ -39,6 +39,18 @@ VALID = {
         "items": [{"product_id": "p1", "category": "books", "quantity": 2, "unit_price": "12.49"}],
     },
     "login": {"event_id": "e3", "customer_id": "c1", "occurred_at": "2026-05-30T09:59:00Z", "type": "login", "success": True, "channel": "web"},
+    "profile": {
+        "event_id": "e4",
+        "customer_id": "c1",
+        "occurred_at": "2026-05-30T09:00:00Z",
+        "type": "profile",
+        "birth_year": 1990,
+        "country": "DE",
+        "region": "Bayern",
+        "plan": "pro",
+        "signup_channel": "web",
+        "marketing_consent": True,
+    },
 }
 
 families = st.sampled_from([*sorted(FAMILIES), "unknown", ""])

@@ -12,7 +12,7 @@ CATALOGUE = {"lifecycle": ("new", "active", "dormant"), "behaviour": ("steady", 
 def test_catalogue_comes_from_the_segmentation_config():
     cat = queries.segment_catalogue(Settings())
     assert cat["lifecycle"] == ("new", "active", "at_risk", "dormant", "churned")
-    assert set(cat) == {"lifecycle", "behaviour", "value"}
+    assert set(cat) == {"lifecycle", "behaviour", "value", "persona"}
 
 
 @pytest.mark.parametrize(

@@ -43,8 +43,8 @@ def segments(ev) -> dict[str, str]:
 
 def test_first_evaluation_assigns_every_segmentation():
     ev = Segmenter.from_config(CONFIG).evaluate("c1", ACTIVE, {}, T0, "event:e1")
-    assert segments(ev) == {"lifecycle": "active", "behaviour": "steady", "value": "champions"}
-    assert [(c.segmentation, c.from_segment) for c in ev.changes] == [("lifecycle", None), ("behaviour", None), ("value", None)]
+    assert segments(ev) == {"lifecycle": "active", "behaviour": "steady", "value": "champions", "persona": "unprofiled"}
+    assert [(c.segmentation, c.from_segment) for c in ev.changes] == [("lifecycle", None), ("behaviour", None), ("value", None), ("persona", None)]
     assert all(a.since_ms == T0 for a in ev.assignments.values())
     assert ev.changes[0].features["churn_propensity"] == ev.churn_propensity
     assert 0.0 < ev.churn_propensity < 0.5  # a buyer every month who bought two days ago
@@ -215,7 +215,7 @@ def test_a_snapshot_from_another_setup_is_not_restored():
 def test_seq_counts_each_segmentations_changes():
     seg = Segmenter.from_config(CONFIG)
     first = seg.evaluate("c1", NEVER_BOUGHT, {}, T0, "event:e1")
-    assert {c.segmentation: c.seq for c in first.changes} == {"lifecycle": 1, "behaviour": 1, "value": 1}
+    assert {c.segmentation: c.seq for c in first.changes} == {"lifecycle": 1, "behaviour": 1, "value": 1, "persona": 1}
     later = seg.evaluate("c1", {**NEVER_BOUGHT, "days_since_last_activity": 31.0}, first.assignments, T0 + 31 * DAY, "deadline:1")
     moved = {c.segmentation: c.seq for c in later.changes}
     assert moved.get("lifecycle") == 2
