@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from features.state import DAY_MS
 from segmenter.config import Condition, Rule, RuleSet, default_config
-from segmenter.rules import BISECT_TOLERANCE_MS, CLOCK_FEATURES, LifecycleRules, RuleBook, project_silence
+from segmenter.rules import BISECT_TOLERANCE_MS, CLOCK_FEATURES, HORIZON_DAYS, RECHECK_MAX_MS, LifecycleRules, RuleBook, project_silence, recheck_ms
 
 CONFIG = default_config()
 LIFECYCLE = LifecycleRules(CONFIG)
@@ -110,19 +110,44 @@ def truths(book: RuleBook, f: dict) -> list[bool]:
 @given(clock_vectors, st.integers(0, 10**13), st.floats(0, 1, exclude_max=True))
 @settings(max_examples=150, deadline=None)
 def test_nothing_changes_before_the_deadline_and_something_at_it(f, now_ms, fraction):
-    deadline = LIFECYCLE.next_deadline_ms(f, now_ms)
+    """Following the deadlines of a silent customer, as the engine does: nothing
+    flips between two of them, and a flip comes within a few (a model's
+    forecast is re-checked halfway or weekly, recheck_ms), never a deadline after it."""
     now_truths = truths(LIFECYCLE, f)
-    if deadline is None:
-        for days in (1.0, 10.0, 100.0, 399.0):
-            assert truths(LIFECYCLE, project_silence(f, days)) == now_truths
-        return
-    assert deadline > now_ms
-    # strictly before (minus the bisection tolerance), every condition is as now
-    before = now_ms + int((deadline - now_ms - BISECT_TOLERANCE_MS) * fraction)
-    if before > now_ms:
-        assert truths(LIFECYCLE, project_silence(f, (before - now_ms) / DAY_MS)) == now_truths
-    # at the deadline, something flipped
-    assert truths(LIFECYCLE, project_silence(f, (deadline - now_ms) / DAY_MS)) != now_truths
+    at_ms, features = now_ms, f
+    for _ in range(int(HORIZON_DAYS * DAY_MS / RECHECK_MAX_MS) + 12):  # weekly re-checks of a forecast, and the clock flips
+        deadline = LIFECYCLE.next_deadline_ms(features, at_ms)
+        if deadline is None:
+            for days in (1.0, 10.0, 100.0, 399.0):
+                assert truths(LIFECYCLE, project_silence(features, days)) == now_truths
+            return
+        assert deadline > at_ms
+        # strictly before (minus the bisection tolerance), every condition is as now
+        before = at_ms + int((deadline - at_ms - BISECT_TOLERANCE_MS) * fraction)
+        if before > at_ms:
+            assert truths(LIFECYCLE, project_silence(features, (before - at_ms) / DAY_MS)) == now_truths
+        at_ms, features = deadline, project_silence(features, (deadline - at_ms) / DAY_MS)
+        if truths(LIFECYCLE, features) != now_truths:
+            return  # something flipped at the deadline
+    raise AssertionError("no flip within the horizon's deadlines")
+
+
+def test_a_model_forecast_is_rechecked_halfway():
+    """A weekly buyer's propensity passes 0.85 weeks from now: the deadline is a
+    re-check halfway there (a refit may bring the flip closer), not the forecast."""
+    weekly = {"purchase_days_total": 13.0, "purchase_span_days": 84.0, "days_since_first_purchase": 91.0}
+    rules = RuleSet(
+        segments=("at_risk", "active"),
+        default="active",
+        rules=(Rule(id="r", segment="at_risk", when=(Condition(feature="churn_propensity", op=">=", value=0.85),)),),
+    )
+
+    def book(refitted: frozenset[str]) -> RuleBook:
+        return RuleBook(rules, LIFECYCLE.derive, LIFECYCLE.time_derived, refitted=refitted)
+
+    forecast = book(frozenset()).next_deadline_ms(weekly, 0)
+    assert forecast is not None and forecast > 20 * DAY_MS
+    assert book(frozenset({"churn_propensity"})).next_deadline_ms(weekly, 0) == recheck_ms(forecast) < forecast
 
 
 @given(
@@ -155,7 +180,8 @@ def test_no_deadline_when_everything_has_already_happened():
 
 def test_churn_deadline_found_by_bisection():
     """A buyer every 7 days for 12 weeks goes silent: following the deadlines alone
-    (no event), the customer leaves `active` for `at_risk` exactly at one of them."""
+    (no event), the customer leaves `active` for `at_risk` exactly at one of them,
+    after a few re-checks of the model's forecast (recheck_ms)."""
     f = {"days_since_last_activity": 0.0, "tenure_days": 90.0, "purchase_days_total": 13.0, "purchase_span_days": 84.0, "days_since_first_purchase": 84.0}
     now, seen = 0, []
     while LIFECYCLE.assign(project_silence(f, now / DAY_MS))[0] == "active":
@@ -164,7 +190,7 @@ def test_churn_deadline_found_by_bisection():
         seen.append(deadline)
         now = deadline
     days = now / DAY_MS
-    assert 7 <= days < 90 and len(seen) <= 6
+    assert 7 <= days < 90 and len(seen) <= days * DAY_MS / RECHECK_MAX_MS + 8  # weekly re-checks, then halving
     assert LIFECYCLE.assign(project_silence(f, days))[0] == "at_risk"
     # without a visit habit the engagement rule fires; the purchase rhythm alone also gets there
     rhythm_only = {**f, "engagement_risk": 0.0}
