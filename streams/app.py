@@ -152,11 +152,14 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
             if last is not None:
                 caught_up = high is not None and last + 1 >= high
             else:
-                try:
-                    position = await app.consumer.position(tp)
-                except Exception:
-                    position = None
-                caught_up = high is not None and position is not None and position >= high
+                # Nothing processed from it yet. The consumer's position cannot tell: it
+                # moves when Faust buffers fetched messages, before the agent has them
+                # (a CDNOW replay dead-lettered ~3,000 first-day purchases as too_late:
+                # partitions whose first batch was still buffered counted as idle and the
+                # watermark jumped to another's newest). Caught up only when nothing lies
+                # at or after the group's committed offset (Faust's copy of it).
+                committed = getattr(app.consumer, "_committed_offset", {}).get(tp)
+                caught_up = high is not None and (high == 0 or (committed is not None and committed >= high))
             if not caught_up:
                 pending.add((topic, partition))
         return pending
