@@ -20,7 +20,8 @@ of any rule could change its truth value, given the features at ``now_ms``:
 - a model's score (``churn_propensity``, ``p_active``) flips at a time forecast
   under the model's parameters of now; a refit can bring it closer, so such a
   deadline is a re-check halfway to the forecast (:func:`recheck_ms`), not the
-  forecast itself: a few evaluations per silence, never a stale late flag;
+  forecast itself: a few more evaluations per silence, and a flip a refit
+  brought closer is seen within half the remaining time or a week;
 - other features (windowed counts, ratios) are treated as constant: they only
   change on the customer's next event or as old daily buckets expire, and the
   re-evaluation at the deadline recomputes everything anyway.
@@ -67,6 +68,7 @@ BISECT_TOLERANCE_MS = 60_000
 # A model's forecast flip is re-checked halfway, within these bounds (recheck_ms).
 RECHECK_MIN_MS = 2 * DAY_MS  # a forecast this close is kept: a refit rarely moves it by more
 RECHECK_MAX_MS = 7 * DAY_MS  # a far one is re-checked weekly: a silent customer costs ~1.7e-6 evaluations/s
+FORECAST_TOLERANCE_MS = 3_600_000  # a re-check need not be to the minute: a shorter bisection on the event path
 DEFAULT_REASON = "default"
 
 
@@ -199,7 +201,9 @@ class RuleBook:
                 continue
             # A forecast is re-checked at half its flip, at most RECHECK_MAX_MS ahead:
             # search twice as far, and beyond only whether it flips at all.
-            after = _first_flip_ms(flipped, min(2 * limit_ms, 2 * RECHECK_MAX_MS, horizon_ms))
+            after = _first_flip_ms(flipped, min(2 * limit_ms, 2 * RECHECK_MAX_MS, horizon_ms), FORECAST_TOLERANCE_MS)
+            if after is not None and after <= RECHECK_MIN_MS + FORECAST_TOLERANCE_MS:
+                after = _first_flip_ms(flipped, after)  # near: kept as the deadline, so to the minute
             if after is not None:
                 at = now_ms + recheck_ms(after)
             elif limit_ms > RECHECK_MAX_MS and flipped(horizon_ms):
@@ -224,15 +228,15 @@ class RuleBook:
         return flipped
 
 
-def _first_flip_ms(flipped: Callable[[int], bool], limit_ms: int) -> int | None:
+def _first_flip_ms(flipped: Callable[[int], bool], limit_ms: int, tolerance_ms: int = BISECT_TOLERANCE_MS) -> int | None:
     """Milliseconds until ``flipped`` turns true, if within ``limit_ms`` (to
-    :data:`BISECT_TOLERANCE_MS`, rounded up). Derived scores are monotone in
-    silence, so their truth flips at most once along the projection: bisect."""
+    ``tolerance_ms``, rounded up). Derived scores are monotone in silence, so
+    their truth flips at most once along the projection: bisect."""
     hi = limit_ms
     if hi <= 0 or not flipped(hi):
         return None
     lo = 0
-    while hi - lo > BISECT_TOLERANCE_MS:
+    while hi - lo > tolerance_ms:
         mid = (lo + hi) // 2
         if flipped(mid):
             hi = mid
