@@ -32,6 +32,8 @@ from redis.exceptions import AskError, ClusterDownError, ResponseError, SlotNotC
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from streams.redis_clients import torn_down_as_connection_error
+
 # One command: its name (a str), then its arguments (see the module docstring).
 Command = tuple[str | bytes | int | float, ...]
 
@@ -75,7 +77,7 @@ async def _run_cluster_pipeline(redis: AsyncRedisCluster, commands: Sequence[Com
         pipe = redis.pipeline()
         for command in commands:
             pipe.execute_command(*command)
-        replies = await pipe.execute(raise_on_error=False)
+        replies = await torn_down_as_connection_error(lambda: pipe.execute(raise_on_error=False))
         _raise_first_error(replies, commands)
         return list(replies)
 

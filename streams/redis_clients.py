@@ -16,7 +16,8 @@ True
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
@@ -28,6 +29,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+T = TypeVar("T")
 
 # A shard away (killed, restarting, failing over): the whole call is tried again.
 SHARD_AWAY = (RedisConnectionError, RedisTimeoutError, ClusterDownError, SlotNotCoveredError, TryAgainError)
@@ -43,6 +46,22 @@ def outage_retry() -> AsyncRetry:
 
 async def _nothing(_error: Exception) -> None:
     return None
+
+
+async def torn_down_as_connection_error(call: Callable[[], Awaitable[T]]) -> T:
+    """``await call()``, with redis-py's AttributeError from a connection torn down
+    under a command raised as the connection error it is.
+
+    redis-py's cluster client drops a node's connections when a shard goes away; a
+    command of another task caught mid-connect then finds its writer gone
+    ("'NoneType' object has no attribute 'writelines'", redis-py #3546). It crashed
+    the worker twice in one CI run of the primary-kill tests. The connection is
+    reconnected on its next use, so :func:`outage_retry` can simply try again.
+    """
+    try:
+        return await call()
+    except AttributeError as exc:
+        raise RedisConnectionError(f"connection torn down mid-command: {exc}") from exc
 
 
 def fcall_keys(args: tuple) -> tuple | None:
@@ -87,7 +106,8 @@ class AsyncRedisCluster(redis.asyncio.cluster.RedisCluster):
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         base = redis.asyncio.cluster.RedisCluster.execute_command
-        return await self.outage_retry.call_with_retry(lambda: base(self, *args, **kwargs), _nothing)
+
+        return await self.outage_retry.call_with_retry(lambda: torn_down_as_connection_error(lambda: base(self, *args, **kwargs)), _nothing)
 
 
 def sync_client(url: str, *, cluster: bool, **kw: Any) -> redis.Redis | redis.cluster.RedisCluster:
