@@ -106,7 +106,6 @@ class AsyncRedisCluster(redis.asyncio.cluster.RedisCluster):
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         base = redis.asyncio.cluster.RedisCluster.execute_command
-
         return await self.outage_retry.call_with_retry(lambda: torn_down_as_connection_error(lambda: base(self, *args, **kwargs)), _nothing)
 
 
