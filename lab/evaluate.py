@@ -88,9 +88,19 @@ def replay(
     batch_size: int = 2000,
     lateness_ms: int = DEFAULT_LATENESS_MS,
     progress: Callable[[str], None] | None = None,
+    segmenter: Segmenter | None = None,
 ) -> Replay:
-    """Feed ``sim``'s events through the pure engine path (see the module docs)."""
-    run = replay_events(sim.events(), config, start_ms=round(sim.start.timestamp() * 1000), batch_size=batch_size, lateness_ms=lateness_ms, progress=progress)
+    """Feed ``sim``'s events through the pure engine path (see the module docs);
+    ``segmenter`` (default: a new one from ``config``) lets a caller watch or pin its models."""
+    run = replay_events(
+        sim.events(),
+        config,
+        start_ms=round(sim.start.timestamp() * 1000),
+        batch_size=batch_size,
+        lateness_ms=lateness_ms,
+        progress=progress,
+        segmenter=segmenter,
+    )
     run.sim = sim
     return run
 
@@ -104,13 +114,14 @@ def replay_events(
     lateness_ms: int = DEFAULT_LATENESS_MS,
     progress: Callable[[str], None] | None = None,
     on_change: Callable[[SegmentChange], None] | None = None,
+    segmenter: Segmenter | None = None,
 ) -> Replay:
     """Feed ``(family, event)`` pairs in event-time order through the pure engine
     path (see the module docs); ``on_change`` sees every segment change as the
     engine would publish it. ``start_ms`` is the event clock's origin, for progress
     lines and the end clock of an empty replay."""
     started = time.monotonic()
-    seg = Segmenter.from_config(config)
+    seg = segmenter or Segmenter.from_config(config)
     states: dict[str, CustomerState] = {}
     current: dict[str, dict[str, Assignment]] = {}
     first_assigned: dict[str, int] = {}

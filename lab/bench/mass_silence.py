@@ -11,14 +11,24 @@ Reported: the time from the cohort's deadline to its last ``dormant`` change
 event -> first change p99 without the drain (the seconds before T0 + silence)
 and during it. Absence deadlines must not starve ingest (probe p99 during the
 drain) and ingest must not starve them (evaluations per second).
+
+Run alone (an embedded stack of its own), optionally with a py-spy profile of
+the worker that says where the drain's time goes::
+
+    python -m lab.bench.mass_silence --customers 10000 --profile drain.json
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +37,7 @@ from lab.bench.deadlines import deadline_config
 from lab.bench.latency import ChangeWatcher, _iso_ms, fresh_logins, warm_up
 
 MASS_PREFIX = "benchms-"
+PROFILE_HZ = 100  # py-spy samples per second; with --idle one per interval, so a sample's index is its time
 
 
 def cohort_logins(n: int, at_ms: int, tag: str):
@@ -38,7 +49,16 @@ def cohort_logins(n: int, at_ms: int, tag: str):
         yield "login", cid.encode(), value.encode()
 
 
-def run_mass_silence(stack, procs: Procs, work: Path, customers: int, probe_rate: float = 200.0, tag: str = "a") -> dict[str, Any]:
+def run_mass_silence(
+    stack,
+    procs: Procs,
+    work: Path,
+    customers: int,
+    probe_rate: float = 200.0,
+    tag: str = "a",
+    profile: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     import redis as redis_lib
 
     from streams.admin import ensure_topics
@@ -64,9 +84,10 @@ def run_mass_silence(stack, procs: Procs, work: Path, customers: int, probe_rate
     watcher = ChangeWatcher(stack.broker.bootstrap, topics.segment_changes, b"")  # the topic is this row's own
     watcher.on_record = on_record
     watcher.start()
-    env = worker_env(stack, topics.prefix, f"bench-mass-{tag}", work, "wall", SEGFLOW_SEGMENTS_CONFIG=deadline_config(work, silence_s))
+    env = worker_env(stack, topics.prefix, f"bench-mass-{tag}", work, "wall", SEGFLOW_SEGMENTS_CONFIG=deadline_config(work, silence_s), **(extra_env or {}))
     log = work / f"worker-mass-{tag}.log"
     p = procs.start([sys.executable, "-m", "segflow.cli", "worker"], env, log)
+    spy = start_drain_profile(p.pid, profile, silence_s + 90 + customers / 200, procs) if profile else None
     stop = threading.Event()
     try:
         watcher.ready.wait(30)
@@ -128,6 +149,12 @@ def run_mass_silence(stack, procs: Procs, work: Path, customers: int, probe_rate
         drain_s = (drained_at - due_s) if drained_at else None
         first_s = (min(dormant_at.values()) - due_s) if dormant_at else None
         b, d = _pick(before, 0.99), _pick(during, 0.99)
+        breakdown = None
+        if spy is not None and profile is not None and drained_at is not None:
+            stopped_at = time.time()
+            procs.stop(p)  # py-spy writes its profile when the process it records exits
+            spy.wait(30)
+            breakdown = drain_breakdown(profile, p.pid, stopped_at - due_s, stopped_at - drained_at)
         return {
             "customers": customers,
             "moved": len(dormant_at),
@@ -141,6 +168,7 @@ def run_mass_silence(stack, procs: Procs, work: Path, customers: int, probe_rate
             "probe_before": {"events": len(before), "p50_ms": _pick(before, 0.5), "p99_ms": b},
             "probe_during": {"events": len(during), "p50_ms": _pick(during, 0.5), "p99_ms": d},
             "probe_p99_ratio": round(d / b, 2) if b and d else None,
+            "drain_profile": breakdown,
         }
     finally:
         stop.set()
@@ -148,3 +176,71 @@ def run_mass_silence(stack, procs: Procs, work: Path, customers: int, probe_rate
         procs.stop(p)
         watcher.join(5)
         r.close()
+
+
+def start_drain_profile(pid: int, out: Path, seconds: float, procs: Procs) -> subprocess.Popen | None:
+    """py-spy recording the worker, idle samples included (speedscope JSON)."""
+    exe = Path(sys.executable).with_name("py-spy")
+    if not exe.exists():
+        say("  py-spy not found next to the interpreter; no profile (pip install py-spy into the venv)")
+        return None
+    cmd = [str(exe), "record", "-p", str(pid), "-r", str(PROFILE_HZ), "--idle", "-d", str(int(seconds)), "-f", "speedscope", "-o", str(out), "--nonblocking"]
+    return procs.start(cmd, dict(os.environ), out.with_suffix(".log"))
+
+
+# What the worker's main thread does, first match wins: the stack holds this frame name.
+DRAIN_ACTIVITIES = (
+    ("deadline evaluation (claim, read, evaluate, commit)", "Engine._fire_deadlines"),
+    ("deadline changes published", "create_app.<locals>.deadlines"),
+    ("event ingest (the probe)", "create_app.<locals>.ingest"),
+)
+
+
+def drain_breakdown(path: Path, pid: int, start_before_end_s: float, end_before_end_s: float) -> dict[str, float]:
+    """Share of the worker's (process ``pid``) main-thread samples in a window (given in seconds before
+    the profile's end, the worker's exit: py-spy's first seconds, while the interpreter
+    starts, have no samples) per activity of :data:`DRAIN_ACTIVITIES`, idle (waiting in
+    the event loop's select), or the rest (Kafka client, timers)."""
+    data = json.loads(path.read_text())
+    names = [f["name"] for f in data["shared"]["frames"]]
+    main = next(p for p in data["profiles"] if p["name"].startswith(f"Thread {pid} "))  # the main thread's id is the pid
+    samples = main["samples"]
+    first = max(0, len(samples) - int(start_before_end_s * PROFILE_HZ))
+    window = samples[first : max(first, len(samples) - int(end_before_end_s * PROFILE_HZ))]
+    counts: Counter[str] = Counter()
+    for stack in window:
+        frames = [names[i] for i in stack]
+        activity = next((label for label, frame in DRAIN_ACTIVITIES if frame in frames), None)
+        if activity is None:
+            idle = not frames or frames[-1].endswith(("select", "poll"))
+            activity = "idle (event loop waiting)" if idle else "Kafka client, timers, other"
+        counts[activity] += 1
+    total = sum(counts.values())
+    return {label: round(n / total, 3) for label, n in counts.most_common()} if total else {}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from lab.embedded import EmbeddedStack
+
+    parser = argparse.ArgumentParser(description="Row 8 alone: a cohort falls due in the same second, on an embedded stack.")
+    parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument("--probe-rate", type=float, default=200.0)
+    parser.add_argument("--profile", type=Path, help="py-spy speedscope profile of the worker here, and the drain's breakdown")
+    parser.add_argument("--deadline-claim", type=int, help="SEGFLOW_DEADLINE_CLAIM for the worker (default: the worker's)")
+    args = parser.parse_args(argv)
+    extra = {"SEGFLOW_DEADLINE_CLAIM": str(args.deadline_claim)} if args.deadline_claim else {}
+    work = Path(tempfile.mkdtemp(prefix="segflow-mass-silence-"))
+    procs = Procs()
+    with EmbeddedStack(work_dir=work) as stack:
+        try:
+            row = run_mass_silence(
+                stack, procs, work, args.customers, args.probe_rate, profile=args.profile.resolve() if args.profile else None, extra_env=extra
+            )
+        finally:
+            procs.stop_all()
+    print(json.dumps(row, indent=2))
+    return row
+
+
+if __name__ == "__main__":
+    main()

@@ -123,3 +123,20 @@ def test_changes_stay_few(report):
         assert stats["changes_per_customer_30d"] < 2.0, name
         assert stats["revert_share"] < 0.4, name
     assert report["flapping"]["lifecycle"]["revert_share"] < 0.1
+
+
+# -- the visit model's cold start (lab.cold_start) ----------------------------------------
+
+
+def test_cold_start_pins_the_visit_model_to_its_final_fit_and_splits_the_churners():
+    from lab.cold_start import cold_start
+
+    report = cold_start(300, 45, 11, CONFIG, say=lambda _: None)
+    fits = report["visit_model_fits"]
+    assert fits, "the visit model fitted during the run"
+    assert [f["day"] for f in fits] == sorted(f["day"] for f in fits)
+    assert fits[-1]["dropout"] == report["final_dropout"]
+    assert fits[0]["day"] <= report["informed_day"] <= fits[-1]["day"]
+    for run in report["runs"].values():
+        parts = [run["silenced_before_informed"]["silenced_eligible"], run["silenced_after_informed"]["silenced_eligible"]]
+        assert sum(parts) == run["all"]["silenced_eligible"] > 0
