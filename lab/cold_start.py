@@ -70,7 +70,7 @@ def cold_start(customers: int, days: int, seed: int, config: SegmentationConfig 
     learner.visits.refit = recording_refit  # type: ignore[method-assign]
     say(f"[1/2] learned: {customers:,} customers x {days} days, seed {seed}, visit model refitted on each snapshot")
     sim = Simulation(customers=customers, days=days, seed=seed)
-    learned = replay(sim, config, segmenter=learner)
+    learned = replay(sim, config, segmenter=learner, progress=say)
     if not fits:
         raise ValueError("the visit model never fitted: too few customers or days for its min_customers / min_history_days")
     final = learner.visits.params
@@ -79,7 +79,7 @@ def cold_start(customers: int, days: int, seed: int, config: SegmentationConfig 
     pinned_segmenter.visits.params = final
     pinned_segmenter.visits.refit = lambda: False  # type: ignore[method-assign]
     say("[2/2] pinned: the visit model holds run 1's final parameters from the first event")
-    pinned = replay(Simulation(customers=customers, days=days, seed=seed), config, segmenter=pinned_segmenter)
+    pinned = replay(Simulation(customers=customers, days=days, seed=seed), config, segmenter=pinned_segmenter, progress=say)
 
     start_day = sim.start.timestamp() * 1000 / DAY_MS
     informed_day = next(day for day, p in fits if dropout(p) >= dropout(final) / 2)
