@@ -116,6 +116,18 @@ def test_paper_sample_parameters():
     assert log_likelihood(ours, x, t_x, T) == pytest.approx(-9582.4, abs=0.05)  # the paper's LL
 
 
+def test_the_cdnow_evaluations_paper_sample_reference_refits_the_paper():
+    """lab.cdnow's reference row: the paper's sample from its raw transactions, in days
+    with the evaluation's calendar cut, gives the paper's parameters (alpha in days)."""
+    from lab.cdnow import paper_sample_holdout
+
+    ref = paper_sample_holdout()
+    assert ref["customers"] == 2357
+    for key, value in PAPER_SAMPLE.scaled(7.0).as_dict().items():
+        assert ref["params"][key] == pytest.approx(value, rel=2e-3), key
+    assert ref["actual_total"] > 0 and ref["gap"] == pytest.approx(ref["expected_total"] / ref["actual_total"] - 1)
+
+
 def test_p_no_purchase_is_the_likelihood_ratio_of_a_longer_silence(cdnow):
     """P(no purchase in (T, T+t]) = L(x, t_x, T+t) / L(x, t_x, T), with lifetimes' likelihood."""
     x, t_x, T, fitter = cdnow["calibration"]
