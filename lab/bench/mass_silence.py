@@ -37,7 +37,7 @@ from lab.bench.deadlines import deadline_config
 from lab.bench.latency import ChangeWatcher, _iso_ms, fresh_logins, warm_up
 
 MASS_PREFIX = "benchms-"
-PROFILE_HZ = 100  # py-spy samples per second; with --idle one per interval, so a sample's index is its time
+PROFILE_HZ = 100  # py-spy samples per second; with --idle one per interval, so samples count time back from the worker's exit
 
 
 def cohort_logins(n: int, at_ms: int, tag: str):
@@ -151,10 +151,10 @@ def run_mass_silence(
         b, d = _pick(before, 0.99), _pick(during, 0.99)
         breakdown = None
         if spy is not None and profile is not None and drained_at is not None:
-            stopped_at = time.time()
             procs.stop(p)  # py-spy writes its profile when the process it records exits
+            exited_at = time.time()  # the profile's last sample
             spy.wait(30)
-            breakdown = drain_breakdown(profile, p.pid, stopped_at - due_s, stopped_at - drained_at)
+            breakdown = drain_breakdown(profile, p.pid, exited_at - due_s, exited_at - drained_at)
         return {
             "customers": customers,
             "moved": len(dormant_at),
