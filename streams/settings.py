@@ -97,7 +97,10 @@ class Settings(BaseSettings):
     deadline_claim: int = Field(
         200,
         ge=1,
-        description="Due customers claimed and re-evaluated per turn of the deadline timer; events waiting on the worker go between turns",
+        description=(
+            "Due customers claimed and re-evaluated per turn of the deadline timer; events waiting on the worker go between turns, "
+            "so a smaller claim lets them wait less during a mass drain and drains slower (docs/PERFORMANCE.md, row 8)"
+        ),
     )
     status_interval_seconds: float = Field(1.0, gt=0, description="How often the worker measures its lag, deadline backlog and outbox (/metrics, /status)")
     sizes_interval_seconds: float = Field(5.0, gt=0, description="How often segment sizes are appended to the segflow:sizes stream (dashboard, /sizes)")
