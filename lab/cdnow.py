@@ -90,18 +90,24 @@ def split(sample_every: int = 1) -> tuple[list[PurchaseEvent], dict[str, int]]:
 
 def batch_bgnbd(calibration: list[PurchaseEvent]) -> tuple[dict[str, tuple[float, float, float]], BGNBDParams]:
     """Per customer (x, t_x, T) in days at the cut, and lifetimes' BG/NBD fit on them."""
-    import pandas as pd
     from lifetimes import BetaGeoFitter
+
+    rows = calibration_summaries([e.customer_id for e in calibration], [e.occurred_at.date() for e in calibration])
+    x, t_x, age = (np.array(column, dtype=float) for column in zip(*rows.values(), strict=True))
+    p = BetaGeoFitter(penalizer_coef=0.0).fit(x, t_x, age).params_
+    return rows, BGNBDParams(r=float(p["r"]), alpha=float(p["alpha"]), a=float(p["a"]), b=float(p["b"]))
+
+
+def calibration_summaries(customer_ids: list[str], days: list[date]) -> dict[str, tuple[float, float, float]]:
+    """Per customer ``(x, t_x, T)`` in days at the cut, by lifetimes' summary of the
+    purchase days up to :data:`CALIBRATION_END` (distinct days, daily periods)."""
+    import pandas as pd
     from lifetimes.utils import summary_data_from_transaction_data
 
-    frame = pd.DataFrame({"customer_id": [e.customer_id for e in calibration], "date": [e.occurred_at.date() for e in calibration]})
-    frame["date"] = pd.to_datetime(frame["date"])
+    frame = pd.DataFrame({"customer_id": customer_ids, "date": pd.to_datetime(days)})
+    frame = frame[frame["date"] <= pd.Timestamp(CALIBRATION_END)]
     s = summary_data_from_transaction_data(frame, "customer_id", "date", freq="D", observation_period_end=pd.Timestamp(CALIBRATION_END))
-    fitter = BetaGeoFitter(penalizer_coef=0.0).fit(s["frequency"], s["recency"], s["T"])
-    p = fitter.params_
-    params = BGNBDParams(r=float(p["r"]), alpha=float(p["alpha"]), a=float(p["a"]), b=float(p["b"]))
-    rows = {str(c): (float(f), float(r), float(t)) for c, f, r, t in zip(s.index, s["frequency"], s["recency"], s["T"], strict=True)}
-    return rows, params
+    return {str(c): (float(f), float(r), float(t)) for c, f, r, t in zip(s.index, s["frequency"], s["recency"], s["T"], strict=True)}
 
 
 def _wait(what: str, ok: Callable[[], bool], timeout: float, worker: subprocess.Popen[bytes]) -> None:
@@ -194,22 +200,15 @@ def paper_sample_holdout() -> dict[str, Any]:
     from segmenter.bgnbd import expected_purchases, fit
 
     tx = load_dataset("CDNOW_sample.txt", sep=r"\s+", header=None, names=["customer_id", "id_in_master", "date", "quantity", "amount"], dtype={"date": str})
-    calibration: dict[int, set[date]] = defaultdict(set)
-    holdout: dict[int, set[date]] = defaultdict(set)
-    for cid, day in zip(tx["customer_id"], tx["date"], strict=True):
-        d = datetime.strptime(day, "%Y%m%d").date()
-        if d <= CALIBRATION_END:
-            calibration[cid].add(d)
-        elif d <= HOLDOUT_END:
-            holdout[cid].add(d)
-    cids = sorted(calibration)
-    x = np.array([len(calibration[c]) - 1 for c in cids], dtype=float)
-    t_x = np.array([(max(calibration[c]) - min(calibration[c])).days for c in cids], dtype=float)
-    age = np.array([(CALIBRATION_END - min(calibration[c])).days for c in cids], dtype=float)
+    days = [datetime.strptime(d, "%Y%m%d").date() for d in tx["date"]]
+    cids = [str(c) for c in tx["customer_id"]]
+    rows = calibration_summaries(cids, days)
+    holdout = {(c, d) for c, d in zip(cids, days, strict=True) if CALIBRATION_END < d <= HOLDOUT_END and c in rows}
+    x, t_x, age = (np.array(column, dtype=float) for column in zip(*rows.values(), strict=True))
     params = fit(x, t_x, age)
     expected = float(np.sum(expected_purchases(params, float(HOLDOUT_DAYS), x, t_x, age)))
-    actual = float(sum(len(holdout[c]) for c in cids))
-    return {"customers": len(cids), "params": params.as_dict(), "expected_total": expected, "actual_total": actual, "gap": expected / actual - 1.0}
+    actual = float(len(holdout))
+    return {"customers": len(rows), "params": params.as_dict(), "expected_total": expected, "actual_total": actual, "gap": expected / actual - 1.0}
 
 
 def _probability_scores(p_gone: list[float], expected: list[float], actual: list[int], outcomes: list[bool]) -> dict[str, Any]:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,9 +33,10 @@ from typing import Any
 from lab.bench.common import PARTITIONS, Procs, _pick, say, worker_env
 from lab.bench.deadlines import deadline_config
 from lab.bench.latency import ChangeWatcher, _iso_ms, fresh_logins, warm_up
+from lab.bench.worker import start_py_spy
 
 MASS_PREFIX = "benchms-"
-PROFILE_HZ = 100  # py-spy samples per second; with --idle one per interval, so samples count time back from the worker's exit
+PROFILE_HZ = 100  # py-spy samples per second of the drain profile
 
 
 def cohort_logins(n: int, at_ms: int, tag: str):
@@ -87,7 +86,8 @@ def run_mass_silence(
     env = worker_env(stack, topics.prefix, f"bench-mass-{tag}", work, "wall", SEGFLOW_SEGMENTS_CONFIG=deadline_config(work, silence_s), **(extra_env or {}))
     log = work / f"worker-mass-{tag}.log"
     p = procs.start([sys.executable, "-m", "segflow.cli", "worker"], env, log)
-    spy = start_drain_profile(p.pid, profile, silence_s + 90 + customers / 200, procs) if profile else None
+    # Idle samples too (one per interval), so samples count time back from the worker's exit.
+    spy = start_py_spy(p.pid, profile, silence_s + 90 + customers / 200, procs, ("-f", "speedscope", "-r", str(PROFILE_HZ), "--idle")) if profile else None
     stop = threading.Event()
     try:
         watcher.ready.wait(30)
@@ -176,16 +176,6 @@ def run_mass_silence(
         procs.stop(p)
         watcher.join(5)
         r.close()
-
-
-def start_drain_profile(pid: int, out: Path, seconds: float, procs: Procs) -> subprocess.Popen | None:
-    """py-spy recording the worker, idle samples included (speedscope JSON)."""
-    exe = Path(sys.executable).with_name("py-spy")
-    if not exe.exists():
-        say("  py-spy not found next to the interpreter; no profile (pip install py-spy into the venv)")
-        return None
-    cmd = [str(exe), "record", "-p", str(pid), "-r", str(PROFILE_HZ), "--idle", "-d", str(int(seconds)), "-f", "speedscope", "-o", str(out), "--nonblocking"]
-    return procs.start(cmd, dict(os.environ), out.with_suffix(".log"))
 
 
 # What the worker's main thread does, first match wins: the stack holds this frame name.

@@ -162,14 +162,15 @@ def subscriber_view(stack, r, quiet_s: float = 5.0, timeout_s: float = 120.0) ->
     return {"subscriber": check.as_dict(), "subscriber_line": check.line()}
 
 
-def start_py_spy(pid: int, out: Path, seconds: float, procs: Procs) -> subprocess.Popen | None:
+def start_py_spy(pid: int, out: Path, seconds: float, procs: Procs, options: tuple[str, ...] = ("-f", "raw")) -> subprocess.Popen | None:
+    """py-spy recording process ``pid`` for ``seconds`` into ``out`` (``options``: its format, rate, ...)."""
     exe = Path(sys.executable).with_name("py-spy")
     if not exe.exists():
         say("  py-spy not found next to the interpreter; no profile (pip install py-spy into the venv)")
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
     say(f"  py-spy recording the worker for {seconds:g}s -> {out}")
-    cmd = [str(exe), "record", "-p", str(pid), "-d", str(int(seconds)), "-f", "raw", "-o", str(out), "--nonblocking"]
+    cmd = [str(exe), "record", "-p", str(pid), "-d", str(int(seconds)), *options, "-o", str(out), "--nonblocking"]
     return procs.start(cmd, dict(os.environ), out.with_suffix(".log"))
 
 
