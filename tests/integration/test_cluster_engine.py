@@ -164,18 +164,20 @@ def test_three_workers_share_the_partitions_and_one_leaving_hands_over_its_deadl
     items, states, expected = traffic()
     app_id = f"{topics.prefix}app"
     workers = [cluster_worker(broker, redis_cluster, tmp_path, topics, app_id) for _ in range(3)]
-    producer = Background(broker.bootstrap, items, topics, rate=1500)
-    wait_applied_beyond(client, workers[0], 2000, timeout=90)
-    assert workers[2].stop() == 0  # leaves cleanly mid-stream: a rebalance gives its partitions to the others
-    producer.join(120)
-    settle(client, broker, topics, workers[:2], timeout=180)
-    assert_features_equal(client, LAYOUT, states)
-    assert read_totals(client, LAYOUT)["applied"] == expected
-    report = check_changes(client, LAYOUT, read_to_end(broker.bootstrap, topics.segment_changes))
-    assert not report["broken_chains"], report["broken_chains"][:5]
-    # Every deadline that fell due was evaluated by a remaining worker, the leaver's partitions' too.
-    watermark = int(client.get("segflow:watermark"))
-    overdue = [p for p in range(PARTITIONS) if client.zcount(LAYOUT.deadlines_key(p), "-inf", watermark - 6 * 3600 * 1000 - 60_000)]
-    assert not overdue, f"partitions with deadlines overdue by over a minute: {overdue}"
-    for w in workers[:2]:
-        w.stop()
+    try:
+        producer = Background(broker.bootstrap, items, topics, rate=1500)
+        wait_applied_beyond(client, workers[0], 2000, timeout=90)
+        assert workers[2].stop() == 0  # leaves cleanly mid-stream: a rebalance gives its partitions to the others
+        producer.join(120)
+        settle(client, broker, topics, workers[:2], timeout=180)
+        assert_features_equal(client, LAYOUT, states)
+        assert read_totals(client, LAYOUT)["applied"] == expected
+        report = check_changes(client, LAYOUT, read_to_end(broker.bootstrap, topics.segment_changes))
+        assert not report["broken_chains"], report["broken_chains"][:5]
+        # Every deadline that fell due was evaluated by a remaining worker, the leaver's partitions' too.
+        watermark = int(client.get("segflow:watermark"))
+        overdue = [p for p in range(PARTITIONS) if client.zcount(LAYOUT.deadlines_key(p), "-inf", watermark - 6 * 3600 * 1000 - 60_000)]
+        assert not overdue, f"partitions with deadlines overdue by over a minute: {overdue}"
+    finally:  # a failed assertion must not leave workers writing into the next test's cluster
+        for w in workers:
+            w.stop()
