@@ -11,7 +11,6 @@ import json
 import signal
 import time
 from collections import Counter
-from datetime import datetime
 
 import pytest
 
@@ -80,6 +79,22 @@ def settle(client, broker, topics, workers, quiet_s: float = 4.0, timeout: float
     raise AssertionError(f"outbox and change topic never settled: {last}")
 
 
+def overdue_partitions(client) -> list[int]:
+    """Partitions holding a deadline over a minute past the shared event clock (the
+    watermark less the default 6 h lateness): due, and not evaluated by anyone."""
+    clock = int(client.get("segflow:watermark")) - 6 * 3600 * 1000
+    return [p for p in range(PARTITIONS) if client.zcount(LAYOUT.deadlines_key(p), "-inf", clock - 60_000)]
+
+
+def wait_no_overdue(client, timeout: float) -> float:
+    """Seconds until no partition holds an overdue deadline; fails after ``timeout``."""
+    started = time.monotonic()
+    while overdue := overdue_partitions(client):
+        assert time.monotonic() - started < timeout, f"partitions with deadlines overdue by over a minute after {timeout} s: {overdue}"
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
 def test_the_pipeline_on_a_cluster_survives_a_worker_sigkill_and_a_replay(broker, redis_cluster, redis_cluster_client, tmp_path):
     client = redis_cluster_client
     topics = fresh_topics(broker, partitions=PARTITIONS)
@@ -93,6 +108,8 @@ def test_the_pipeline_on_a_cluster_survives_a_worker_sigkill_and_a_replay(broker
     worker = cluster_worker(broker, redis_cluster, tmp_path, topics, f"{topics.prefix}app")
     producer.join(120)
     settle(client, broker, topics, [worker])
+    wait_no_overdue(client, timeout=60)  # the killed worker's partitions come back after its session times out
+    settle(client, broker, topics, [worker])
     assert_features_equal(client, LAYOUT, states)
     report = check_changes(client, LAYOUT, read_to_end(broker.bootstrap, topics.segment_changes))
     assert not report["broken_chains"], report["broken_chains"][:5]
@@ -105,12 +122,11 @@ def test_the_pipeline_on_a_cluster_survives_a_worker_sigkill_and_a_replay(broker
     print(f"keys per primary: {per_node}")
     assert len(per_node) == 3 and min(per_node) > 0.5 * max(per_node), per_node
 
-    # A replay by a new consumer group: every event a duplicate, no event re-published as a
-    # change. The replay worker's deadline timer may still move customers whose deadline
-    # comes due on the shared event clock (seen since 2026-12-06: 1 to 9 behaviour moves
-    # out of dormant in ~250 changes, the restored clusters judging anew; why those
-    # deadlines were not due for the first run is open). Such a change is stamped with the
-    # clock, never with one of the customer's event times.
+    # A replay by a new consumer group: every event a duplicate, no change published. The
+    # replay worker's deadline timer shares the event clock, which a replay does not move;
+    # every deadline due on it was evaluated before (wait_no_overdue above: without that
+    # wait, 2 of 3 runs had the replay worker make 2-3 behaviour moves that the first
+    # worker had not reached yet when the topic went quiet).
     changes_before = {(r.partition, r.offset) for r in read_to_end(broker.bootstrap, topics.segment_changes)}
     worker.stop()
     replay = cluster_worker(broker, redis_cluster, tmp_path, topics, f"{topics.prefix}replay")
@@ -123,11 +139,7 @@ def test_the_pipeline_on_a_cluster_survives_a_worker_sigkill_and_a_replay(broker
         after = read_totals(client, LAYOUT)
         assert after["applied"] == expected
         new = [json.loads(r.value) for r in read_to_end(broker.bootstrap, topics.segment_changes) if (r.partition, r.offset) not in changes_before]
-        event_times = {
-            cid: {datetime.fromisoformat(json.loads(v)["occurred_at"]) for _, k, v in items if k.decode() == cid} for cid in {c["customer_id"] for c in new}
-        }
-        republished = [c for c in new if datetime.fromisoformat(c["occurred_at"]) in event_times[c["customer_id"]]]
-        assert not republished, republished[:3]
+        assert not new, [(c["customer_id"], c["segmentation"], c["from"], c["to"], c["occurred_at"]) for c in new[:5]]
         assert_features_equal(client, LAYOUT, states)
     finally:
         replay.stop()
@@ -170,14 +182,16 @@ def test_three_workers_share_the_partitions_and_one_leaving_hands_over_its_deadl
         assert workers[2].stop() == 0  # leaves cleanly mid-stream: a rebalance gives its partitions to the others
         producer.join(120)
         settle(client, broker, topics, workers[:2], timeout=180)
+        # The change topic can be quiet while the group still rebalances (seen in CI: the
+        # leaver's due deadlines waited out the rebalance and were evaluated ~2 s after
+        # settle returned). The remaining workers must take them over within a bound.
+        handed_over_s = wait_no_overdue(client, timeout=60)
+        settle(client, broker, topics, workers[:2], timeout=180)
         assert_features_equal(client, LAYOUT, states)
         assert read_totals(client, LAYOUT)["applied"] == expected
         report = check_changes(client, LAYOUT, read_to_end(broker.bootstrap, topics.segment_changes))
         assert not report["broken_chains"], report["broken_chains"][:5]
-        # Every deadline that fell due was evaluated by a remaining worker, the leaver's partitions' too.
-        watermark = int(client.get("segflow:watermark"))
-        overdue = [p for p in range(PARTITIONS) if client.zcount(LAYOUT.deadlines_key(p), "-inf", watermark - 6 * 3600 * 1000 - 60_000)]
-        assert not overdue, f"partitions with deadlines overdue by over a minute: {overdue}"
+        print(f"due deadlines handed over {handed_over_s:.1f} s after the change topic went quiet")
     finally:  # a failed assertion must not leave workers writing into the next test's cluster
         for w in workers:
             w.stop()
