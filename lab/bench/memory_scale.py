@@ -27,11 +27,12 @@ import argparse
 import asyncio
 import json
 import re
+import sys
 import time
 from collections import defaultdict
 from typing import Any
 
-from lab.bench.common import make_payloads, say
+from lab.bench.common import machine_facts, make_payloads, say
 
 EVENTS_PER_TEMPLATE = 300  # make_payloads: about 300 events per customer
 TAG = re.compile(r"\{[^}]*\}")
@@ -166,6 +167,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             say(f"  {size:,} customers: used_memory {row['used_memory_per_customer']:,} B per customer (three keys {row['three_keys_per_customer']:,} B)")
             rows.append(row)
         result = {
+            "command": "python -m lab.bench.memory_scale " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "machine": machine_facts(),
             "templates": len(templates),
             "partitions": args.partitions,
             "three_keys_by_key": per_key,
