@@ -144,10 +144,21 @@ def memory_per_customer(r, sample: int = 2000, layout: Layout = LAYOUT) -> dict:
 
 
 def scale_test(
-    url: str, payloads, sizes: tuple[int, ...], probe_events: int, events_per_customer: int = 4, batch: int = 2000, probe_rounds: int = 5
+    url: str,
+    payloads,
+    sizes: tuple[int, ...],
+    probe_events: int,
+    events_per_customer: int = 4,
+    batch: int = 2000,
+    probe_rounds: int = 5,
+    hot: int | None = None,
+    ballast: tuple[int, int] = (0, 0),
 ) -> list[dict]:
     """Populate ``sizes`` customers by calling ``segflow_apply`` directly; at each size measure memory and
-    per-event cost (the median of ``probe_rounds`` probes)."""
+    per-event cost (the median of ``probe_rounds`` probes) on random customers, or with ``hot`` on the
+    first ``hot`` of them only (the same customers at every size: what the probes touch stays the same).
+    ``ballast`` = (keys, bytes each): strings written first and never touched again, to tell what a
+    larger keyspace costs from what a larger heap costs (memory is then counted without them)."""
     import redis as redis_lib
     import redis.asyncio as aioredis
 
@@ -165,6 +176,12 @@ def scale_test(
     sync = redis_lib.Redis.from_url(url, decode_responses=True)
     sync.execute_command("FLUSHALL", "SYNC")  # plain FLUSHALL may free lazily, after the baseline
     load_library_sync(sync)
+    ballast_keys, ballast_bytes = ballast
+    for start in range(0, ballast_keys, 10_000):
+        pipe = sync.pipeline(transaction=False)
+        for i in range(start, min(ballast_keys, start + 10_000)):
+            pipe.set(f"ballast:{i}", "x" * ballast_bytes)
+        pipe.execute()
     sync.memory_purge()
     baseline = int(sync.info("memory")["used_memory"])
     results = []
@@ -173,6 +190,7 @@ def scale_test(
         r = use_hiredis_packer(aioredis.Redis.from_url(url))
         try:
             populated = 0
+            last_day: dict[int, int] = {}  # across sizes: a customer probed at a smaller size goes on from its last day
             for size in sizes:
                 t0 = time.perf_counter()
                 pending: list = []
@@ -200,11 +218,11 @@ def scale_test(
                 sample_ids = [f"s{rng.randrange(size)}" for _ in range(min(500, size))]
                 usage = [sync.memory_usage(LAYOUT.customer_key(c), samples=0) or 0 for c in sample_ids]
                 rounds = []
-                last_day: dict[int, int] = {}
                 for round_no in range(probe_rounds):
                     probe = []
-                    for start in range(0, probe_events, size):
-                        for k, c in enumerate(rng.sample(range(size), min(size, probe_events - start))):
+                    drawn = size if hot is None else min(size, hot)
+                    for start in range(0, probe_events, drawn):
+                        for k, c in enumerate(rng.sample(range(drawn), min(drawn, probe_events - start))):
                             last_day[c] = last_day.get(c, events_per_customer - 1) + 1
                             probe.append(deltas_for(c, last_day[c], f"q{size}.{round_no}.{start + k}."))
                     batches = [_batch_calls(probe[i : i + batch]) for i in range(0, len(probe), batch)]
@@ -216,6 +234,7 @@ def scale_test(
                 client_rounds = sorted(c for _, c in rounds)
                 row = {
                     "customers": size,
+                    "probed_customers": drawn,
                     "events_per_customer": events_per_customer,
                     "populate_seconds": round(populate_s, 1),
                     "probe_events": probe_events,
@@ -301,3 +320,40 @@ def shards_row(payloads, shard_counts: tuple[int, ...] = (1, 3), batch: int = 20
             out.append(row)
             sync.close()
     return out
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """``python -m lab.bench.redis_rows --sizes 10000,1000000 [--hot 10000]``: row 7 scale alone, on its own Redis."""
+    import argparse
+    import json
+
+    from lab.bench.common import make_payloads
+    from lab.embedded import RedisServer
+
+    parser = argparse.ArgumentParser(description="Row 7 scale alone: server µs per segflow_apply call at each population size")
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="customer counts, comma-separated, ascending")
+    parser.add_argument("--probe-events", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--hot", type=int, help="probe only the first HOT customers at every size (default: all, at random)")
+    parser.add_argument("--ballast", default="0x0", help="KEYSxBYTES: strings written first and never touched (default none)")
+    args = parser.parse_args(argv)
+    keys, size = (int(x) for x in args.ballast.split("x"))
+    server = RedisServer().start()
+    try:
+        rows = scale_test(
+            server.url,
+            make_payloads(5000),
+            tuple(int(x) for x in args.sizes.split(",")),
+            args.probe_events,
+            probe_rounds=args.rounds,
+            hot=args.hot,
+            ballast=(keys, size),
+        )
+    finally:
+        server.stop()
+    print(json.dumps(rows, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
