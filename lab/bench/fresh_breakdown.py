@@ -44,6 +44,31 @@ def _wrap(owner: Any, name: str, label: str, totals: dict[str, float]) -> None:
         setattr(owner, name, timed)
 
 
+def login_messages(settings: Any, n: int, prefix: str) -> list:
+    """``n`` never-seen customers' logins (ids ``prefix0`` ..), stamped now, as the
+    engine receives them: round-robin over the login topic's partitions."""
+    from streams.engine import InboundMessage
+
+    topic, stamp = settings.topics.logins, datetime.now(UTC).isoformat()
+
+    def login(cid: str) -> bytes:
+        return json.dumps({"event_id": f"e{cid}", "customer_id": cid, "occurred_at": stamp, "type": "login", "channel": "web", "success": True}).encode()
+
+    parts = settings.partitions
+    return [InboundMessage(topic, i % parts, i // parts, f"{prefix}{i}".encode(), login(f"{prefix}{i}")) for i in range(n)]
+
+
+async def started_engine(settings: Any, segmenter: Any) -> Any:
+    """An in-process :class:`~streams.engine.Engine` on ``settings``' Redis, owning every login partition."""
+    from streams.app import redis_client
+    from streams.engine import Engine
+
+    engine = Engine(settings, redis_client(settings.redis_url.get_secret_value()), segmenter)
+    await engine.start()
+    engine.assign({(settings.topics.logins, p) for p in range(settings.partitions)}, now=time.time())
+    return engine
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=6000)
@@ -55,23 +80,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from lab.embedded import RedisServer
     from segmenter.assign import Segmenter
     from segmenter.config import default_config
-    from streams.app import redis_client
-    from streams.engine import Engine, InboundMessage
     from streams.settings import Settings
 
     server = RedisServer().start()
     settings = Settings(redis_url=server.url, clock="wall", partitions=4)
-    topic = settings.topics.logins
-    now = datetime.now(UTC).isoformat()
     totals: dict[str, float] = defaultdict(float)
 
-    def login(i: int) -> bytes:
-        return json.dumps({"event_id": f"e{i}", "customer_id": f"f{i}", "occurred_at": now, "type": "login", "channel": "web", "success": True}).encode()
-
     async def run() -> float:
-        engine = Engine(settings, redis_client(server.url), Segmenter.from_config(default_config()))
-        await engine.start()
-        engine.assign({(topic, p) for p in range(settings.partitions)}, now=time.time())
+        engine = await started_engine(settings, Segmenter.from_config(default_config()))
         _wrap(engine, "_decode", "decode", totals)
         _wrap(engine.features, "apply_batch", "feature apply (Redis pipeline)", totals)
         _wrap(engine_module, "compute", "feature computation", totals)
@@ -79,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         _wrap(engine.segmenter, "evaluate", "  of which the segmenter", totals)
         _wrap(engine.segments, "write", "segment commit", totals)
         _wrap(store_module, "run_pipeline", "  of which the Redis pipeline", totals)
-        messages = [InboundMessage(topic, i % settings.partitions, i // settings.partitions, f"f{i}".encode(), login(i)) for i in range(args.events)]
+        messages = login_messages(settings, args.events, "f")
         t0 = time.perf_counter()
         for i in range(0, args.events, args.batch):
             await engine.process(messages[i : i + args.batch], now=time.time())

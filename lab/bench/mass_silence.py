@@ -30,7 +30,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from lab.bench.common import PARTITIONS, Procs, _pick, say, worker_env
+from lab.bench.common import PARTITIONS, SESSION_TIMEOUT, Procs, _pick, say, worker_env
 from lab.bench.deadlines import deadline_config
 from lab.bench.latency import ChangeWatcher, _iso_ms, fresh_logins, warm_up
 from lab.bench.worker import start_py_spy
@@ -57,7 +57,11 @@ def run_mass_silence(
     tag: str = "a",
     profile: Path | None = None,
     extra_env: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
+    """Row 8 on its own topics (``tag``); ``workers`` > 1 starts that many worker processes
+    in one consumer group (their deadlines are per partition, so they share the drain);
+    ``profile`` records the first of them."""
     import redis as redis_lib
 
     from streams.admin import ensure_topics
@@ -84,8 +88,18 @@ def run_mass_silence(
     watcher.on_record = on_record
     watcher.start()
     env = worker_env(stack, topics.prefix, f"bench-mass-{tag}", work, "wall", SEGFLOW_SEGMENTS_CONFIG=deadline_config(work, silence_s), **(extra_env or {}))
-    log = work / f"worker-mass-{tag}.log"
-    p = procs.start([sys.executable, "-m", "segflow.cli", "worker"], env, log)
+    logs = [work / f"worker-mass-{tag}-{i}.log" for i in range(workers)]
+    started = []
+    for i, log in enumerate(logs):
+        own = work / f"mass-{tag}-w{i}"  # own web port and data dir each
+        own.mkdir(exist_ok=True)
+        env_i = (
+            env
+            if i == 0
+            else worker_env(stack, topics.prefix, f"bench-mass-{tag}", own, "wall", SEGFLOW_SEGMENTS_CONFIG=env["SEGFLOW_SEGMENTS_CONFIG"], **(extra_env or {}))
+        )
+        started.append(procs.start([sys.executable, "-m", "segflow.cli", "worker"], env_i, log))
+    p, log = started[0], logs[0]
     # Idle samples too (one per interval), so samples count time back from the worker's exit.
     spy = start_py_spy(p.pid, profile, silence_s + 90 + customers / 200, procs, ("-f", "speedscope", "-r", str(PROFILE_HZ), "--idle")) if profile else None
     stop = threading.Event()
@@ -94,6 +108,9 @@ def run_mass_silence(
         if watcher.error:
             raise RuntimeError(f"changes watcher: {watcher.error}")
         warm_up(stack.broker.bootstrap, topics, watcher, p, log, f"ms{tag}warm")
+        if workers > 1:
+            # One answer says one worker owns a partition, not that the group has settled.
+            time.sleep(2 * SESSION_TIMEOUT)
         t0_ms = int(time.time() * 1000)
         due_s = t0_ms / 1000 + silence_s
         say(f"  {customers:,} customers log in at T0 and stay silent: all due at T0 + {silence_s:g} s; probe {probe_rate:g} ev/s of fresh logins")
@@ -108,7 +125,7 @@ def run_mass_silence(
         say(f"  cohort produced in {time.time() - t0_ms / 1000:.1f} s; waiting for the worker to assign it")
         # The baseline starts once the worker has assigned the whole cohort (each
         # customer's first change is on the topic): their first events are load too.
-        while time.time() < due_s and p.poll() is None:
+        while time.time() < due_s and all(w.poll() is None for w in started):
             assigned = sum(1 for k in list(watcher.first) if k.startswith(cohort_key))
             if assigned >= customers:
                 break
@@ -117,11 +134,11 @@ def run_mass_silence(
         say(f"  cohort assigned {ingested_s:.1f} s after T0; probe baseline until its deadline")
         if ingested_s + 7 > silence_s:
             say("  warning: under 5 s of baseline: the cohort was still being assigned close to its deadline")
-        while time.time() < due_s + 1 and p.poll() is None:
+        while time.time() < due_s + 1 and all(w.poll() is None for w in started):
             time.sleep(0.5)
         wait_until = time.monotonic() + 60 + customers / 200
         last_progress = time.monotonic()
-        while len(dormant_at) < customers and time.monotonic() < wait_until and p.poll() is None:
+        while len(dormant_at) < customers and time.monotonic() < wait_until and all(w.poll() is None for w in started):
             time.sleep(0.2)
             if time.monotonic() - last_progress > 5:
                 say(f"  drain: {len(dormant_at):,}/{customers:,} moved to dormant")
@@ -157,6 +174,7 @@ def run_mass_silence(
             breakdown = drain_breakdown(profile, p.pid, exited_at - due_s, exited_at - drained_at)
         return {
             "customers": customers,
+            "workers": workers,
             "moved": len(dormant_at),
             "silence_s": silence_s,
             "cohort_assigned_s": round(ingested_s, 2),
@@ -173,7 +191,8 @@ def run_mass_silence(
     finally:
         stop.set()
         watcher.stop.set()
-        procs.stop(p)
+        for w in started:
+            procs.stop(w)
         watcher.join(5)
         r.close()
 
@@ -217,6 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--probe-rate", type=float, default=200.0)
     parser.add_argument("--profile", type=Path, help="py-spy speedscope profile of the worker here, and the drain's breakdown")
     parser.add_argument("--deadline-claim", type=int, help="SEGFLOW_DEADLINE_CLAIM for the worker (default: the worker's)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes in one consumer group (they share the drain by partition)")
     args = parser.parse_args(argv)
     extra = {"SEGFLOW_DEADLINE_CLAIM": str(args.deadline_claim)} if args.deadline_claim else {}
     work = Path(tempfile.mkdtemp(prefix="segflow-mass-silence-"))
@@ -224,7 +244,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with EmbeddedStack(work_dir=work) as stack:
         try:
             row = run_mass_silence(
-                stack, procs, work, args.customers, args.probe_rate, profile=args.profile.resolve() if args.profile else None, extra_env=extra
+                stack,
+                procs,
+                work,
+                args.customers,
+                args.probe_rate,
+                profile=args.profile.resolve() if args.profile else None,
+                extra_env=extra,
+                workers=args.workers,
             )
         finally:
             procs.stop_all()
