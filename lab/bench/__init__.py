@@ -23,7 +23,8 @@ shared, noisy machine; ratios matter more than absolute numbers. Rows:
    100k (and 1M with ``--scale-max``) customers, state populated directly;
 8. ``mass_silence``: 10,000 (``--quick``) and 100,000 customers fall due in the
    same second (:mod:`lab.bench.mass_silence`): evaluations per second, and the
-   latency of events arriving during the drain against the same probe before it.
+   latency of events arriving during the drain against the same probe before it;
+   8b (full run only) the 10,000 cohort again with two workers in one group.
 
 Progress goes to stderr; the table to stdout; the JSON to ``docs/bench/``
 (or ``--out``). Every subprocess and server is stopped at the end, also on

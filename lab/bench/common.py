@@ -45,6 +45,7 @@ class BenchOptions:
     cluster_workers: tuple[int, ...] = (1, 2)  # row 5c: that many workers with their state in a 3-primary Redis Cluster
     mass_silence_sizes: tuple[int, ...] = (10_000, 100_000)  # row 8: cohorts due in the same second
     mass_silence_probe_rate: float = 200.0  # fresh logins per second arriving before and during the drain
+    mass_silence_two_workers: tuple[int, ...] = (10_000,)  # row 8b: these cohorts again, two worker processes in one group
     scale_sizes: tuple[int, ...] = (10_000, 100_000)
     scale_probe_events: int = 20_000
     scale_probe_rounds: int = 5
@@ -62,6 +63,7 @@ class BenchOptions:
             two_workers=False,
             cluster_workers=(1,),
             mass_silence_sizes=(10_000,),
+            mass_silence_two_workers=(),
             scale_sizes=(2_000, 10_000),
             scale_probe_events=4_000,
             scale_probe_rounds=3,

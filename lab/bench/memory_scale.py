@@ -88,12 +88,17 @@ def memberships(r, ids: set[str]) -> dict[str, list[tuple[str, str, float | None
     return out
 
 
-def clone(r, layout, templates: list[str], held: dict, start: int, stop: int) -> None:
-    """Clones ``start`` .. ``stop - 1`` (clone k copies template k mod len(templates))."""
-    dumps = {
+def template_dumps(r, layout, templates: list[str]) -> dict[str, list[tuple[str, bytes | None]]]:
+    """Each template's three keys as ``DUMP`` blobs (None for a key it lacks), in template order."""
+    return {
         t: [(kind, r.dump(key)) for kind, key in (("f", layout.customer_key(t)), ("s", layout.segments_key(t)), ("h", layout.history_key(t)))]
         for t in templates
     }
+
+
+def clone(r, layout, dumps: dict[str, list[tuple[str, bytes | None]]], held: dict, start: int, stop: int) -> None:
+    """Clones ``start`` .. ``stop - 1`` of the templates' :func:`template_dumps` (clone k copies template k mod their number)."""
+    templates = list(dumps)
     pipe = r.pipeline(transaction=False)
     for k in range(start, stop):
         t = templates[k % len(templates)]
@@ -145,13 +150,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         members = sum(len(v) for v in held.values()) / len(templates)
         say(f"  three keys per template: {sum(per_key.values()):,} B {per_key}; {members:.1f} set members each")
         r.memory_purge()
+        dumps = template_dumps(rb, layout, templates)
         baseline = int(r.info("memory")["used_memory"])
         rows = []
         done = 0
         for size in sizes:
             t0 = time.perf_counter()
             for start in range(done, size, 50_000):
-                clone(rb, layout, templates, held, start, min(size, start + 50_000))
+                clone(rb, layout, dumps, held, start, min(size, start + 50_000))
                 say(f"  cloned {min(size, start + 50_000):,}/{size:,}")
             done = size
             r.memory_purge()

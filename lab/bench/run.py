@@ -182,11 +182,14 @@ def run_bench(opts: BenchOptions) -> dict:
             dl = rows["deadline_latency"]
             say(f"    {dl['answered']}/{dl['customers']} moved; p50 {dl['p50_ms']} ms, p99 {dl['p99_ms']} ms after their deadline")
 
-            rows["mass_silence"] = []
-            for i, cohort in enumerate(opts.mass_silence_sizes):
-                say(f"[8] mass_silence: {cohort:,} customers fall due in the same second (SEGFLOW_CLOCK=wall), probe {opts.mass_silence_probe_rate:g} ev/s")
-                ms = run_mass_silence(stack, procs, work, cohort, probe_rate=opts.mass_silence_probe_rate, tag=f"m{i}")
-                rows["mass_silence"].append(ms)
+            rows["mass_silence"], rows["mass_silence_2w"] = [], []
+            runs = [(cohort, 1, f"m{i}") for i, cohort in enumerate(opts.mass_silence_sizes)]
+            runs += [(cohort, 2, f"m2w{i}") for i, cohort in enumerate(opts.mass_silence_two_workers)]
+            for cohort, workers, tag in runs:
+                label = "[8] mass_silence" if workers == 1 else "[8b] mass_silence, two workers in one group"
+                say(f"{label}: {cohort:,} customers fall due in the same second (SEGFLOW_CLOCK=wall), probe {opts.mass_silence_probe_rate:g} ev/s")
+                ms = run_mass_silence(stack, procs, work, cohort, probe_rate=opts.mass_silence_probe_rate, tag=tag, workers=workers)
+                rows["mass_silence" if workers == 1 else "mass_silence_2w"].append(ms)
                 say(
                     f"    {ms['moved']:,}/{cohort:,} moved in {ms['drain_s']} s after their deadline ({ms['evaluations_per_s']} evaluations/s); "
                     f"probe p99 {ms['probe_before']['p99_ms']} ms before, {ms['probe_during']['p99_ms']} ms during"
@@ -289,6 +292,14 @@ def targets(rows: dict) -> list[dict]:
                 + ("" if steady else "; baseline unsteady (p99 > 10x p50), not judged"),
                 "value": ratio,
                 "reached": (ratio is not None and ratio <= 2.0) if steady else None,
+            }
+        )
+    for ms in rows.get("mass_silence_2w", []):
+        out.append(
+            {
+                "target": f"(scale-out) mass_silence {ms['customers']:,} with two workers: evaluations/s, and the probe's p99 ratio",
+                "value": {"evaluations_per_s": ms.get("evaluations_per_s"), "probe_p99_ratio": ms.get("probe_p99_ratio")},
+                "reached": None,
             }
         )
     mem = e2e.get("memory", {}).get("bytes_per_customer_keys")
@@ -423,9 +434,11 @@ def format_table(result: dict) -> str:
             f"p50 {dl['p50_ms']} / p99 {dl['p99_ms']} / max {dl['max_ms']} ms",
             f"{dl['answered']} of {dl['customers']} silent customers moved with no event from them, {dl['early']} early",
         )
-    for ms in rows.get("mass_silence", []):
+    for ms in [*rows.get("mass_silence", []), *rows.get("mass_silence_2w", [])]:
         add(
-            f"8 mass_silence: {ms['customers']:,} customers due in the same second",
+            f"8 mass_silence: {ms['customers']:,} customers due in the same second"
+            if ms.get("workers", 1) == 1
+            else f"8b mass_silence: {ms['customers']:,} customers, two workers in one group",
             f"{ms['evaluations_per_s']} evaluations/s",
             f"{ms['moved']:,} moved to dormant {ms['first_change_after_deadline_s']} .. {ms['drain_s']} s after their deadline; "
             f"probe {ms['probe_rate']:g} ev/s of fresh logins, p99 {ms['probe_before']['p99_ms']} ms before, "

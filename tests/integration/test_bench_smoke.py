@@ -42,6 +42,7 @@ def test_quick_bench_writes_every_row(tmp_path, capsys):
                 scale_sizes=(500, 2000),
                 scale_probe_events=1000,
                 mass_silence_sizes=(1000,),
+                mass_silence_two_workers=(1000,),
                 out=out,
             )
         )
@@ -70,6 +71,9 @@ def test_quick_bench_writes_every_row(tmp_path, capsys):
     # The whole cohort moved, after its deadline, while the probe's events were answered before and during the drain.
     assert ms["customers"] == ms["moved"] == 1000 and ms["first_change_after_deadline_s"] >= 0 and ms["evaluations_per_s"] > 0
     assert ms["probe_before"]["events"] > 0 and ms["probe_during"]["events"] > 0
+    (shared,) = rows["mass_silence_2w"]
+    # Two workers in one group share the drain (deadlines are per partition) and still move every customer.
+    assert shared["workers"] == 2 and shared["customers"] == shared["moved"] == 1000 and shared["evaluations_per_s"] > 0
     assert rows["segflow_e2e"]["memory"]["bytes_per_customer_keys"] > 0
     assert [s["customers"] for s in rows["scale"]] == [500, 2000]
     for s in rows["scale"]:
