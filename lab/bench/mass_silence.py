@@ -87,18 +87,14 @@ def run_mass_silence(
     watcher = ChangeWatcher(stack.broker.bootstrap, topics.segment_changes, b"")  # the topic is this row's own
     watcher.on_record = on_record
     watcher.start()
-    env = worker_env(stack, topics.prefix, f"bench-mass-{tag}", work, "wall", SEGFLOW_SEGMENTS_CONFIG=deadline_config(work, silence_s), **(extra_env or {}))
+    config = deadline_config(work, silence_s)
     logs = [work / f"worker-mass-{tag}-{i}.log" for i in range(workers)]
     started = []
     for i, log in enumerate(logs):
         own = work / f"mass-{tag}-w{i}"  # own web port and data dir each
         own.mkdir(exist_ok=True)
-        env_i = (
-            env
-            if i == 0
-            else worker_env(stack, topics.prefix, f"bench-mass-{tag}", own, "wall", SEGFLOW_SEGMENTS_CONFIG=env["SEGFLOW_SEGMENTS_CONFIG"], **(extra_env or {}))
-        )
-        started.append(procs.start([sys.executable, "-m", "segflow.cli", "worker"], env_i, log))
+        env = worker_env(stack, topics.prefix, f"bench-mass-{tag}", own, "wall", SEGFLOW_SEGMENTS_CONFIG=config, **(extra_env or {}))
+        started.append(procs.start([sys.executable, "-m", "segflow.cli", "worker"], env, log))
     p, log = started[0], logs[0]
     # Idle samples too (one per interval), so samples count time back from the worker's exit.
     spy = start_py_spy(p.pid, profile, silence_s + 90 + customers / 200, procs, ("-f", "speedscope", "-r", str(PROFILE_HZ), "--idle")) if profile else None
