@@ -114,7 +114,11 @@ class Layout:
     # One customer's keys
     def customer_key(self, customer_id: str) -> str:
         """The customer's features hash."""
-        return f"{FEATURES_PREFIX}{{{self.tags[self.partition(customer_id)]}}}:{customer_id}"
+        return self.customer_key_prefix(self.partition(customer_id)) + customer_id
+
+    def customer_key_prefix(self, partition: int) -> str:
+        """What the features hash of each of a partition's customers starts with."""
+        return f"{FEATURES_PREFIX}{{{self.tags[partition]}}}:"
 
     def segments_key(self, customer_id: str) -> str:
         return f"{SEGMENTS_PREFIX}{{{self.tags[self.partition(customer_id)]}}}:{customer_id}"
@@ -133,6 +137,12 @@ class Layout:
     def deadlines_key(self, partition: int) -> str:
         """Sorted set: customer -> time of its next re-evaluation without an event."""
         return self._of(partition, "deadlines")
+
+    def filters_key(self, partition: int) -> str:
+        """Sorted set: customer -> event time by which its duplicate filter is swept
+        (``segflow_sweep_filters``: what the lateness rules out goes without waiting for the
+        customer's next event)."""
+        return self._of(partition, "filters")
 
     def customers(self, partition: int) -> str:
         """Count of the partition's customers with state (the max_customers limit)."""

@@ -72,6 +72,8 @@ end
 -- usual event (newer than all) is appended without parsing; differences, so an entry
 -- takes ~14 bytes instead of 19. The legacy field `r` ('token.time' or 'token:ms',
 -- unsorted, absolute) is read and rewritten as `q` on the customer's next event.
+-- What the lateness passes goes with the next event (ring_trim), or with the
+-- worker's sweep for a customer that has none (sweep_filters).
 local function ring_decode(q, out)
   if not q or q == '' then return out end
   local at = nil
@@ -204,12 +206,14 @@ local function apply_profile(keys, args, reply)
 end
 
 -- KEYS: cust:{id}, cust:{id}:seg, segflow:customers (how many customers have state),
---       segflow:stats (the applied, duplicates and suppressed counters)
+--       segflow:stats (the applied, duplicates and suppressed counters),
+--       segflow:filters (the partition's duplicate filters to sweep, see sweep_filters)
 -- ARGV: ts_ms, token, family, partition ('' if none), offset, late_before_ms ('' if unknown),
 --       flags (p=purchase v=visit l=login), increments "i:n,i:n", categories "cat\31qty\30...",
 --       want_state ('1': also return the hashes; the worker asks only for a customer's
 --       last event in a batch, since decoding every event's state was a quarter of its CPU),
---       max_customers ('0': no limit; a customer not yet known is refused once that many are)
+--       max_customers ('0': no limit; a customer not yet known is refused once that many are),
+--       customer_id (its member in segflow:filters)
 -- Returns {status} or {status, <customer hash as flat list>, <segment hash as flat list>};
 -- status 'suppressed' for an erased customer's event (the tombstone is in the HMGET below).
 local function apply(keys, args)
@@ -414,6 +418,11 @@ local function apply(keys, args)
     if not old or at > old then set[#set + 1] = f; set[#set + 1] = fmt(at) end
   end
   set[#set + 1] = 'q'; set[#set + 1] = q
+  -- A filter that starts anew (empty, or all of it past the lateness: a customer back
+  -- after a pause) joins the sweep; while it holds entries, the sweep keeps it there.
+  if (cur[Q] or '') == '' or legacy or (late_before and last_seen and last_seen < late_before) then
+    redis.call('ZADD', keys[5], 'LT', ts, args[12])
+  end
 
   redis.call('HSET', cust, unpack(set))
   if #gone > 0 then redis.call('HDEL', cust, unpack(gone)) end
@@ -426,6 +435,37 @@ local function advance_watermark(keys, args)
   local cur = tonumber(redis.call('GET', keys[1]) or '-1')
   if ts > cur then redis.call('SET', keys[1], fmt(ts)); return ts end
   return cur
+end
+
+-- Sweep the duplicate filters of one partition's customers: forget what the lateness
+-- rules out, as the customer's next event would (ring_trim), without waiting for that
+-- event. Idle customers held their last filter for good before (docs/PERFORMANCE.md,
+-- memory). A customer is in the sweep's sorted set while its filter holds entries,
+-- scored by an event time no later than its newest entry's: once late_before passes the
+-- score, the filter is trimmed, then dropped (and the customer leaves the set) or
+-- re-scored with its newest entry (last_seen).
+-- KEYS: segflow:filters of the partition. ARGV: late_before_ms, limit, the prefix of the
+-- partition's customer keys ('cf:{tag}:'; those keys are in KEYS[1]'s slot).
+-- Returns the number of customers swept.
+local function sweep_filters(keys, args)
+  local late_before = tonumber(args[1])
+  local due = redis.call('ZRANGE', keys[1], '-inf', '(' .. args[1], 'BYSCORE', 'LIMIT', 0, tonumber(args[2]))
+  for _, cid in ipairs(due) do
+    local cust = args[3] .. cid
+    local cur = redis.call('HMGET', cust, 'q', 'ls')
+    local q = cur[1] or ''
+    local kept = q ~= '' and ring_trim(q, late_before, {}) or ''
+    if kept == '' then
+      if q ~= '' then redis.call('HDEL', cust, 'q') end
+      redis.call('ZREM', keys[1], cid)
+    else
+      -- (no floors: the set holds a filter after its apply, within DEDUPE_CAP, so only
+      -- the lateness trims it here)
+      if kept ~= q then redis.call('HSET', cust, 'q', kept) end
+      redis.call('ZADD', keys[1], tonumber(cur[2]), cid)
+    end
+  end
+  return #due
 end
 
 -- KEYS: deadlines zset. ARGV: now_ms, limit, lease_until_ms. Atomically claims
@@ -520,8 +560,8 @@ end
 
 -- Forget a customer (`segflow forget`), compare-and-set on the segments' `_v` as commit
 -- does: the final changes were built from the segments the caller read.
--- KEYS: features, segments, history, outbox, deadlines, customers, stats (the partition's),
---       then the member set of each segment the customer is in
+-- KEYS: features, segments, history, outbox, deadlines, customers, stats, filters (the
+--       partition's), then the member set of each segment the customer is in
 -- ARGV: customer_id, expected_version, erased_at_ms, suppress_ms (0: the tombstone stays; -1: none),
 --       outbox needle (see drop_pending), then per member set the change that takes the
 --       customer out of it (to: null), in the same order
@@ -541,10 +581,11 @@ local function forget(keys, args)
     if suppress_ms > 0 then redis.call('PEXPIRE', cust, args[4]) end
   end
   redis.call('ZREM', keys[5], cid)
+  redis.call('ZREM', keys[8], cid)
   local out = {'ok', drop_pending(outbox, args[5])}
-  for i = 8, #keys do
+  for i = 9, #keys do
     redis.call('SREM', keys[i], cid)
-    out[#out + 1] = redis.call('XADD', outbox, '*', 'change', args[i - 2])
+    out[#out + 1] = redis.call('XADD', outbox, '*', 'change', args[i - 3])
   end
   redis.call('HINCRBY', keys[7], 'erased', 1)
   return out
@@ -553,5 +594,6 @@ end
 redis.register_function('segflow_apply', apply)
 redis.register_function('segflow_advance_watermark', advance_watermark)
 redis.register_function('segflow_claim_due', claim_due)
+redis.register_function('segflow_sweep_filters', sweep_filters)
 redis.register_function('segflow_commit', commit)
 redis.register_function('segflow_forget', forget)

@@ -270,13 +270,27 @@ def apply_delta(state: CustomerState, delta: EventDelta, late_before_ms: int | N
 
     state.recent[delta.token] = ts
     if late_before_ms is not None:
-        for token in [t for t, t_ms in state.recent.items() if t_ms < late_before_ms]:
-            del state.recent[token]
+        sweep_filter(state, late_before_ms)
     while len(state.recent) > DEDUPE_CAP:
         oldest = min(state.recent, key=lambda t: (state.recent[t], t))
         forgotten = state.recent.pop(oldest)
         state.dedupe_floor[oldest[:1]] = _max(state.dedupe_floor.get(oldest[:1]), forgotten)
     return "applied"
+
+
+def sweep_filter(state: CustomerState, late_before_ms: int) -> None:
+    """Forget from the duplicate filter what the lateness horizon rules out: an event
+    older than ``late_before_ms`` is refused as too late before the filter is asked.
+    Every applied event does this; the worker's sweep (``segflow_sweep_filters``) does
+    it for customers with no next event, so an idle customer's filter does not stay.
+
+    >>> state = CustomerState(recent={"a": 10, "b": 20})
+    >>> sweep_filter(state, 15)
+    >>> state.recent
+    {'b': 20}
+    """
+    for token in [t for t, t_ms in state.recent.items() if t_ms < late_before_ms]:
+        del state.recent[token]
 
 
 def weekday(day: int) -> int:

@@ -8,7 +8,7 @@ raw state and current segments.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from typing import NamedTuple
 
@@ -48,13 +48,15 @@ def apply_call(layout: Layout, customer_id: str, delta: EventDelta, late_before_
     return (
         "FCALL",
         "segflow_apply",
-        4,
+        5,
         layout.customer_key(customer_id),
         layout.segments_key(customer_id),
         layout.customers(p),
         layout.stats(p),
+        layout.filters_key(p),
         *delta_args(delta, late_before_ms, want_state),
         max_customers,
+        customer_id,
     )
 
 
@@ -101,6 +103,15 @@ class FeatureStore:
             else:
                 out.append(Applied(customer_id, status))
         return out
+
+    async def sweep_filters(self, late_before_ms: int, partitions: Iterable[int], limit: int = 1000) -> int:
+        """Forget from the duplicate filters of up to ``limit`` customers per partition
+        what ``late_before_ms`` rules out, as their next event would (``segflow_sweep_filters``),
+        one round trip; returns how many customers were swept."""
+        commands: list[Command] = [
+            ("FCALL", "segflow_sweep_filters", 1, self.layout.filters_key(p), late_before_ms, limit, self.layout.customer_key_prefix(p)) for p in partitions
+        ]
+        return sum(int(n) for n in await run_pipeline(self.redis, commands))
 
     async def advance_watermark(self, ts_ms: int) -> int:
         """Publish a worker's low watermark; returns the shared (largest) one."""

@@ -277,11 +277,19 @@ def key_names(
             "segments": layout.segments_key(customer_id),
             "history": layout.history_key(customer_id),
             "deadlines": layout.deadlines_key(p),
+            "filters": layout.filters_key(p),
         }
     else:
         view = {
             "partitions": [
-                {"partition": p, "tag": tag, "outbox": layout.outbox(p), "deadlines": layout.deadlines_key(p), "stats": layout.stats(p)}
+                {
+                    "partition": p,
+                    "tag": tag,
+                    "outbox": layout.outbox(p),
+                    "deadlines": layout.deadlines_key(p),
+                    "filters": layout.filters_key(p),
+                    "stats": layout.stats(p),
+                }
                 for p, tag in enumerate(layout.tags)
             ]
         }

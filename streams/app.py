@@ -245,6 +245,7 @@ def create_app(settings: Settings, segmenter_factory) -> faust.App:
             await publish(e, outcome)
             if not outcome.changes and not outcome.dead_letters:
                 break
+        await e.sweep_filters(settings.deadline_claim)
 
     @app.timer(settings.snapshot_interval_seconds)
     async def snapshot():

@@ -92,6 +92,7 @@ class Counters:
     changes: int = 0
     deadline_evaluations: int = 0
     conflicts: int = 0  # evaluations dropped because another committed first (re-queued)
+    filters_swept: int = 0  # duplicate filters trimmed or dropped without waiting for the customer's next event
     drift_detected: int = 0
     reseeds: int = 0
     changes_sent: int = 0  # acknowledged by the broker (counted by the shell's publish)
@@ -424,6 +425,26 @@ class Engine:
         self.counters.expired += len(done.customers)
         for customer_id in done.customers:
             self._erased_since_snapshot |= self.segmenter.forget(customer_id)
+
+    # -- duplicate filters -----------------------------------------------------
+    async def sweep_filters(self, limit: int = 1000) -> int:
+        """Trim the duplicate filters of this worker's customers that the lateness has
+        passed (up to ``limit`` per partition); returns how many were swept.
+
+        The horizon is the one the next batch would judge lateness by (this worker's
+        own low watermark), and the sweep holds the lock that batches hold: a batch
+        running meanwhile with an older horizon could otherwise take a duplicate of an
+        entry swept under a newer one.
+        """
+        async with self.lock:
+            low = await self._low_watermark(time.time())
+            if low is None or not self.owned_partitions:
+                return 0
+            t0 = time.perf_counter()
+            swept = await self.features.sweep_filters(low - self.settings.lateness_ms, self.owned_partitions, limit)
+            self.observe("sweep_filters", time.perf_counter() - t0)
+        self.counters.filters_swept += swept
+        return swept
 
     # -- deadlines ------------------------------------------------------------
     async def clock_ms(self) -> int | None:

@@ -92,8 +92,8 @@ def forget_call(layout: Layout, customer_id: str, version: int, changes: Sequenc
     customer's partition's slot; one member set and one payload per final change.
 
     >>> call = forget_call(Layout(1), "c1", 2, [], erased_at_ms=9, suppress_ms=0)
-    >>> call[:3], call[3:10], call[10:]
-    (('FCALL', 'segflow_forget', 7), ('cf:{p0.0}:c1', 'cs:{p0.0}:c1', 'ch:{p0.0}:c1', 'segflow:{p0.0}:outbox', 'segflow:{p0.0}:deadlines', 'segflow:{p0.0}:customers', 'segflow:{p0.0}:stats'), ('c1', 2, 9, 0, '"customer_id":"c1"'))
+    >>> call[:3], call[3:11], call[11:]
+    (('FCALL', 'segflow_forget', 8), ('cf:{p0.0}:c1', 'cs:{p0.0}:c1', 'ch:{p0.0}:c1', 'segflow:{p0.0}:outbox', 'segflow:{p0.0}:deadlines', 'segflow:{p0.0}:customers', 'segflow:{p0.0}:stats', 'segflow:{p0.0}:filters'), ('c1', 2, 9, 0, '"customer_id":"c1"'))
     """
     p = layout.partition(customer_id)
     key_list = [
@@ -104,6 +104,7 @@ def forget_call(layout: Layout, customer_id: str, version: int, changes: Sequenc
         layout.deadlines_key(p),
         layout.customers(p),
         layout.stats(p),
+        layout.filters_key(p),
     ]
     members = [layout.member_set(p, c.segmentation, c.from_segment) for c in changes if c.from_segment is not None]
     payloads = [c.model_dump_json(by_alias=True) for c in changes]

@@ -46,6 +46,7 @@ COUNTERS = (
     ("changes_resent", "changes_resent", "Changes re-sent from the outbox by a relay (a restart, or a reply Redis cut off)."),
     ("deadline_evaluations", "deadline_evaluations", "Customers evaluated because an absence deadline fell due."),
     ("conflicts", "conflicts", "Evaluations dropped because another commit came first (re-queued)."),
+    ("filters_swept", "filters_swept", "Customers' duplicate filters trimmed once the lateness passed them, without waiting for their next event."),
 )
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

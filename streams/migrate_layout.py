@@ -123,18 +123,20 @@ def migrate(redis: Any, layout: Layout, progress: Callable[[str], None] = lambda
         report.members_moved += len(batch)
         redis.delete(key)
 
-    # Deadlines: the earlier of two deadlines of a customer wins (LT), as a commit would.
-    deadline_keys = [k for k in redis.scan_iter(match="segflow:*deadlines*", count=1000) if _tag_of(k) not in tags]
-    for key in deadline_keys:
-        if redis.type(key) != "zset":
-            continue
-        entries = redis.zrange(key, 0, -1, withscores=True)
-        pipe = redis.pipeline(transaction=False)
-        for cid, score in entries:
-            pipe.zadd(layout.deadlines_key(layout.partition(cid)), {cid: score}, lt=True)
-        pipe.delete(key)
-        pipe.execute()
-        report.deadlines_moved += len(entries)
+    # Deadlines, and the duplicate-filter sweep: the earlier of two times of a customer
+    # wins (LT), as a commit (or segflow_apply) would.
+    for pattern, key_of in (("segflow:*deadlines*", layout.deadlines_key), ("segflow:*filters*", layout.filters_key)):
+        for key in [k for k in redis.scan_iter(match=pattern, count=1000) if _tag_of(k) not in tags]:
+            if redis.type(key) != "zset":
+                continue
+            entries = redis.zrange(key, 0, -1, withscores=True)
+            pipe = redis.pipeline(transaction=False)
+            for cid, score in entries:
+                pipe.zadd(key_of(layout.partition(cid)), {cid: score}, lt=True)
+            pipe.delete(key)
+            pipe.execute()
+            if key_of == layout.deadlines_key:
+                report.deadlines_moved += len(entries)
 
     # Outbox: changes not yet confirmed on Kafka, in order, to their customer's partition.
     import json

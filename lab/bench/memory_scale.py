@@ -4,7 +4,8 @@
 Redis (the embedded one, configured as the worker's) and builds template customers
 the way row 5 does: the same simulated backlog (``make_payloads``, about 40 days of
 each customer's life), folded by an in-process :class:`~streams.engine.Engine` on
-the event clock, its deadlines fired after every batch. A template then holds what
+the event clock, its deadlines fired and its duplicate filters swept after every
+batch, as the worker's deadline timer does. A template then holds what
 a customer of row 5 holds: features (``cf``), segments (``cs``), history (``ch``),
 a place in its segments' member sets and in its partition's deadlines. Each
 template is cloned under new ids (``DUMP``/``RESTORE`` of its three keys, the same
@@ -63,6 +64,8 @@ def build_templates(url: str, customers: int, partitions: int, batch: int = 500)
         for i in range(0, len(messages), batch):
             await engine.process(messages[i : i + batch], now=time.time())
             while (await engine.fire_deadlines(1000)).changes:
+                pass
+            while await engine.sweep_filters(1000):  # as the worker's deadline timer does
                 pass
             if i // batch % 50 == 0:
                 say(f"  templates: {i + batch:,}/{len(messages):,} events folded")

@@ -446,10 +446,12 @@ def format_table(result: dict) -> str:
         )
     if e and e.get("memory", {}).get("customers"):
         m = e["memory"]
+        end = e.get("memory_at_backlog_end", {}).get("bytes_per_customer_keys")
         add(
-            "7 Redis per customer after row 5 (cust+seg+hist)",
+            "7 Redis per customer after row 5, at rest (cust+seg+hist)",
             f"{m['bytes_per_customer_keys']:,} B",
-            f"{m['customers']:,} customers, by key {m['by_key']}, dataset {m['used_memory_dataset_per_customer']:,} B/customer",
+            f"{m['customers']:,} customers, by key {m['by_key']}, dataset {m['used_memory_dataset_per_customer']:,} B/customer; "
+            f"at the backlog's end, before the idle partitions let the filter sweep finish: {'-' if end is None else f'{end:,}'} B",
         )
     for s in rows.get("scale", []):
         add(

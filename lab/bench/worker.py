@@ -31,6 +31,12 @@ from streams.status import read_totals
 if TYPE_CHECKING:
     from lab.embedded import RedisCluster
 
+# The workers count a silent input partition idle after this (default 30 s): only at the
+# backlog's end, when row 7 waits for the watermark to pass the sparsest partition.
+# While the backlog lasts no partition is idle (each has messages pending).
+IDLE_PARTITION_S = 5.0
+
+
 # -- row 5: segflow end to end ----------------------------------------------------
 
 
@@ -62,7 +68,8 @@ def run_worker_e2e(
     for i in range(workers):
         (work / f"w{i}").mkdir(exist_ok=True)
     layout = Layout(partitions)
-    extra = {"SEGFLOW_PARTITIONS": str(partitions)} | ({"SEGFLOW_REDIS_URL": url, "SEGFLOW_REDIS_CLUSTER": "true"} if cluster else {})
+    extra = {"SEGFLOW_PARTITIONS": str(partitions), "SEGFLOW_IDLE_PARTITION_SECONDS": str(IDLE_PARTITION_S)}
+    extra |= {"SEGFLOW_REDIS_URL": url, "SEGFLOW_REDIS_CLUSTER": "true"} if cluster else {}
     envs = [worker_env(stack, prefix, group, work / f"w{i}", "event", **extra) for i in range(workers)]  # own web port and data dir each
     others = [procs.start([sys.executable, "-m", "segflow.cli", "worker"], envs[i], work / f"worker-e2e-{group}-{i}.log") for i in range(1, workers)]
     p = procs.start([sys.executable, "-m", "segflow.cli", "worker"], envs[0], work / f"worker-e2e-{group}-0.log")
@@ -96,6 +103,7 @@ def run_worker_e2e(
                 break
             time.sleep(0.05)
         cpu_end = {name: sum(map(cpu_seconds, pids)) for name, pids in components.items()}
+        ended_at = time.monotonic()
         if spy is not None:
             try:
                 spy.wait(opts.profile_seconds + 30)
@@ -129,6 +137,8 @@ def run_worker_e2e(
         if cpu_first is not None and int(final.get("received", 0)) > cpu_first[0]:
             events = int(final.get("received", 0)) - cpu_first[0]
             out["cpu_us_per_event"] = {name: round((cpu_end[name] - cpu_first[1][name]) / events * 1e6, 2) for name in components}
+        sample = 2000 if not opts.quick else 300
+        out["memory_at_backlog_end"] = memory_per_customer(r, sample=sample, layout=layout)
         if cluster:
             out["per_node"] = [{**fcall_server_usec(node), "keys": int(node.dbsize())} for node in primaries]
             keys = [n["keys"] for n in out["per_node"]]
@@ -136,7 +146,10 @@ def run_worker_e2e(
             out["server_usec_per_event"] = round(sum(n["calls"] * n["usec_per_call"] for n in out["per_node"]) / max(1, out["events"]), 2)
         elif workers == 1:  # later rows re-read the same backlog: their changes share these topics
             out.update(subscriber_view(stack, r))
-        out["memory"] = memory_per_customer(r, sample=2000 if not opts.quick else 300, layout=layout)
+        # Row 7 is what a customer costs at rest: once the workers' timers have swept the
+        # duplicate filters the lateness has passed (customers idle at the backlog's end).
+        out["sweep_settled_seconds"], out["filters_left"] = settle_sweep(r, layout, ended_at)
+        out["memory"] = memory_per_customer(r, sample=sample, layout=layout)
         if profile is not None:
             out["profile"] = profile
         return out
@@ -146,6 +159,26 @@ def run_worker_e2e(
         for w in (p, *others):
             procs.stop(w)
         r.close()
+
+
+def settle_sweep(r, layout: Layout, ended_at: float, quiet_s: float = 1.5, timeout_s: float = 30.0) -> tuple[float, int]:
+    """Wait for the rest state after a backlog that ended at ``ended_at`` (monotonic): the
+    input partitions idle (``IDLE_PARTITION_S`` of silence, so the watermark stops
+    waiting for the sparsest of them and moves to the newest event), then the
+    partitions' duplicate-filter sweep sets no longer shrinking (unchanged for
+    ``quiet_s``, at most ``timeout_s`` more). Returns the seconds waited and how many
+    customers still have a filter (their newest event within the lateness)."""
+    started = time.monotonic()
+    time.sleep(max(0.0, ended_at + IDLE_PARTITION_S + 1 - started))
+    last, since, settling = -1, time.monotonic(), time.monotonic()
+    while time.monotonic() - settling < timeout_s:
+        size = sum(int(r.zcard(layout.filters_key(p))) for p in range(layout.partitions))
+        if size != last:
+            last, since = size, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            break
+        time.sleep(0.25)
+    return round(time.monotonic() - started, 1), last
 
 
 def subscriber_view(stack, r, quiet_s: float = 5.0, timeout_s: float = 120.0) -> dict:

@@ -9,6 +9,7 @@ from datetime import UTC
 
 import pytest
 
+from features.codec import state_from_hash
 from segmenter.assign import Segmenter
 from segmenter.config import default_config
 from streams.app import redis_client as async_redis
@@ -145,3 +146,42 @@ def test_received_is_never_published_ahead_of_the_batch_outcome(redis_server, re
     assert int(while_waiting.get("received", 0)) == 0  # the batch had not been applied yet
     done = read_totals(redis_client, settings.layout)
     assert done["received"] == done["applied"] == 3
+
+
+def test_an_idle_customers_duplicate_filter_is_swept_once_the_lateness_passes_it(redis_server, redis_client):
+    """Without a next event, a customer's duplicate filter used to stay as its last event
+    left it. The deadline timer's sweep forgets it once this worker's watermark, less the
+    lateness, has passed it (not before), trims an active customer's to what is still
+    within the lateness, and a producer's retry of a forgotten event is still refused."""
+    settings = Settings(redis_url=redis_server.url, lateness_seconds=3600, clock="event", partitions=1)
+    topic, layout = settings.topics.purchases, settings.layout
+    hour = 3_600_000
+
+    def msg(cid: str, n: int, offset: int, ts: int) -> InboundMessage:
+        return InboundMessage(topic, 0, offset, cid.encode(), purchase(cid, n, ts))
+
+    async def scenario():
+        engine = await started_engine(settings, {(topic, 0)})
+        await engine.process([msg("idle", n, n, T0_MS + n * 60_000) for n in range(3)] + [msg("busy", 0, 3, T0_MS + 30 * 60_000)], now=time.time())
+        early = await engine.sweep_filters()
+        filters_early = redis_client.hget(layout.customer_key("idle"), "q")
+        for n in range(1, 7):  # busy buys every half hour: the watermark moves to T0 + 3.5 h
+            await engine.process([msg("busy", n, 3 + n, T0_MS + (n + 1) * hour // 2)], now=time.time())
+        swept = await engine.sweep_filters()
+        retry = await engine.process([msg("idle", 0, 20, T0_MS)], now=time.time())
+        counted = engine.counters.filters_swept
+        await engine.redis.aclose()
+        return early, filters_early, swept, retry, counted
+
+    early, filters_early, swept, retry, counted = run(scenario())
+    assert early == 0 and filters_early  # the watermark (T0 + 30 min) less an hour passes nothing
+    assert swept == 2 == counted
+    idle = redis_client.hgetall(layout.customer_key("idle"))
+    assert "q" not in idle and idle["n"] == "3"
+    assert redis_client.zscore(layout.filters_key(0), "idle") is None
+    busy = state_from_hash(redis_client.hgetall(layout.customer_key("busy")))
+    # Its last batch's horizon (T0 + 3 h less an hour) left 2 h .. 3.5 h; the sweep's (T0 + 3.5 h less an hour) leaves:
+    assert sorted(busy.recent.values()) == [T0_MS + 5 * hour // 2, T0_MS + 3 * hour, T0_MS + 7 * hour // 2]
+    assert redis_client.zscore(layout.filters_key(0), "busy") == T0_MS + 7 * hour // 2  # re-scored by its newest entry
+    assert [dl.reason for dl in retry.dead_letters] == ["too_late"]
+    assert redis_client.hget(layout.customer_key("idle"), "n") == "3"

@@ -143,11 +143,12 @@ def test_forget_leaves_only_the_tombstone_and_touches_no_other_customer(redis_se
     assert redis_client.smembers(layout.member_set(p, "lifecycle", "active")) == {kept}
     assert redis_client.smembers(layout.member_set(p, "value", "loyal")) == {kept}
     assert redis_client.zrange(layout.deadlines_key(p), 0, -1) == [kept]
+    assert redis_client.zrange(layout.filters_key(p), 0, -1) == [kept]  # its duplicate filter's sweep
     assert redis_client.get(layout.customers(p)) == "1"
     assert redis_client.hget(layout.stats(p), "erased") == "1"
-    # The other customer and the partition's other keys are as they were (but the counts and the deadline).
+    # The other customer and the partition's other keys are as they were (but the counts, the deadline and the sweep).
     after = {k: raw.dump(k) for k in before}
-    assert {k.decode() for k in before if after[k] != before[k]} == {layout.customers(p), layout.stats(p), layout.deadlines_key(p)}
+    assert {k.decode() for k in before if after[k] != before[k]} == {layout.customers(p), layout.stats(p), layout.deadlines_key(p), layout.filters_key(p)}
 
     # The customer's next event is suppressed: counted, nothing stored, not counted as a customer.
     late = EventDelta(20_001 * DAY_MS, "lnew", "login", {LOGINS: 1}, login=True, offset=(p, 99))

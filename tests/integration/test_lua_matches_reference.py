@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from features.codec import ring_entries, state_from_hash
 from features.keys import Layout
-from features.state import BUCKET_DAYS, DAY_MS, METRICS, CustomerState, EventDelta, apply_delta, forgotten
+from features.state import BUCKET_DAYS, DAY_MS, METRICS, CustomerState, EventDelta, apply_delta, forgotten, sweep_filter
 from features.store import apply_call, load_library_sync
 from features.traits import base36
 from streams.erasure import forget_call
@@ -67,6 +67,80 @@ def test_lua_forget_then_apply_equals_the_reference(redis_client, ops):
             delta, late_before = op
             assert redis_client.execute_command(*apply_call(LAYOUT, "c", delta, late_before))[0] == apply_delta(ref, delta, late_before)
     assert state_from_hash(redis_client.hgetall(LAYOUT.customer_key("c"))) == ref
+
+
+horizons = st.none() | st.integers(20_000 * DAY_MS, 20_000 * DAY_MS + 200 * DAY_MS)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.tuples(deltas, horizons) | st.just(("sweep", None)), max_size=40), data=st.data())
+def test_sweeping_filters_between_events_equals_the_reference(redis_client, ops, data):
+    """Sweeps among the events (``segflow_sweep_filters``, the worker's timer): a sweep
+    forgets what features.state.sweep_filter forgets, so every later event has the
+    reference's outcome; and while the filter holds entries the customer is in the
+    partition's sweep set, scored no later than its newest event, so the sweep comes
+    for the whole filter once the lateness has passed it."""
+    load_library_sync(redis_client)
+    p = LAYOUT.partition("c")
+    sweep_set, prefix = LAYOUT.filters_key(p), LAYOUT.customer_key_prefix(p)
+    redis_client.delete(LAYOUT.customer_key("c"), sweep_set)
+    ref = CustomerState()
+    for op, arg in ops:
+        if op == "sweep":
+            # A horizon at, just after or just before an entry of the filter, or anywhere.
+            near = st.sampled_from(sorted(ref.recent.values())).flatmap(lambda t: st.sampled_from([t - 1, t, t + 1])) if ref.recent else st.nothing()
+            arg = data.draw(near | st.integers(20_000 * DAY_MS, 20_000 * DAY_MS + 4 * DAY_MS), label="horizon")
+            due = (score := redis_client.zscore(sweep_set, "c")) is not None and score < arg
+            assert redis_client.execute_command("FCALL", "segflow_sweep_filters", 1, sweep_set, arg, 10, prefix) == int(due)
+            if due:
+                sweep_filter(ref, arg)
+        else:
+            assert redis_client.execute_command(*apply_call(LAYOUT, "c", op, arg))[0] == apply_delta(ref, op, arg)
+        assert state_from_hash(redis_client.hgetall(LAYOUT.customer_key("c"))) == ref
+        score = redis_client.zscore(sweep_set, "c")
+        if ref.recent:
+            assert score is not None and score <= ref.last_seen_ms
+    if ref.recent:  # the lateness passing the newest event empties the filter
+        horizon = ref.last_seen_ms + 1
+        assert redis_client.execute_command("FCALL", "segflow_sweep_filters", 1, sweep_set, horizon, 10, prefix) == 1
+        sweep_filter(ref, horizon)
+        assert not ref.recent and "q" not in redis_client.hgetall(LAYOUT.customer_key("c"))
+        assert redis_client.zscore(sweep_set, "c") is None
+
+
+def test_a_sweep_forgets_only_what_lies_before_the_horizon(redis_client):
+    """At the boundary: an entry at the horizon stays (an event at that time is not too
+    late), the one before it goes; the filter goes once the horizon passes its newest
+    entry. A customer whose filter an older version left unswept joins the sweep with its
+    next event after a pause longer than the lateness."""
+    load_library_sync(redis_client)
+    p = LAYOUT.partition("c")
+    sweep_set, prefix = LAYOUT.filters_key(p), LAYOUT.customer_key_prefix(p)
+    redis_client.delete(LAYOUT.customer_key("c"), sweep_set)
+    base = 20_000 * DAY_MS
+
+    def sweep(horizon: int) -> int:
+        return redis_client.execute_command("FCALL", "segflow_sweep_filters", 1, sweep_set, horizon, 10, prefix)
+
+    for i in range(3):
+        assert redis_client.execute_command(*apply_call(LAYOUT, "c", EventDelta(base + i, f"l{i}", "login", {9: 1}), None))[0] == "applied"
+    assert redis_client.zscore(sweep_set, "c") == base  # scored by the event that started the filter
+    assert sweep(base) == 0  # nothing before the horizon: not due
+    assert sweep(base + 1) == 1
+    assert state_from_hash(redis_client.hgetall(LAYOUT.customer_key("c"))).recent == {"l1": base + 1, "l2": base + 2}
+    assert redis_client.zscore(sweep_set, "c") == base + 2  # re-scored by its newest entry
+    assert sweep(base + 2) == 0
+    assert sweep(base + 3) == 1
+    assert "q" not in redis_client.hgetall(LAYOUT.customer_key("c")) and redis_client.zscore(sweep_set, "c") is None
+    # A duplicate of a swept event is still refused: it is older than the horizon.
+    assert redis_client.execute_command(*apply_call(LAYOUT, "c", EventDelta(base + 2, "l2", "login", {9: 1}), base + 3))[0] == "too_late"
+
+    # An older version's customer: a filter, no place in the sweep set.
+    redis_client.hset(LAYOUT.customer_key("c"), "q", "l2." + base36(base + 2))
+    assert redis_client.execute_command(*apply_call(LAYOUT, "c", EventDelta(base + 9, "l9", "login", {9: 1}), base + 1))[0] == "applied"
+    assert redis_client.zscore(sweep_set, "c") is None  # its newest event (base + 2) was within the lateness
+    assert redis_client.execute_command(*apply_call(LAYOUT, "c", EventDelta(base + DAY_MS, "la", "login", {9: 1}), base + 10))[0] == "applied"
+    assert redis_client.zscore(sweep_set, "c") == base + DAY_MS  # back after a pause past the lateness: swept from now on
 
 
 def test_several_counters_in_one_day_bucket(redis_client):

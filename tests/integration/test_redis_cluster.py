@@ -199,3 +199,32 @@ def test_run_pipeline_sends_each_node_its_commands_and_follows_a_stale_slot_map(
     assert second == [101, True]  # through redis-py's pipeline after MOVED
     assert port_after == node_of(redis_cluster_client, f"{TAGS[0]}:h")
     assert {node_of(redis_cluster_client, f"{tag}:h") for tag in TAGS} == set(redis_cluster.ports)  # all three nodes took part
+
+
+def test_the_duplicate_filter_sweep_runs_on_every_primary(redis_cluster, redis_cluster_client):
+    """segflow_sweep_filters names only the partition's sweep set and reaches the
+    customers' hashes by prefix: same hash tag, same slot, so a cluster runs it."""
+    from features.keys import Layout
+    from features.state import DAY_MS, EventDelta
+    from features.store import FeatureStore, load_library_sync
+
+    layout = Layout(6)  # two partitions per primary (features.keys.partition_tags)
+    load_library_sync(redis_cluster_client)
+    customers = [f"sweep{i}" for i in range(24)]
+    day = 20_000 * DAY_MS
+
+    async def go() -> tuple[int, int]:
+        r = async_client(redis_cluster.url, cluster=True)
+        try:
+            await r.initialize()
+            store = FeatureStore(r, layout)
+            items = [(cid, EventDelta(day + i, f"l{cid}-{i}", "login", {9: 1})) for cid in customers for i in range(3)]
+            assert {a.status for a in await store.apply_batch(items, None, None)} == {"applied"}
+            return await store.sweep_filters(day + 1, range(6)), await store.sweep_filters(day + 3, range(6))
+        finally:
+            await r.aclose()
+
+    assert asyncio.run(go()) == (len(customers), len(customers))  # trimmed, then dropped
+    assert {layout.partition(c) for c in customers} == set(range(6))
+    assert not any(redis_cluster_client.hexists(layout.customer_key(c), "q") for c in customers)
+    assert sum(redis_cluster_client.zcard(layout.filters_key(p)) for p in range(6)) == 0

@@ -96,7 +96,7 @@ def test_every_key_of_a_forget_call_is_in_the_customer_partitions_slot(customer_
     assert len({key_slot(k.encode()) for k in call_keys}) == 1
     p = layout.partition(customer_id)
     assert call_keys[:3] == [layout.customer_key(customer_id), layout.segments_key(customer_id), layout.history_key(customer_id)]
-    assert call_keys[7:] == [layout.member_set(p, "lifecycle", "active"), layout.member_set(p, "value", "loyal")]
+    assert call_keys[7:] == [layout.filters_key(p), layout.member_set(p, "lifecycle", "active"), layout.member_set(p, "value", "loyal")]
     args = call[3 + numkeys :]
     assert args[:5] == (customer_id, 3, 1, 2, outbox_needle(customer_id))
     assert [json.loads(str(a))["segmentation"] for a in args[5:]] == ["lifecycle", "value"]  # one payload per member set, same order
