@@ -38,6 +38,7 @@ _INT_FIELDS = {
     "pp": "prev_purchase_ms",
     "lv": "last_visit_ms",
     "ll": "last_login_ms",
+    "lf": "late_floor_ms",
 }
 _COUNTERS = {
     "n": "events_total",

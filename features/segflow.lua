@@ -120,26 +120,32 @@ end
 -- Forget, from the front of a sorted filter, what the lateness rules out, then the
 -- oldest past DEDUPE_CAP, remembering in `floors` (per family: a token's first
 -- character) the newest time forgotten while still within the lateness.
+-- Returns the filter kept and the newest time the lateness forgot (nil: none), which
+-- the caller keeps as the customer's lateness floor `lf`: a worker that does not know
+-- the watermark yet (just started, or given the partition in a rebalance) must still
+-- refuse a copy of a forgotten event (seen in CI: a full replay applied one twice).
 local function ring_trim(q, late_before, floors)
   local _, seps = string.gsub(q, ';', '')
-  local n, pos, at, dropped = seps + 1, 1, nil, 0
+  local n, pos, at, dropped, expired_at = seps + 1, 1, nil, 0, nil
   while true do
     local t, d = string.match(q, '^([^.;]+)%.(%w+)', pos)
     local v = tonumber(d, 36)
     at = at and at + v or v
     local expired = late_before and at < late_before
     if not expired and n - dropped <= DEDUPE_CAP then
-      if dropped == 0 then return q end
+      if dropped == 0 then return q, expired_at end
       local rest = string.find(q, ';', pos, true)
-      return t .. '.' .. base36(at) .. (rest and string.sub(q, rest) or '')
+      return t .. '.' .. base36(at) .. (rest and string.sub(q, rest) or ''), expired_at
     end
-    if not expired then
+    if expired then
+      expired_at = at
+    else
       local c = string.sub(t, 1, 1)
       if not floors[c] or at > floors[c] then floors[c] = at end
     end
     dropped = dropped + 1
     local sep = string.find(q, ';', pos, true)
-    if not sep then return '' end
+    if not sep then return '', expired_at end
     pos = sep + 1
   end
 end
@@ -250,8 +256,8 @@ local function apply(keys, args)
   end
   local buys = (incs[PURCHASES] or 0) > 0
   -- Only the fields this kind of event can read: each one is a walk along the hash.
-  local wanted = {'fs', 'ls', 'o:' .. family, 'q', 'df:' .. initial, 'r', 'n', 'ad', day_field, TOMBSTONE}
-  local FS, LS, OFF, Q, DF, R, N, AD, DAY, ERASED = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
+  local wanted = {'fs', 'ls', 'o:' .. family, 'q', 'df:' .. initial, 'r', 'n', 'ad', day_field, TOMBSTONE, 'lf'}
+  local FS, LS, OFF, Q, DF, R, N, AD, DAY, ERASED, LF = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
   local function want(field) wanted[#wanted + 1] = field; return #wanted end
   local LV = is_visit and want('lv')
   local LL = is_login and want('ll')
@@ -288,6 +294,10 @@ local function apply(keys, args)
     end
   end
   if late_before and ts < late_before then return reply('too_late') end
+  -- Not newer than what the lateness made the filter forget: too late when it was
+  -- forgotten, whatever this worker knows of the watermark now.
+  local late_floor = num(cur[LF])
+  if late_floor and ts <= late_floor then return reply('too_late') end
   local dedupe_floor = num(cur[DF])
   if dedupe_floor and ts <= dedupe_floor then return reply('unverifiable') end
 
@@ -411,7 +421,9 @@ local function apply(keys, args)
   if q == '' then q = token .. '.' .. base36(ts)
   elseif not legacy and last_seen and ts > last_seen then q = q .. ';' .. token .. '.' .. base36(ts - last_seen)
   else q = ring_insert(q, token, ts) end
-  q = ring_trim(q, late_before, floors)
+  local expired_at
+  q, expired_at = ring_trim(q, late_before, floors)
+  if expired_at and (not late_floor or expired_at > late_floor) then put('lf', fmt(expired_at)) end
   for c, at in pairs(floors) do
     local f = 'df:' .. c
     local old = (c == initial) and dedupe_floor or num(redis.call('HGET', cust, f))
@@ -452,9 +464,12 @@ local function sweep_filters(keys, args)
   local due = redis.call('ZRANGE', keys[1], '-inf', '(' .. args[1], 'BYSCORE', 'LIMIT', 0, tonumber(args[2]))
   for _, cid in ipairs(due) do
     local cust = args[3] .. cid
-    local cur = redis.call('HMGET', cust, 'q', 'ls')
+    local cur = redis.call('HMGET', cust, 'q', 'ls', 'lf')
     local q = cur[1] or ''
-    local kept = q ~= '' and ring_trim(q, late_before, {}) or ''
+    local kept, expired_at = q, nil
+    if q ~= '' then kept, expired_at = ring_trim(q, late_before, {}) end
+    local late_floor = num(cur[3])
+    if expired_at and (not late_floor or expired_at > late_floor) then redis.call('HSET', cust, 'lf', fmt(expired_at)) end
     if kept == '' then
       if q ~= '' then redis.call('HDEL', cust, 'q') end
       redis.call('ZREM', keys[1], cid)

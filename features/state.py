@@ -122,6 +122,11 @@ class CustomerState:
     # from duplicates. Per family, because the topics of one customer are
     # legitimately skewed against each other; one topic's partition is ordered.
     dedupe_floor: dict[str, int] = field(default_factory=dict)
+    # The newest event time the lateness made the duplicate filter forget: an event not
+    # newer is too late, even for a worker that does not know the watermark yet (just
+    # started, or handed the partition in a rebalance), which would otherwise apply a
+    # copy of a forgotten event a second time.
+    late_floor_ms: int | None = None
     # Set when the customer was erased (``segflow forget``): the tombstone left in place of
     # their state, so that events still in flight or replayed do not bring them back
     # while it lasts (Redis expires it after SEGFLOW_ERASURE_SUPPRESS_DAYS).
@@ -224,6 +229,8 @@ def apply_delta(state: CustomerState, delta: EventDelta, late_before_ms: int | N
         return "duplicate"
     if late_before_ms is not None and delta.ts_ms < late_before_ms:
         return "too_late"
+    if state.late_floor_ms is not None and delta.ts_ms <= state.late_floor_ms:
+        return "too_late"
     floor = state.dedupe_floor.get(delta.token[:1])
     if floor is not None and delta.ts_ms <= floor:
         return "unverifiable"
@@ -279,18 +286,19 @@ def apply_delta(state: CustomerState, delta: EventDelta, late_before_ms: int | N
 
 
 def sweep_filter(state: CustomerState, late_before_ms: int) -> None:
-    """Forget from the duplicate filter what the lateness horizon rules out: an event
-    older than ``late_before_ms`` is refused as too late before the filter is asked.
+    """Forget from the duplicate filter what the lateness horizon rules out, keeping
+    the newest time forgotten as the customer's lateness floor: an event not newer is
+    refused as too late before the filter is asked, whatever the watermark.
     Every applied event does this; the worker's sweep (``segflow_sweep_filters``) does
     it for customers with no next event, so an idle customer's filter does not stay.
 
     >>> state = CustomerState(recent={"a": 10, "b": 20})
     >>> sweep_filter(state, 15)
-    >>> state.recent
-    {'b': 20}
+    >>> state.recent, state.late_floor_ms
+    ({'b': 20}, 10)
     """
     for token in [t for t, t_ms in state.recent.items() if t_ms < late_before_ms]:
-        del state.recent[token]
+        state.late_floor_ms = _max(state.late_floor_ms, state.recent.pop(token))
 
 
 def weekday(day: int) -> int:

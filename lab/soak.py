@@ -62,7 +62,7 @@ from streams.topics import TOPICS
 
 FAULTS = ("worker_sigkill", "worker_sigterm", "redis_sigterm", "redis_sigkill")
 EVENTS_PER_CUSTOMER_DAY = 8.0  # measured for the default persona mix (lab/simulate.py)
-VOLATILE = ("q", "r", "df")  # as in tests/integration/reliability_helpers.py
+VOLATILE = ("q", "r", "df", "lf")  # as in tests/integration/reliability_helpers.py
 
 
 @dataclass

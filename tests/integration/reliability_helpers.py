@@ -22,8 +22,8 @@ from streams.segment_store import StoredAssignment
 
 # Fields of the customer hash that legitimately depend on delivery, not on the
 # events: the duplicate filter (trimmed by the lateness horizon, which moves
-# with wall-clock batching; "df"/"df:<family>", the newest time it had to forget) and the newest applied (partition, offset).
-VOLATILE = ("q", "r", "df")
+# with wall-clock batching; "df"/"df:<family>" and "lf", the newest times it had to forget) and the newest applied (partition, offset).
+VOLATILE = ("q", "r", "df", "lf")
 WORKER_LAYOUT = Layout(2)  # the test workers' SEGFLOW_PARTITIONS (tests/conftest.py)
 
 

@@ -132,8 +132,13 @@ def test_a_sweep_forgets_only_what_lies_before_the_horizon(redis_client):
     assert sweep(base + 2) == 0
     assert sweep(base + 3) == 1
     assert "q" not in redis_client.hgetall(LAYOUT.customer_key("c")) and redis_client.zscore(sweep_set, "c") is None
-    # A duplicate of a swept event is still refused: it is older than the horizon.
+    # A duplicate of a swept event is still refused: it is older than the horizon,
+    # also for a worker that does not know the horizon (a new consumer group's replay,
+    # a rebalanced partition): the sweep left the lateness floor.
     assert redis_client.execute_command(*apply_call(LAYOUT, "c", EventDelta(base + 2, "l2", "login", {9: 1}), base + 3))[0] == "too_late"
+    assert redis_client.hget(LAYOUT.customer_key("c"), "lf") == str(base + 2)
+    for i in range(3):
+        assert redis_client.execute_command(*apply_call(LAYOUT, "c", EventDelta(base + i, f"l{i}", "login", {9: 1}), None))[0] == "too_late"
 
     # An older version's customer: a filter, no place in the sweep set.
     redis_client.hset(LAYOUT.customer_key("c"), "q", "l2." + base36(base + 2))
@@ -141,6 +146,40 @@ def test_a_sweep_forgets_only_what_lies_before_the_horizon(redis_client):
     assert redis_client.zscore(sweep_set, "c") is None  # its newest event (base + 2) was within the lateness
     assert redis_client.execute_command(*apply_call(LAYOUT, "c", EventDelta(base + DAY_MS, "la", "login", {9: 1}), base + 10))[0] == "applied"
     assert redis_client.zscore(sweep_set, "c") == base + DAY_MS  # back after a pause past the lateness: swept from now on
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    events=st.lists(behaviour_deltas, min_size=1, max_size=8, unique_by=lambda d: d.token),
+    ops=st.lists(st.tuples(st.integers(0, 7), st.booleans(), horizons) | st.just(("sweep", None, None)), max_size=40),
+    data=st.data(),
+)
+def test_no_event_is_applied_twice_whatever_the_horizon(redis_client, events, ops, data):
+    """The contract a subscriber relies on: copies of one event (producer retries with a
+    new offset or none, replays), each met with any horizon a worker may hold, including
+    none (a new consumer group, a rebalanced partition), and sweeps between them: the
+    event is applied at most once. Lua and the reference agree throughout."""
+    load_library_sync(redis_client)
+    p = LAYOUT.partition("c")
+    sweep_set, prefix = LAYOUT.filters_key(p), LAYOUT.customer_key_prefix(p)
+    redis_client.delete(LAYOUT.customer_key("c"), sweep_set)
+    ref, applied = CustomerState(), []
+    for which, same_offset, horizon in ops:
+        if which == "sweep":
+            arg = data.draw(st.integers(20_000 * DAY_MS, 20_000 * DAY_MS + 200 * DAY_MS), label="sweep horizon")
+            if (score := redis_client.zscore(sweep_set, "c")) is not None and score < arg:
+                redis_client.execute_command("FCALL", "segflow_sweep_filters", 1, sweep_set, arg, 10, prefix)
+                sweep_filter(ref, arg)
+            continue
+        delta = events[which % len(events)]
+        if not same_offset:
+            delta = delta._replace(offset=None)
+        status = redis_client.execute_command(*apply_call(LAYOUT, "c", delta, horizon))[0]
+        assert status == apply_delta(ref, delta, horizon)
+        if status == "applied":
+            applied.append(delta.token)
+    assert len(applied) == len(set(applied)), applied
+    assert state_from_hash(redis_client.hgetall(LAYOUT.customer_key("c"))) == ref
 
 
 def test_several_counters_in_one_day_bucket(redis_client):
