@@ -120,22 +120,25 @@ end
 -- Forget, from the front of a sorted filter, what the lateness rules out, then the
 -- oldest past DEDUPE_CAP, remembering in `floors` (per family: a token's first
 -- character) the newest time forgotten while still within the lateness.
--- Returns the filter kept and the newest time the lateness forgot (nil: none), which
--- the caller keeps as the customer's lateness floor `lf`: a worker that does not know
+-- Returns the filter kept and the customer's new lateness floor `lf` (nil: unchanged
+-- from `late_floor`): the newest time the lateness forgot. A worker that does not know
 -- the watermark yet (just started, or given the partition in a rebalance) must still
 -- refuse a copy of a forgotten event (seen in CI: a full replay applied one twice).
-local function ring_trim(q, late_before, floors)
+local function ring_trim(q, late_before, floors, late_floor)
   local _, seps = string.gsub(q, ';', '')
   local n, pos, at, dropped, expired_at = seps + 1, 1, nil, 0, nil
+  local function raised()
+    if expired_at and (not late_floor or expired_at > late_floor) then return expired_at end
+  end
   while true do
     local t, d = string.match(q, '^([^.;]+)%.(%w+)', pos)
     local v = tonumber(d, 36)
     at = at and at + v or v
     local expired = late_before and at < late_before
     if not expired and n - dropped <= DEDUPE_CAP then
-      if dropped == 0 then return q, expired_at end
+      if dropped == 0 then return q, nil end
       local rest = string.find(q, ';', pos, true)
-      return t .. '.' .. base36(at) .. (rest and string.sub(q, rest) or ''), expired_at
+      return t .. '.' .. base36(at) .. (rest and string.sub(q, rest) or ''), raised()
     end
     if expired then
       expired_at = at
@@ -145,7 +148,7 @@ local function ring_trim(q, late_before, floors)
     end
     dropped = dropped + 1
     local sep = string.find(q, ';', pos, true)
-    if not sep then return '', expired_at end
+    if not sep then return '', raised() end
     pos = sep + 1
   end
 end
@@ -421,9 +424,9 @@ local function apply(keys, args)
   if q == '' then q = token .. '.' .. base36(ts)
   elseif not legacy and last_seen and ts > last_seen then q = q .. ';' .. token .. '.' .. base36(ts - last_seen)
   else q = ring_insert(q, token, ts) end
-  local expired_at
-  q, expired_at = ring_trim(q, late_before, floors)
-  if expired_at and (not late_floor or expired_at > late_floor) then put('lf', fmt(expired_at)) end
+  local new_late_floor
+  q, new_late_floor = ring_trim(q, late_before, floors, late_floor)
+  if new_late_floor then put('lf', fmt(new_late_floor)) end
   for c, at in pairs(floors) do
     local f = 'df:' .. c
     local old = (c == initial) and dedupe_floor or num(redis.call('HGET', cust, f))
@@ -466,10 +469,9 @@ local function sweep_filters(keys, args)
     local cust = args[3] .. cid
     local cur = redis.call('HMGET', cust, 'q', 'ls', 'lf')
     local q = cur[1] or ''
-    local kept, expired_at = q, nil
-    if q ~= '' then kept, expired_at = ring_trim(q, late_before, {}) end
-    local late_floor = num(cur[3])
-    if expired_at and (not late_floor or expired_at > late_floor) then redis.call('HSET', cust, 'lf', fmt(expired_at)) end
+    local kept, new_late_floor = q, nil
+    if q ~= '' then kept, new_late_floor = ring_trim(q, late_before, {}, num(cur[3])) end
+    if new_late_floor then redis.call('HSET', cust, 'lf', fmt(new_late_floor)) end
     if kept == '' then
       if q ~= '' then redis.call('HDEL', cust, 'q') end
       redis.call('ZREM', keys[1], cid)
